@@ -1,0 +1,29 @@
+# Every target makes its own virtual environment on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[mlx,ssh,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/homeskillet demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check homeskillet tests bench
+	$(BIN)/mypy homeskillet
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
