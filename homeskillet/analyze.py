@@ -1,0 +1,96 @@
+"""Analysis: a query becomes fragments, through a pipeline of small pure steps.
+
+Each step takes and returns an ``Analysis``; the pipeline is a plain list, so a step can be
+tested as a pure call and a deployment can reorder or replace steps. First version: a query
+holding several separate questions becomes one fragment per question, struck in parallel and
+fused in order; anything else is one fragment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+
+import msgspec
+
+from .sims.base import count_tokens
+from .wire import Covenant, Fragment, Message, Query
+
+__all__ = ["DEFAULT_PIPELINE", "Analysis", "analyze", "fingerprint", "fragment_hash", "split_questions"]
+
+
+class Analysis(msgspec.Struct, kw_only=True):
+    query_id: str
+    model: str
+    max_tokens: int
+    temperature: float
+    prompt: str  # the part to decompose: the prompt, or the last user message
+    context: list[Message]  # everything else, sent with every fragment
+    parts: list[str] = []
+    max_fragments: int = 16
+
+
+Step = Callable[[Analysis], Analysis]
+
+_NUMBERED = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+(.+?)\s*$")
+_QUESTION = re.compile(r"[^?]*\?")
+
+
+def split_questions(a: Analysis) -> Analysis:
+    """Numbered or bulleted items, or several sentences that each end in '?', are separate."""
+    lines = [ln for ln in a.prompt.splitlines() if ln.strip()]
+    items = [m.group(1) for ln in lines if (m := _NUMBERED.match(ln))]
+    if len(items) >= 2 and len(items) == len(lines):
+        parts = items
+    else:
+        questions = [q.strip() for q in _QUESTION.findall(a.prompt) if q.strip()]
+        rest = _QUESTION.sub("", a.prompt).strip()
+        parts = questions if len(questions) >= 2 and not rest else [a.prompt.strip()]
+    if len(parts) > a.max_fragments:  # too many to strike separately: keep the query whole
+        parts = [a.prompt.strip()]
+    return msgspec.structs.replace(a, parts=parts)
+
+
+DEFAULT_PIPELINE: Sequence[Step] = (split_questions,)
+
+
+def fragment_hash(content: str, model: str) -> str:
+    canonical = " ".join(content.split()).lower()
+    return hashlib.sha256(f"{model}\x00{canonical}".encode()).hexdigest()
+
+
+def fingerprint(content: str) -> int:
+    """64-bit simhash over word 3-shingles: near-identical prompts get near-identical sketches."""
+    words = content.lower().split()
+    shingles = [" ".join(words[i : i + 3]) for i in range(max(1, len(words) - 2))] or [""]
+    acc = [0] * 64
+    for sh in shingles:
+        h = int.from_bytes(hashlib.blake2b(sh.encode(), digest_size=8).digest(), "big")
+        for bit in range(64):
+            acc[bit] += 1 if h >> bit & 1 else -1
+    return sum(1 << bit for bit in range(64) if acc[bit] > 0)
+
+
+def analyze(query: Query, cov: Covenant, *, pipeline: Sequence[Step] = DEFAULT_PIPELINE,
+            max_fragments: int = 16) -> list[Fragment]:
+    """The query's fragments under ``cov`` (the query must already be validated)."""
+    if query.messages:
+        last_user = max(i for i, m in enumerate(query.messages) if m.role == "user")
+        prompt = query.messages[last_user].content
+        context = [m for i, m in enumerate(query.messages) if i != last_user]
+    else:
+        prompt, context = query.prompt or "", []
+    a = Analysis(query_id=query.query_id, model=cov.resources.model, max_tokens=cov.max_tokens,
+                 temperature=query.temperature, prompt=prompt, context=context, max_fragments=max_fragments)
+    for step in pipeline:
+        a = step(a)
+    return [
+        Fragment(
+            fragment_id=f"{a.query_id}.{i}", query_id=a.query_id, index=i, prompt=part, context=a.context,
+            model=a.model, hash=fragment_hash(part, a.model), fingerprint=fingerprint(part),
+            prompt_tokens=count_tokens(part) + sum(count_tokens(m.content) for m in a.context),
+            max_tokens=a.max_tokens, temperature=a.temperature,
+        )
+        for i, part in enumerate(a.parts)
+    ]

@@ -1,0 +1,282 @@
+"""``homeskillet``: up, ask, demo, covenant check, pool serve, sim, node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+import msgspec
+
+from .config import Settings, load_settings
+from .errors import HomeskilletError
+from .telemetry import configure_logging
+from .wire import Answer, ErrorReply, Query, encode
+
+__all__ = ["main"]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    s = load_settings(getattr(args, "config", None))
+    if getattr(args, "nats", None):
+        s = msgspec.structs.replace(s, nats=[u.strip() for u in args.nats.split(",") if u.strip()])
+    if getattr(args, "data_dir", None):
+        s = msgspec.structs.replace(s, data_dir=args.data_dir)
+    return s
+
+
+def _answer_table(answers: list[tuple[str, Answer | HomeskilletError | ErrorReply]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    table = Table(title="Homeskillet demo: one row per fragment", show_lines=False)
+    for col in ("q", "covenant", "frag", "pool", "step", "cost $", "ms", "terms", "answer"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("cost $", "ms"))
+    notes: list[str] = []
+    for i, (_prompt, a) in enumerate(answers, 1):
+        if not isinstance(a, Answer):
+            table.add_row(str(i), "-", "-", f"[red]error {a.code}[/red]", "-", "-", "-", "-", a.message[:60] + "…")
+            notes.append(f"q{i} error: {a.message}")
+            continue
+        for f in a.fragments:
+            step = f.step + (f" (degraded to {f.model})" if f.degraded else "")
+            terms = "kept" if f.kept else "broke " + ", ".join(f.broken_terms)
+            table.add_row(str(i), a.covenant, str(f.index), f.pool, step, f"{f.cost_usd:.7f}", f"{f.latency_ms:.1f}",
+                          terms, a.text.split("\n")[-1][:40] if len(a.fragments) == 1 else f"{f.index + 1}. …")
+            notes.append(f"q{i}.{f.index} {f.pool}: {f.why}" + (f"; after {'; '.join(f.tried)}" if f.tried else ""))
+    console.print(table)
+    console.print("Why each pool won:")
+    for n in notes:
+        console.print(f"  {n}", overflow="fold")
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from .runtime import Runtime
+
+    batch: list[dict[str, object]] = [
+        {"prompt": "What is a covenant in Homeskillet?"},
+        {"prompt": "What is a strike? How are covenants negotiated? Why fuse the results?", "covenant": "gemma-2b"},
+        {"prompt": "Summarise the design of a 70B model deployment.", "model": "qwen-70b"},
+        {"prompt": "Review this contract clause for risks.", "covenant": "qwen-14b",
+         "overrides": {"negotiation": "cfp"}},
+        {"prompt": "Say hello from the local CPU.", "covenant": "hs-tiny"},
+        {"prompt": "Classify this ticket: printer on fire.", "covenant": "mistral-7b",
+         "overrides": {"resources": {"gpu_models": ["A100 SXM"]}, "max_tokens": 24}},
+        {"prompt": "Translate 'fusion' into French.", "covenant": "gemma-2b", "tenant": "acme",
+         "overrides": {"qos": {"priority": 95}}},
+        {"prompt": "Run a 70B model for almost nothing.", "model": "qwen-70b",
+         "overrides": {"cost": {"max_usd_per_request": 1e-9}, "fallback": {"steps": ["fail"]}}},
+    ]
+    results: list[tuple[str, Answer | HomeskilletError | ErrorReply]] = []
+    async with Runtime(_settings(args)) as rt:
+        if rt.disabled:
+            for pool, why in rt.disabled.items():
+                print(f"note: pool {pool} is disabled: {why}", file=sys.stderr)
+        for item in batch:
+            q = msgspec.convert(item, Query)
+            try:
+                results.append((q.prompt or "", await rt.ask(q)))
+            except HomeskilletError as exc:
+                results.append((q.prompt or "", exc))
+        report = await rt.ledger_report()
+    _answer_table(results)
+    answered = [a for _, a in results if isinstance(a, Answer)]
+    errors = len(results) - len(answered)
+    total = sum(a.cost_usd for a in answered)
+    mean = sum(a.latency_ms for a in answered) / max(1, len(answered))
+    print(f"totals: {len(results)} queries, {len(answered)} answered, {errors} explicit error(s) "
+          f"(expected: the last query's covenant cannot be met), {sum(len(a.fragments) for a in answered)} "
+          f"fragments, ${total:.6f} charged (ledger: ${sum(report.spent_usd.values()):.6f}), "
+          f"mean latency {mean:.1f} ms")
+    return 0 if errors == 1 else 1
+
+
+async def _ask(args: argparse.Namespace) -> int:
+    fields: dict[str, object] = {"prompt": args.prompt, "tenant": args.tenant}
+    if args.covenant:
+        fields["covenant"] = args.covenant
+    if args.model:
+        fields["model"] = args.model
+    if args.max_tokens:
+        fields["max_tokens"] = args.max_tokens
+    query = msgspec.convert(fields, Query)
+    settings = _settings(args)
+    result: Answer | ErrorReply | HomeskilletError
+    if settings.nats:  # a running deployment: ask it over NATS
+        import nats
+
+        nc = await nats.connect(servers=settings.nats)
+        try:
+            msg = await nc.request(f"{settings.prefix}.query", encode(query), timeout=args.timeout)
+        finally:
+            await nc.close()
+        result = msgspec.json.decode(msg.data, type=Answer | ErrorReply)
+    else:  # nothing running: serve this one query on the embedded default
+        from .runtime import Runtime
+
+        async with Runtime(settings) as rt:
+            try:
+                result = await rt.ask(query)
+            except HomeskilletError as exc:
+                result = exc
+    if args.json:
+        print(msgspec.json.encode(result if not isinstance(result, HomeskilletError)
+                                  else ErrorReply(code=result.code, message=result.message)).decode())
+    elif isinstance(result, Answer):
+        print(result.text)
+        for f in result.fragments:
+            terms = "kept" if f.kept else "broke " + ", ".join(f.broken_terms)
+            print(f"-- covenant {result.covenant} ({result.covenant_id}) · pool {f.pool} · step {f.step} · "
+                  f"${f.cost_usd:.6f} · {f.latency_ms:.1f} ms · {terms}")
+        print(f"-- total ${result.cost_usd:.6f} in {result.latency_ms:.1f} ms")
+    else:
+        print(f"error {result.code}: {result.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _serve(args: argparse.Namespace, serve_queries: bool) -> int:
+    from .runtime import Runtime
+
+    settings = _settings(args)
+    if not serve_queries:
+        wanted = set(args.pools)
+        pools = [p for p in settings.pools if p.name in wanted]
+        missing = wanted - {p.name for p in pools}
+        if missing:
+            print(f"unknown pool(s) {sorted(missing)}; configured: {[p.name for p in settings.pools]}", file=sys.stderr)
+            return 2
+        settings = msgspec.structs.replace(settings, pools=pools)
+    rt = Runtime(settings, serve_queries=serve_queries, nats_port=args.port, ephemeral=False)
+    await rt.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    print(f"homeskillet {'serving' if serve_queries else 'pool host'} on {', '.join(rt.nats_urls)} "
+          f"(pools: {', '.join(rt.hosts) or 'none'})", flush=True)
+    await stop.wait()
+    await rt.stop()
+    return 0
+
+
+def _covenant_check(args: argparse.Namespace) -> int:
+    from .covenant import fallback_chain, load_covenant
+
+    paths = [p for arg in args.paths for p in (sorted(Path(arg).glob("*.toml")) if Path(arg).is_dir() else [Path(arg)])]
+    bad = 0
+    for p in paths:
+        try:
+            c = load_covenant(p)
+            print(f"ok    {p}: {c.covenant_id} chain {' → '.join(str(s) for s in fallback_chain(c))}")
+        except HomeskilletError as exc:
+            bad += 1
+            print(f"error {exc.message}")
+    return 1 if bad else 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .sims.base import load_sim_config
+
+    try:
+        mod = importlib.import_module(f"homeskillet.sims.{args.provider}")
+    except ModuleNotFoundError:
+        print(f"no simulator for {args.provider!r}", file=sys.stderr)
+        return 2
+    config = load_sim_config(args.config) if args.config else None
+    uvicorn.run(mod.create_app(config), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _node(args: argparse.Namespace) -> int:
+    from .node import serve_node
+
+    serve_node(host=args.host, port=args.port)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="homeskillet", description=__doc__)
+    p.add_argument("--log-json", action="store_true", help="log JSON lines instead of console text")
+    p.add_argument("--log-level", default=os.environ.get("HOMESKILLET_LOG_LEVEL", ""))
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--nats", help="NATS URL(s), comma-separated; default: start an embedded server")
+        sp.add_argument("--config", help="settings TOML file")
+
+    up = sub.add_parser("up", help="serve: embedded NATS unless --nats is given")
+    common(up)
+    up.add_argument("--port", type=int, default=4222, help="embedded NATS client port")
+    up.add_argument("--data-dir", help="embedded JetStream directory")
+    ask = sub.add_parser("ask", help="one query: the answer and the covenant, pool, cost and latency")
+    common(ask)
+    ask.add_argument("prompt")
+    ask.add_argument("--covenant")
+    ask.add_argument("--model")
+    ask.add_argument("--tenant", default="default")
+    ask.add_argument("--max-tokens", type=int)
+    ask.add_argument("--timeout", type=float, default=60.0)
+    ask.add_argument("--json", action="store_true")
+    demo = sub.add_parser("demo", help="start everything embedded, serve a mixed batch, print a table")
+    common(demo)
+    cov = sub.add_parser("covenant", help="covenant templates")
+    cov_sub = cov.add_subparsers(dest="covcmd", required=True)
+    check = cov_sub.add_parser("check", help="validate covenant files or directories")
+    check.add_argument("paths", nargs="+")
+    pool = sub.add_parser("pool", help="pool hosts")
+    pool_sub = pool.add_subparsers(dest="poolcmd", required=True)
+    serve = pool_sub.add_parser("serve", help="host pools (agent + strike workers) against a NATS server")
+    common(serve)
+    serve.add_argument("pools", nargs="+", help="pool names from the settings")
+    serve.add_argument("--port", type=int, default=-1)
+    sim = sub.add_parser("sim", help="serve a provider simulator over HTTP")
+    sim.add_argument("provider")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8400)
+    sim.add_argument("--config")
+    node = sub.add_parser("node", help="serve the Ollama API backed by local MLX")
+    node.add_argument("--host", default="127.0.0.1")
+    node.add_argument("--port", type=int, default=11434)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    quiet = args.cmd in ("demo", "ask", "covenant")
+    configure_logging(json=args.log_json, level=args.log_level or ("WARNING" if quiet else "INFO"))
+    try:
+        match args.cmd:
+            case "demo":
+                return asyncio.run(_demo(args))
+            case "ask":
+                return asyncio.run(_ask(args))
+            case "up":
+                return asyncio.run(_serve(args, serve_queries=True))
+            case "pool":
+                return asyncio.run(_serve(args, serve_queries=False))
+            case "covenant":
+                return _covenant_check(args)
+            case "sim":
+                return _sim(args)
+            case "node":
+                return _node(args)
+    except HomeskilletError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""One error tree for Homeskillet.
+
+::
+
+    HomeskilletError                 root; .code (stable, machine-readable), .retryable
+    ├── BadRequest                   the caller sent something we cannot serve as given (400)
+    │   ├── PayloadTooLarge          prompt or body over the limit (413)
+    │   └── UnknownCovenant          no template by that name or model (404)
+    ├── CovenantError                a covenant file or override is invalid; names file and key (422)
+    ├── NoPoolError                  no pool can meet the covenant; names each unmet term (503)
+    ├── BudgetExceeded               the tenant's budget cannot cover the hold (402)
+    ├── StrikeFailed                 a strike did not return a result (retryable on fallback)
+    │   └── Preempted                the pool evicted the strike mid-inference
+    ├── LeaseRejected                the pool would not commit a lease (stale quote, no capacity)
+    ├── DeadlineExceeded             the covenant's hard deadline passed (504)
+    └── ExtraMissing                 an optional extra is not installed; says which to install
+
+Errors carry the facts a caller decides on: ``retryable``, the covenant ``term`` that failed,
+and the fallback steps ``tried``. Ingresses map ``code``/``status`` onto their own envelopes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "BudgetExceeded",
+    "CovenantError",
+    "DeadlineExceeded",
+    "ExtraMissing",
+    "HomeskilletError",
+    "LeaseRejected",
+    "NoPoolError",
+    "PayloadTooLarge",
+    "Preempted",
+    "StrikeFailed",
+    "UnknownCovenant",
+    "Unmet",
+]
+
+
+class HomeskilletError(Exception):
+    code = "internal"
+    status = 500
+    retryable = False
+
+    def __init__(self, message: str, *, term: str | None = None, tried: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.term = term
+        self.tried = tried
+
+
+class BadRequest(HomeskilletError):
+    code = "bad_request"
+    status = 400
+
+
+class PayloadTooLarge(BadRequest):
+    code = "payload_too_large"
+    status = 413
+
+
+class UnknownCovenant(BadRequest):
+    code = "unknown_covenant"
+    status = 404
+
+
+class CovenantError(HomeskilletError):
+    code = "invalid_covenant"
+    status = 422
+
+
+class Unmet:
+    """One covenant term a pool could not meet, with what it offered instead."""
+
+    __slots__ = ("detail", "pool", "term")
+
+    def __init__(self, term: str, detail: str, pool: str = "") -> None:
+        self.term = term
+        self.detail = detail
+        self.pool = pool
+
+    def __repr__(self) -> str:
+        return f"Unmet({self.term!r}, {self.detail!r}, pool={self.pool!r})"
+
+
+class NoPoolError(HomeskilletError):
+    code = "no_pool"
+    status = 503
+
+    def __init__(self, covenant: str, unmet: list[Unmet], tried: tuple[str, ...] = ()) -> None:
+        self.unmet = unmet
+        terms = sorted({u.term for u in unmet}) or ["capacity"]
+        # Name each unmet term once, with the closest offer, so the user knows what to relax.
+        lines = []
+        for term in terms:
+            first = next((u for u in unmet if u.term == term), None)
+            lines.append(f"{term} ({first.detail}{', ' + first.pool if first and first.pool else ''})"
+                         if first else term)
+        tried_txt = f"; fallback steps tried: {', '.join(tried)}" if tried else ""
+        super().__init__(
+            f"no pool can meet covenant {covenant!r}: unmet {'; '.join(lines)}{tried_txt}",
+            term=terms[0],
+            tried=tried,
+        )
+
+
+class BudgetExceeded(HomeskilletError):
+    code = "budget_exceeded"
+    status = 402
+
+
+class StrikeFailed(HomeskilletError):
+    code = "strike_failed"
+    status = 502
+    retryable = True
+
+
+class Preempted(StrikeFailed):
+    code = "preempted"
+
+
+class LeaseRejected(HomeskilletError):
+    code = "lease_rejected"
+    status = 409
+    retryable = True
+
+
+class DeadlineExceeded(HomeskilletError):
+    code = "deadline_exceeded"
+    status = 504
+
+
+class ExtraMissing(HomeskilletError):
+    code = "extra_missing"
+    status = 501
+
+    def __init__(self, feature: str, extra: str) -> None:
+        super().__init__(f"{feature} needs the {extra!r} extra: pip install 'homeskillet[{extra}]'")

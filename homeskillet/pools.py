@@ -1,0 +1,154 @@
+"""Pool agents (actor): one per pool, speaking for its capacity, price, queue and track record.
+
+The agent's state is the truth about its pool: which slots are leased, how its verdicts went,
+what it predicts. It quotes (standing quotes for the hot path), bids (Contract Net), and commits
+leases, re-validating whatever quote or award the strike was priced on. Its NATS I/O is done by
+``PoolHost`` on the loop (strike.py); the agent itself never touches a socket.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+
+from .clock import now_ms
+from .config import PoolSpec
+from .errors import LeaseRejected
+from .scoring import make_bid
+from .supervisor import HsActor
+from .wire import Award, Bid, CallForProposals, Lease, Offer, Quote, Refusal, Strike, Verdict
+
+__all__ = ["CommitLease", "CurrentQuote", "PoolAgent", "PoolState", "ReleaseLease", "TrackRecord"]
+
+
+class CurrentQuote(msgspec.Struct, frozen=True):
+    ttl_ms: int
+
+
+class CommitLease(msgspec.Struct, frozen=True):
+    strike: Strike
+
+
+class ReleaseLease(msgspec.Struct, frozen=True):
+    lease_id: str
+
+
+class TrackRecord:
+    """What this pool's verdicts say: kept share and an EWMA of observed latency."""
+
+    def __init__(self) -> None:
+        self.kept = 0
+        self.total = 0
+        self.latency_ewma_ms: float | None = None
+
+    def add(self, v: Verdict) -> None:
+        self.total += 1
+        self.kept += 1 if v.kept else 0
+        if not v.failed and not v.preempted:
+            a = 0.2
+            prev = self.latency_ewma_ms
+            self.latency_ewma_ms = v.latency_ms if prev is None else (1 - a) * prev + a * v.latency_ms
+
+    @property
+    def reliability(self) -> float:
+        # Laplace-smoothed so one early failure does not condemn a pool for good.
+        return (self.kept + 4) / (self.total + 4)
+
+
+class PoolState:
+    def __init__(self, spec: PoolSpec, provider: str | None = None) -> None:
+        self.spec = spec
+        self.provider = provider or spec.provider
+        self.leases: dict[str, Lease] = {}
+        self.by_strike: dict[str, str] = {}
+        self.record = TrackRecord()
+        self.seq = 1
+        self.warm: set[str] = set()
+
+    def offer(self) -> Offer:
+        s = self.spec
+        busy = len(self.leases)
+        start = s.start_ms
+        if self.record.latency_ewma_ms is not None:
+            # Observed latency corrects the static prediction, but never below the spec's floor.
+            start = max(s.start_ms, self.record.latency_ewma_ms - s.ms_per_token * 32)
+        return Offer(
+            pool=s.name, provider=self.provider, pool_class=s.pool_class, models=list(s.models),
+            accelerator=s.accelerator,  # type: ignore[arg-type]
+            gpu_model=s.gpu_model, vram_mb=s.vram_mb, tflops=s.tflops, region=s.region,
+            preemptible=s.preemptible, usd_per_mtok_in=s.usd_per_mtok_in, usd_per_mtok_out=s.usd_per_mtok_out,
+            usd_per_hour=s.usd_per_hour, start_ms=start, ms_per_token=s.ms_per_token,
+            free_slots=max(0, s.capacity - busy), queue_depth=max(0, busy - s.capacity),
+            warm_models=sorted(self.warm), reliability=self.record.reliability,
+        )
+
+    def full(self) -> bool:
+        return len(self.leases) >= self.spec.capacity + self.spec.queue_limit
+
+
+class PoolAgent(HsActor):
+    name = "pool"
+
+    def handle(self, msg: Any) -> Any:
+        s: PoolState = self.state
+        match msg:
+            case CurrentQuote(ttl_ms=ttl):
+                t = now_ms()
+                return Quote(offer=s.offer(), seq=s.seq, issued_at_ms=t, expires_at_ms=t + ttl)
+            case CallForProposals() as cfp:
+                if s.full():
+                    return Refusal(cfp_id=cfp.cfp_id, pool=s.spec.name, term="capacity", detail="queue full")
+                return make_bid(
+                    s.offer(), cfp.covenant, prompt_tokens=cfp.prompt_tokens, max_tokens=cfp.max_tokens,
+                    quote_seq=s.seq, expires_at_ms=cfp.reply_by_ms + 2000, allow_degrade=True, cfp_id=cfp.cfp_id,
+                )
+            case Award(bid=bid, strike_id=sid):
+                return self._lease(sid, bid)
+            case CommitLease(strike=strike):
+                return self._commit(strike)
+            case ReleaseLease(lease_id=lid):
+                lease = s.leases.pop(lid, None)
+                if lease is not None:
+                    s.by_strike.pop(lease.strike_id, None)
+                return lease is not None
+            case Verdict() as v:
+                s.record.add(v)
+                return None
+        raise TypeError(f"pool agent cannot handle {type(msg).__name__}")
+
+    def _lease(self, strike_id: str, bid: Bid) -> Lease:
+        s: PoolState = self.state
+        if s.full():
+            raise LeaseRejected(f"{s.spec.name}: no free capacity (queue full)", term="capacity")
+        lease = Lease(lease_id=uuid.uuid4().hex, pool=s.spec.name, strike_id=strike_id, price_usd=bid.price_usd,
+                      expires_at_ms=now_ms() + 60_000)
+        s.leases[lease.lease_id] = lease
+        s.by_strike[strike_id] = lease.lease_id
+        s.warm.add(bid.model)
+        return lease
+
+    def _commit(self, strike: Strike) -> Lease:
+        """Re-validate what the strike was priced on, then hold a slot for it."""
+        s: PoolState = self.state
+        if strike.lease_id is not None:
+            lease = s.leases.get(strike.lease_id)
+            if lease is None or lease.expires_at_ms < now_ms():
+                raise LeaseRejected(f"{s.spec.name}: lease {strike.lease_id} is unknown or expired", term="lease")
+            return lease
+        if strike.strike_id in s.by_strike:  # a redelivery of a strike already holding a slot
+            return s.leases[s.by_strike[strike.strike_id]]
+        offer = s.offer()
+        # Price re-validation: the current price for this fragment must not exceed the award.
+        f = strike.fragment
+        per_token = (f.prompt_tokens * offer.usd_per_mtok_in + f.max_tokens * offer.usd_per_mtok_out) / 1e6
+        if strike.max_price_usd > 0 and per_token > strike.max_price_usd * 1.0001 and offer.usd_per_hour == 0:
+            raise LeaseRejected(
+                f"{s.spec.name}: quote {strike.quote_seq} is stale; the price is now ${per_token:.6f}, "
+                f"the award was ${strike.max_price_usd:.6f}", term="cost.max_usd_per_request")
+        if "*" not in offer.models and strike.model not in offer.models:
+            raise LeaseRejected(f"{s.spec.name}: does not serve {strike.model!r}", term="resources.model")
+        bid = Bid(pool=s.spec.name, offer=offer, model=strike.model, price_usd=strike.max_price_usd,
+                  predicted_start_ms=0, predicted_total_ms=0, tokens_per_s=0, quote_seq=s.seq, expires_at_ms=0)
+        return self._lease(strike.strike_id, bid)

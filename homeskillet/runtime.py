@@ -1,0 +1,141 @@
+"""One Homeskillet process, assembled: NATS (embedded or given), actors, pool hosts, orchestrator,
+gateway and the NATS ingress. ``homeskillet up``, ``demo``, ``ask`` and the test fixtures all
+build this same thing; a pool-only process (``homeskillet pool serve``) is the same Runtime with
+the query side switched off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+
+from .broker import BookView, BrokerActor, BrokerState, Negotiator
+from .config import PoolSpec, Settings
+from .covenant import CovenantBook
+from .errors import HomeskilletError
+from .gateway import Gateway
+from .ingress.nats import NatsIngress
+from .ledger import LedgerActor, LedgerReport, LedgerState, Report
+from .natsd import NatsServer, default_data_dir
+from .orchestrator import Orchestrator
+from .providers.base import Connector, connector_class
+from .strike import Dispatcher
+from .subjects import Subjects
+from .supervisor import Supervisor
+from .telemetry import get_logger
+from .wire import Answer, Query
+from .worker import PoolHost
+
+__all__ = ["Runtime", "make_connector"]
+
+log = get_logger("homeskillet.runtime")
+
+
+def make_connector(spec: PoolSpec) -> Connector:
+    return connector_class(spec.provider)(**spec.options)
+
+
+class Runtime:
+    def __init__(self, settings: Settings | None = None, *, serve_queries: bool = True, nats_port: int = -1,
+                 ephemeral: bool = True) -> None:
+        self.settings = settings or Settings()
+        self.serve_queries = serve_queries
+        self.nats_port = nats_port
+        self.ephemeral = ephemeral  # embedded JetStream in a temporary directory
+        self.subjects = Subjects(self.settings.prefix)
+        self.natsd: NatsServer | None = None
+        self.nc: NATS | None = None
+        self.supervisor = Supervisor()
+        self.hosts: dict[str, PoolHost] = {}
+        self.disabled: dict[str, str] = {}  # pool -> why it is not served here
+        self.gateway: Gateway | None = None
+
+    @property
+    def nats_urls(self) -> list[str]:
+        return list(self.settings.nats) or ([self.natsd.url] if self.natsd else [])
+
+    async def start(self) -> Runtime:
+        s = self.settings
+        if not s.nats:
+            data = None if self.ephemeral else Path(s.data_dir) if s.data_dir else default_data_dir()
+            self.natsd = NatsServer(port=self.nats_port, data_dir=data)
+            await asyncio.to_thread(self.natsd.start)
+        self.nc = await nats.connect(servers=self.nats_urls, name="homeskillet", max_reconnect_attempts=-1,
+                                     reconnect_time_wait=0.25, connect_timeout=5)
+        if self.serve_queries:
+            view = BookView()
+            broker = self.supervisor.start("broker", BrokerActor, BrokerState(view))
+            self.ledger = self.supervisor.start("ledger", LedgerActor, LedgerState())
+            self.negotiator = Negotiator(self.nc, self.subjects, broker, view, bid_window_ms=s.bid_window_ms)
+            await self.negotiator.start()
+            self.dispatcher = Dispatcher(self.nc, self.subjects, silence_ms=s.silence_ms)
+            await self.dispatcher.start()
+        for spec in s.pools:
+            await self.add_pool(spec)
+        if self.serve_queries:
+            covenants = CovenantBook.load(s.covenants_dir or None)
+            self.orchestrator = Orchestrator(self.nc, self.subjects, covenants, self.negotiator, self.dispatcher,
+                                             self.ledger, max_fragments=s.max_fragments)
+            self.gateway = Gateway(self.orchestrator, max_prompt_bytes=s.max_prompt_bytes)
+            self.ingress = NatsIngress(self.nc, self.subjects, self.gateway)
+            await self.ingress.start()
+            await self.wait_for_pools(list(self.hosts))
+        return self
+
+    async def add_pool(self, spec: PoolSpec) -> PoolHost | None:
+        assert self.nc is not None
+        try:
+            connector = make_connector(spec)
+        except (HomeskilletError, RuntimeError, ImportError) as exc:
+            # An optional engine that is not installed disables its pool, loudly, not the process.
+            self.disabled[spec.name] = str(exc)
+            log.warning("pool_disabled", pool=spec.name, reason=str(exc))
+            return None
+        host = PoolHost(self.nc, self.subjects, spec, connector, self.supervisor, self.settings)
+        await host.start()
+        self.hosts[spec.name] = host
+        return host
+
+    async def wait_for_pools(self, names: list[str], timeout: float = 10.0) -> None:
+        """Until the broker's book holds a quote from each named pool (start-up only)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            have = {q.offer.pool for q in self.negotiator.view.quotes}
+            if set(names) <= have:
+                return
+            await asyncio.sleep(0.005)
+        raise HomeskilletError(f"pools did not quote within {timeout:g}s: {sorted(set(names) - have)}")
+
+    async def ask(self, query: Query | None = None, **fields: Any) -> Answer:
+        if self.gateway is None:
+            raise HomeskilletError("this runtime does not serve queries")
+        return await self.gateway.ask(query or msgspec.convert(fields, Query))
+
+    async def ledger_report(self, tenant: str | None = None) -> LedgerReport:
+        return await self.ledger.call(Report(tenant))  # type: ignore[no-any-return]
+
+    async def stop(self) -> None:
+        if self.serve_queries and self.gateway is not None:
+            await self.ingress.stop()
+        for host in self.hosts.values():
+            await host.stop()
+        if self.serve_queries and self.nc is not None:
+            await self.dispatcher.stop()
+            await self.negotiator.stop()
+        if self.nc is not None:
+            await self.nc.drain()
+        self.supervisor.stop_all()
+        if self.natsd is not None:
+            await asyncio.to_thread(self.natsd.stop)
+
+    async def __aenter__(self) -> Runtime:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,132 @@
+"""Supervised pykka actors: a crashed actor is restarted with its state, logged and counted.
+
+An actor here is behaviour; its state is a plain object handed to every incarnation, so a
+restart keeps the ledger's holds and a pool's leases. Messages queued behind the crash are
+moved to the new incarnation, so no caller on the loop waits forever. A ``Call`` whose handler
+raised gets the exception back; a domain error (``HomeskilletError``) does not crash the actor,
+anything else does (let it crash, then restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from typing import Any, ClassVar
+
+import pykka
+
+from .bridge import Call
+from .errors import HomeskilletError
+from .telemetry import ACTOR_RESTARTS, get_logger
+
+__all__ = ["HsActor", "Supervised", "Supervisor"]
+
+log = get_logger("homeskillet.supervisor")
+
+
+class HsActor(pykka.ThreadingActor):
+    """Base for every Homeskillet actor: subclasses implement ``handle(msg)``."""
+
+    name: ClassVar[str] = "actor"
+
+    def __init__(self, state: Any, handle: Supervised) -> None:
+        super().__init__()
+        self.state = state
+        self._handle = handle
+
+    def handle(self, msg: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Call):
+            try:
+                result = self.handle(message.msg)
+            except HomeskilletError as exc:
+                message.reply.fail(exc)
+                return None
+            except Exception as exc:
+                message.reply.fail(exc)
+                raise
+            message.reply.ok(result)
+            return None
+        return self.handle(message)
+
+    def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._handle._crashed(self, exc)
+
+
+class Supervised:
+    """A stable handle to an actor whose incarnations come and go."""
+
+    def __init__(self, name: str, actor_cls: type[HsActor], state: Any, *, max_restarts: int = 5,
+                 window_s: float = 60.0) -> None:
+        self.name, self.actor_cls, self.state = name, actor_cls, state
+        self.max_restarts, self.window_s = max_restarts, window_s
+        self.restarts: deque[float] = deque()
+        self.dead: BaseException | None = None
+        self._lock = threading.Lock()
+        self._ref: pykka.ActorRef[Any] = actor_cls.start(state, self)
+
+    def tell(self, msg: Any) -> None:
+        for _ in range(50):
+            if self.dead is not None:
+                raise HomeskilletError(f"actor {self.name} is down after repeated crashes: {self.dead!r}")
+            try:
+                self._ref.tell(msg)
+                return
+            except pykka.ActorDeadError:
+                time.sleep(0.01)  # a restart is in progress on the actor's thread
+        raise HomeskilletError(f"actor {self.name} did not come back")
+
+    async def call(self, msg: Any, timeout: float = 10.0) -> Any:
+        call, fut = Call.new(msg)
+        self.tell(call)
+        return await asyncio.wait_for(fut, timeout)
+
+    def _crashed(self, actor: HsActor, exc: BaseException) -> None:
+        pending = []
+        while not actor.actor_inbox.empty():
+            pending.append(actor.actor_inbox.get().message)
+        now = time.monotonic()
+        with self._lock:
+            self.restarts.append(now)
+            while self.restarts and now - self.restarts[0] > self.window_s:
+                self.restarts.popleft()
+            give_up = len(self.restarts) > self.max_restarts
+            ACTOR_RESTARTS.labels(actor=self.name).inc()
+            if give_up:
+                self.dead = exc
+                log.critical("actor_gave_up", actor=self.name, error=repr(exc), restarts=len(self.restarts))
+                for msg in pending:
+                    if isinstance(msg, Call):
+                        msg.reply.fail(HomeskilletError(f"actor {self.name} is down: {exc!r}"))
+                return
+            log.error("actor_restarted", actor=self.name, error=repr(exc), moved_messages=len(pending))
+            self._ref = self.actor_cls.start(self.state, self)
+        for msg in pending:
+            self._ref.tell(msg)
+
+    def stop(self) -> None:
+        if self._ref.is_alive():
+            self._ref.stop(block=True, timeout=5)
+
+
+class Supervisor:
+    """Starts and stops the process's actors; one per stateful component, never one per query."""
+
+    def __init__(self) -> None:
+        self.children: dict[str, Supervised] = {}
+
+    def start(self, name: str, actor_cls: type[HsActor], state: Any) -> Supervised:
+        if name in self.children:
+            raise ValueError(f"an actor named {name!r} is already supervised")
+        handle = Supervised(name, actor_cls, state)
+        self.children[name] = handle
+        return handle
+
+    def stop_all(self) -> None:
+        for handle in reversed(list(self.children.values())):
+            handle.stop()
+        self.children.clear()

@@ -1,0 +1,53 @@
+"""Logs and metrics: structlog for humans or JSON, Prometheus counters for machines.
+
+structlog context does not cross into actor threads, so actor code binds ``query_id`` and
+``strike_id`` from the message it is handling (``log.bind(...)``), never from contextvars.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+from prometheus_client import Counter, Histogram
+
+__all__ = [
+    "ACTOR_RESTARTS",
+    "FALLBACKS",
+    "QUERIES",
+    "QUERY_SECONDS",
+    "STRIKES",
+    "configure_logging",
+    "get_logger",
+]
+
+ACTOR_RESTARTS = Counter("hs_actor_restarts_total", "Actors restarted by their supervisor", ["actor"])
+STRIKES = Counter("hs_strikes_total", "Strikes by pool and outcome", ["pool", "outcome"])
+FALLBACKS = Counter("hs_fallbacks_total", "Fragments moved past a fallback step", ["step", "reason"])
+QUERIES = Counter("hs_queries_total", "Queries by outcome", ["outcome"])
+QUERY_SECONDS = Histogram("hs_query_seconds", "End-to-end query latency")
+
+
+def configure_logging(*, json: bool = False, level: str = "INFO") -> None:
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    logging.basicConfig(stream=sys.stderr, level=lvl, format="%(message)s")
+    logging.getLogger("pykka").setLevel(logging.CRITICAL)  # the supervisor reports crashes itself
+    processors: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso"),
+    ]
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*processors, structlog.processors.format_exc_info, renderer] if json else [*processors, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    return structlog.get_logger(name)  # type: ignore[no-any-return]

@@ -1,0 +1,60 @@
+"""Fixtures for your own tests (and ours): a real nats-server on a free port, and a Homeskillet
+runtime on it under a private subject prefix, so tests sharing one server never cross.
+
+Use as a pytest plugin: ``pytest_plugins = ["homeskillet.testing"]``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import pytest
+
+from .config import PoolSpec, Settings
+from .natsd import NatsServer
+from .runtime import Runtime
+
+__all__ = ["echo_pool", "nats_server", "nats_url", "runtime", "start_runtime"]
+
+
+def echo_pool(name: str = "echo/standard", pool_class: str = "standard", **kw: Any) -> PoolSpec:
+    """An echo pool spec; keyword arguments override any PoolSpec field."""
+    defaults: dict[str, Any] = {"vram_mb": 81920, "tflops": 990.0, "usd_per_mtok_in": 0.1, "usd_per_mtok_out": 0.2,
+                                "start_ms": 5.0, "ms_per_token": 0.1}
+    return msgspec.convert({"name": name, "provider": "echo", "pool_class": pool_class, **defaults, **kw}, PoolSpec)
+
+
+@asynccontextmanager
+async def start_runtime(url: str, pools: list[PoolSpec] | None = None, **settings: Any) -> AsyncIterator[Runtime]:
+    """A runtime on ``url`` with its own subject prefix; echo/standard by default."""
+    s = Settings(nats=[url], prefix=f"t{uuid.uuid4().hex[:10]}", pools=pools if pools is not None else [echo_pool()],
+                 **settings)
+    rt = Runtime(s)
+    await rt.start()
+    try:
+        yield rt
+    finally:
+        await rt.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    server = NatsServer(name=f"hs-test-{uuid.uuid4().hex[:6]}")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: NatsServer) -> str:
+    return nats_server.url
+
+
+@pytest.fixture
+async def runtime(nats_url: str) -> AsyncIterator[Runtime]:
+    async with start_runtime(nats_url) as rt:
+        yield rt

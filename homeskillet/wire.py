@@ -1,0 +1,377 @@
+"""Every message Homeskillet puts on NATS or HTTP, as msgspec Structs.
+
+kw_only is not inherited by msgspec subclasses, so every class says it.
+
+Schema evolution (msgspec's rules): new fields get defaults, no field is removed or retyped, and
+unknown fields are ignored on decode, so an old peer and a new peer can talk. ``v`` says which
+wire version the sender spoke. Messages that travel in unions are tagged by ``kind``; decoders
+are built once here and handlers dispatch with ``match``.
+
+Context travels in the message (``query_id``, ``strike_id``, ``covenant_id``, ``tenant``,
+``trace_id``) because contextvars do not reach actor threads.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "WIRE_VERSION",
+    "Answer",
+    "Award",
+    "Bid",
+    "CallForProposals",
+    "Cost",
+    "Covenant",
+    "ErrorReply",
+    "Fallback",
+    "Fragment",
+    "FragmentOutcome",
+    "Lease",
+    "Message",
+    "Offer",
+    "Qos",
+    "Query",
+    "Quote",
+    "Refusal",
+    "Rejection",
+    "Resources",
+    "Strike",
+    "StrikeFailure",
+    "StrikeOk",
+    "StrikePreemption",
+    "StrikeResult",
+    "Term",
+    "Verdict",
+    "Wire",
+    "decode_agent_msg",
+    "decode_bid_reply",
+    "decode_query",
+    "decode_strike",
+    "decode_strike_result",
+    "encode",
+]
+
+WIRE_VERSION = 1
+
+
+class Term(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """A nested value (not sent alone, so untagged)."""
+
+
+class Wire(msgspec.Struct, kw_only=True, tag_field="kind"):
+    """A message sent on its own; tagged so it can sit in a union."""
+
+    v: int = WIRE_VERSION
+
+
+# --- queries -------------------------------------------------------------------------------------
+
+
+class Message(Term, kw_only=True):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class Query(Wire, tag="query", kw_only=True):
+    query_id: str = ""
+    tenant: str = "default"
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    covenant: str | None = None  # template name; or pick the template by ``model``
+    model: str | None = None
+    overrides: dict[str, Any] | None = None  # {"qos": {"latency_target_ms": 500}, "max_tokens": 64}
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    trace_id: str = ""
+
+
+# --- covenants -----------------------------------------------------------------------------------
+
+
+class Resources(Term, kw_only=True):
+    model: str
+    min_vram_mb: int = 0
+    max_vram_mb: int | None = None
+    min_tflops: float = 0.0
+    accelerator: Literal["any", "gpu", "tpu", "cpu"] = "any"
+    gpu_models: list[str] = []  # empty: any GPU model
+    pool_class: str | None = None  # None: the default allocation policy decides
+
+
+class Qos(Term, kw_only=True):
+    latency_target_ms: int = 2000
+    hard_deadline_ms: int = 30_000
+    priority: int = 50  # 0..100; higher weighs latency over cost
+    preemptible: bool = False
+
+
+class Cost(Term, kw_only=True):
+    max_usd_per_request: float | None = None
+    max_usd_per_hour: float | None = None
+    tenant_budget_usd: float | None = None
+
+
+class Fallback(Term, kw_only=True):
+    # Steps after the primary pool class: pool classes, "provider:<name>", "pool:<name>",
+    # "local", "queue" (park until capacity, at most queue_max_wait_ms) or "fail".
+    steps: list[str] = msgspec.field(default_factory=lambda: ["local", "fail"])
+    queue_max_wait_ms: int = 30_000
+    degrade_to: list[str] = []  # smaller models a fallback step may serve instead
+
+
+class Covenant(Term, kw_only=True):
+    name: str
+    resources: Resources
+    qos: Qos = msgspec.field(default_factory=Qos)
+    cost: Cost = msgspec.field(default_factory=Cost)
+    fallback: Fallback = msgspec.field(default_factory=Fallback)
+    fusion: str = "ordered"
+    max_tokens: int = 256
+    negotiation: Literal["quotes", "cfp"] = "quotes"  # standing quotes (hot path) or full Contract Net
+    covenant_id: str = ""  # name + digest of the terms, set by covenant.resolve()
+
+
+# --- fragments and offers ------------------------------------------------------------------------
+
+
+class Fragment(Term, kw_only=True):
+    fragment_id: str
+    query_id: str
+    index: int
+    prompt: str
+    context: list[Message] = []
+    model: str
+    hash: str  # sha256 of canonical content + model: exact identity
+    fingerprint: int  # 64-bit simhash: similarity sketch
+    prompt_tokens: int
+    max_tokens: int
+    temperature: float = 0.0
+
+
+class Offer(Term, kw_only=True):
+    """What a pool offers right now: the terms a quote or bid is made of."""
+
+    pool: str
+    provider: str
+    pool_class: str
+    models: list[str]  # ["*"] serves any model name
+    accelerator: Literal["gpu", "tpu", "cpu"] = "gpu"
+    gpu_model: str = ""
+    vram_mb: int = 0
+    tflops: float = 0.0
+    region: str = ""
+    preemptible: bool = False
+    usd_per_mtok_in: float = 0.0
+    usd_per_mtok_out: float = 0.0
+    usd_per_hour: float = 0.0
+    start_ms: float = 0.0  # predicted time to first token
+    ms_per_token: float = 0.0
+    free_slots: int = 0
+    queue_depth: int = 0
+    warm_models: list[str] = []
+    reliability: float = 1.0  # from the track record: share of verdicts kept
+
+
+class Quote(Wire, tag="quote", kw_only=True):
+    offer: Offer
+    seq: int  # bumps whenever the offer changes; the lease commit re-validates against it
+    issued_at_ms: int
+    expires_at_ms: int
+
+
+class CallForProposals(Wire, tag="cfp", kw_only=True):
+    cfp_id: str
+    query_id: str
+    covenant: Covenant
+    model: str
+    prompt_tokens: int
+    max_tokens: int
+    reply_by_ms: int
+
+
+class Bid(Wire, tag="bid", kw_only=True):
+    cfp_id: str = ""
+    pool: str
+    offer: Offer
+    model: str  # the model the pool will run (may be a covenant-allowed degradation)
+    price_usd: float
+    predicted_start_ms: float
+    predicted_total_ms: float
+    tokens_per_s: float
+    quote_seq: int
+    expires_at_ms: int
+
+
+class Refusal(Wire, tag="refusal", kw_only=True):
+    cfp_id: str = ""
+    pool: str
+    term: str  # the covenant term the pool cannot meet, e.g. "resources.min_vram_mb"
+    detail: str
+
+
+class Award(Wire, tag="award", kw_only=True):
+    cfp_id: str
+    bid: Bid
+    query_id: str
+    strike_id: str
+
+
+class Rejection(Wire, tag="rejection", kw_only=True):
+    cfp_id: str
+    pool: str
+    reason: str
+
+
+class Lease(Wire, tag="lease", kw_only=True):
+    lease_id: str
+    pool: str
+    strike_id: str
+    price_usd: float
+    expires_at_ms: int
+
+
+# --- strikes -------------------------------------------------------------------------------------
+
+
+class Strike(Wire, tag="strike", kw_only=True):
+    strike_id: str  # idempotency key: delivered twice, runs once, charged once
+    query_id: str
+    tenant: str
+    covenant_id: str
+    pool: str
+    fragment: Fragment
+    model: str
+    lease_id: str | None = None  # from a Contract Net award; None: commit from the quote
+    quote_seq: int = 0
+    max_price_usd: float = 0.0  # the awarded price; the commit refuses to charge more
+    deadline_ms: int = 0  # absolute epoch ms; 0 = none
+    attempt: int = 0
+    trace_id: str = ""
+
+
+class StrikeOk(Wire, tag="strike_ok", kw_only=True):
+    strike_id: str
+    pool: str
+    model: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    latency_ms: float
+    duplicate: bool = False  # this reply is the cached result of an earlier delivery
+
+
+class StrikeFailure(Wire, tag="strike_failed", kw_only=True):
+    strike_id: str
+    pool: str
+    code: str
+    message: str
+    retryable: bool = True
+
+
+class StrikePreemption(Wire, tag="strike_preempted", kw_only=True):
+    strike_id: str
+    pool: str
+    message: str
+    billed_usd: float = 0.0  # what the provider bills for the evicted part
+
+
+StrikeResult = StrikeOk | StrikeFailure | StrikePreemption
+
+
+class Verdict(Wire, tag="verdict", kw_only=True):
+    strike_id: str
+    query_id: str
+    tenant: str
+    pool: str
+    covenant_id: str
+    kept: bool
+    broken_terms: list[str] = []
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    predicted_ms: float = 0.0
+    preempted: bool = False
+    failed: bool = False
+
+
+# --- answers -------------------------------------------------------------------------------------
+
+
+class FragmentOutcome(Term, kw_only=True):
+    fragment_id: str
+    index: int
+    pool: str
+    strike_id: str
+    model: str
+    step: str  # the fallback step that served it ("standard", "local", …)
+    why: str  # why this pool won
+    cost_usd: float
+    latency_ms: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    kept: bool = True
+    broken_terms: list[str] = []
+    tried: list[str] = []  # pools or steps tried before, with the reason each failed
+    degraded: bool = False
+
+
+class Answer(Wire, tag="answer", kw_only=True):
+    query_id: str
+    tenant: str
+    text: str
+    covenant: str
+    covenant_id: str
+    fusion: str
+    fragments: list[FragmentOutcome]
+    cost_usd: float
+    latency_ms: float
+
+
+class ErrorReply(Wire, tag="error", kw_only=True):
+    code: str
+    message: str
+    status: int = 500
+    query_id: str = ""
+    term: str | None = None
+    tried: list[str] = []
+    retryable: bool = False
+
+
+# --- codecs (built once) -------------------------------------------------------------------------
+
+_encoder = msgspec.json.Encoder()
+_query = msgspec.json.Decoder(Query)
+_strike = msgspec.json.Decoder(Strike)
+_strike_result = msgspec.json.Decoder(StrikeResult)
+_bid_reply = msgspec.json.Decoder(Bid | Refusal)
+_agent_msg = msgspec.json.Decoder(CallForProposals | Award | Rejection)
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode_query(data: bytes) -> Query:
+    return _query.decode(data)
+
+
+def decode_strike(data: bytes) -> Strike:
+    return _strike.decode(data)
+
+
+def decode_strike_result(data: bytes) -> StrikeResult:
+    result: StrikeResult = _strike_result.decode(data)
+    return result
+
+
+def decode_bid_reply(data: bytes) -> Bid | Refusal:
+    reply: Bid | Refusal = _bid_reply.decode(data)
+    return reply
+
+
+def decode_agent_msg(data: bytes) -> CallForProposals | Award | Rejection:
+    msg: CallForProposals | Award | Rejection = _agent_msg.decode(data)
+    return msg

@@ -1,0 +1,230 @@
+"""The strike worker runtime: one ``PoolHost`` per pool, on the I/O loop.
+
+It subscribes to the pool's strike subject (a queue group per pool, so several hosts share the
+work), answers calls for proposals and awards on behalf of its agent, publishes standing quotes,
+and feeds verdicts back into the agent's track record. A strike runs at most once per
+``strike_id`` here: a redelivery waits for, and gets, the first delivery's result. While a strike
+runs longer than the heartbeat interval, the host tells the dispatcher it is alive, so a dead
+host is noticed by its silence rather than by the covenant's whole deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from .config import PoolSpec, Settings
+from .errors import HomeskilletError, LeaseRejected, Preempted
+from .pools import CommitLease, CurrentQuote, PoolAgent, PoolState, ReleaseLease
+from .providers.base import Connector, InferRequest
+from .scoring import price_usd
+from .subjects import Subjects, token
+from .supervisor import Supervised, Supervisor
+from .telemetry import STRIKES, get_logger
+from .wire import (
+    Award,
+    CallForProposals,
+    ErrorReply,
+    Rejection,
+    StrikeFailure,
+    StrikeOk,
+    StrikePreemption,
+    StrikeResult,
+    decode_agent_msg,
+    decode_strike,
+    encode,
+)
+
+__all__ = ["HEARTBEAT_HEADER", "PoolHost"]
+
+log = get_logger("homeskillet.worker")
+HEARTBEAT_HEADER = "Hs-Heartbeat"
+_RESULTS_KEPT = 50_000
+
+
+class PoolHost:
+    def __init__(self, nc: NATS, subjects: Subjects, spec: PoolSpec, connector: Connector,
+                 supervisor: Supervisor, settings: Settings) -> None:
+        self.nc, self.subjects, self.spec, self.connector = nc, subjects, spec, connector
+        self.settings = settings
+        self.agent: Supervised = supervisor.start(f"pool:{spec.name}", PoolAgent, PoolState(spec, connector.provider))
+        self.slots = asyncio.Semaphore(spec.capacity)
+        self.results: OrderedDict[str, asyncio.Future[StrikeResult]] = OrderedDict()
+        self._subs: list[Any] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._quoter: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        s = self.subjects
+        self._subs = [
+            await self.nc.subscribe(s.strike(self.spec.name), queue=token(self.spec.name), cb=self._on_strike),
+            await self.nc.subscribe(s.cfp_all, cb=self._on_cfp),
+            await self.nc.subscribe(s.agent(self.spec.name), cb=self._on_agent),
+            await self.nc.subscribe(s.verdict(self.spec.name), cb=self._on_verdict),
+        ]
+        await self.publish_quote()
+        self._quoter = asyncio.create_task(self._quote_loop(), name=f"quotes:{self.spec.name}")
+
+    async def stop(self) -> None:
+        if self._quoter:
+            self._quoter.cancel()
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        for t in list(self._tasks):
+            t.cancel()
+        await self.connector.close()
+
+    # --- quotes ----------------------------------------------------------------------------------
+
+    async def publish_quote(self) -> None:
+        quote = await self.agent.call(CurrentQuote(ttl_ms=self.settings.quote_ttl_ms))
+        await self.nc.publish(self.subjects.quote(self.spec.name), encode(quote))
+
+    async def _quote_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.quote_interval_ms / 1000.0)
+            try:
+                await self.publish_quote()
+            except Exception as exc:  # keep quoting through a NATS reconnect
+                log.warning("quote_publish_failed", pool=self.spec.name, error=repr(exc))
+
+    # --- strikes ---------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        # nats-py runs a subscription's callbacks one at a time: spawn so strikes run concurrently.
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _on_strike(self, msg: Msg) -> None:
+        self._spawn(self._strike(msg))
+
+    async def _strike(self, msg: Msg) -> None:
+        try:
+            strike = decode_strike(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            if msg.reply:
+                bad = StrikeFailure(strike_id="", pool=self.spec.name, code="bad_strike", message=str(exc),
+                                    retryable=False)
+                await self.nc.publish(msg.reply, encode(bad))
+            return
+        sid = strike.strike_id
+        earlier = self.results.get(sid)
+        if earlier is not None:  # a redelivery: run once, answer every delivery
+            result = await asyncio.shield(earlier)
+            if isinstance(result, StrikeOk):
+                result = msgspec.structs.replace(result, duplicate=True)
+            if msg.reply:
+                await self.nc.publish(msg.reply, encode(result))
+            return
+        fut: asyncio.Future[StrikeResult] = asyncio.get_running_loop().create_future()
+        self.results[sid] = fut
+        while len(self.results) > _RESULTS_KEPT:
+            self.results.popitem(last=False)
+        beat = asyncio.create_task(self._heartbeat(msg.reply)) if msg.reply else None
+        try:
+            result = await self._run(strike)
+        finally:
+            if beat:
+                beat.cancel()
+        if isinstance(result, StrikeFailure) and result.code == "lease_rejected":
+            self.results.pop(sid, None)  # nothing ran: a later delivery may try again
+        fut.set_result(result)
+        STRIKES.labels(pool=self.spec.name, outcome=result.__struct_config__.tag).inc()
+        if msg.reply:
+            await self.nc.publish(msg.reply, encode(result))
+
+    async def _heartbeat(self, reply: str) -> None:
+        interval = self.settings.heartbeat_ms / 1000.0
+        while True:
+            await asyncio.sleep(interval)
+            await self.nc.publish(reply, b"", headers={HEARTBEAT_HEADER: "1"})
+
+    async def _run(self, strike: Any) -> StrikeResult:
+        pool, sid = self.spec.name, strike.strike_id
+        if strike.deadline_ms and time.time() * 1000 > strike.deadline_ms:
+            return StrikeFailure(strike_id=sid, pool=pool, code="deadline_exceeded",
+                                 message="the strike arrived after its deadline", retryable=False)
+        try:
+            lease = await self.agent.call(CommitLease(strike))
+        except LeaseRejected as exc:
+            return StrikeFailure(strike_id=sid, pool=pool, code="lease_rejected", message=exc.message)
+        f = strike.fragment
+        req = InferRequest(strike_id=sid, model=strike.model, prompt=f.prompt, context=f.context,
+                           max_tokens=f.max_tokens, temperature=f.temperature, deadline_ms=strike.deadline_ms,
+                           tenant=strike.tenant)
+        t0 = time.perf_counter()
+        try:
+            async with self.slots:
+                res = await self.connector.infer(req)
+        except Preempted as exc:
+            secs = time.perf_counter() - t0
+            billed = self.spec.usd_per_hour * secs / 3600.0
+            return StrikePreemption(strike_id=sid, pool=pool, message=exc.message, billed_usd=billed)
+        except HomeskilletError as exc:
+            return StrikeFailure(strike_id=sid, pool=pool, code=exc.code, message=exc.message,
+                                 retryable=exc.retryable)
+        except Exception as exc:
+            log.exception("strike_crashed", pool=pool, strike_id=sid, query_id=strike.query_id)
+            return StrikeFailure(strike_id=sid, pool=pool, code="engine_error", message=repr(exc))
+        finally:
+            self.agent.tell(ReleaseLease(lease.lease_id))
+        elapsed = (time.perf_counter() - t0) * 1000.0
+        offer = self.spec
+        cost = res.billed_usd
+        if cost is None:
+            cost = price_usd(self.agent.state.offer(), res.prompt_tokens, res.completion_tokens, elapsed / 1000.0)
+            if offer.usd_per_hour == 0 and strike.max_price_usd > 0:
+                cost = min(cost, strike.max_price_usd)  # never charge above the awarded price
+        return StrikeOk(strike_id=sid, pool=pool, model=res.model, text=res.text, prompt_tokens=res.prompt_tokens,
+                        completion_tokens=res.completion_tokens, cost_usd=cost, latency_ms=elapsed)
+
+    # --- negotiation and track record ------------------------------------------------------------
+
+    async def _on_cfp(self, msg: Msg) -> None:
+        self._spawn(self._cfp(msg))
+
+    async def _cfp(self, msg: Msg) -> None:
+        try:
+            cfp = decode_agent_msg(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        if isinstance(cfp, CallForProposals) and msg.reply:
+            answer = await self.agent.call(cfp)
+            await self.nc.publish(msg.reply, encode(answer))
+
+    async def _on_agent(self, msg: Msg) -> None:
+        self._spawn(self._agent_msg(msg))
+
+    async def _agent_msg(self, msg: Msg) -> None:
+        try:
+            m = decode_agent_msg(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            if msg.reply:
+                await self.nc.publish(msg.reply, encode(ErrorReply(code="bad_request", message=str(exc), status=400)))
+            return
+        match m:
+            case Award():
+                try:
+                    lease = await self.agent.call(m)
+                    reply: Any = lease
+                except HomeskilletError as exc:
+                    reply = ErrorReply(code=exc.code, message=exc.message, status=exc.status, retryable=True)
+                if msg.reply:
+                    await self.nc.publish(msg.reply, encode(reply))
+            case Rejection():
+                log.debug("bid_rejected", pool=self.spec.name, cfp_id=m.cfp_id, reason=m.reason)
+
+    async def _on_verdict(self, msg: Msg) -> None:
+        from .wire import Verdict
+
+        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            self.agent.tell(msgspec.json.decode(msg.data, type=Verdict))

@@ -1,0 +1,274 @@
+"""``homeskillet node`` on a real port, driven by the official ``ollama`` client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import ollama
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+
+from homeskillet import node
+from homeskillet.node import CHAT_TEMPLATE, Generator, create_node_app, parse_keep_alive, render_chat
+from homeskillet.providers.mlx_model import get_model
+
+NASTY = "$(rm -rf /); `id` | && ; 'quotes' \"dq\" \\n %s {{ .Prompt }} \x00 ünï"
+GREEDY = {"num_predict": 12, "temperature": 0}
+
+
+@contextlib.contextmanager
+def serving(app: Starlette) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free port in a thread; yield its base URL once it answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()  # connections queue in the backlog until uvicorn starts accepting
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 15
+        while True:  # readiness: poll until the node answers (each try blocks up to its timeout)
+            try:
+                httpx.get(f"{url}/api/version", timeout=5).raise_for_status()
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or not thread.is_alive():
+                    raise
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    with serving(create_node_app(models=["hs-tiny", "tiny-alias:7b"])) as base:
+        yield base
+
+
+@pytest.fixture
+def client(url: str) -> ollama.Client:
+    return ollama.Client(host=url)
+
+
+def test_generate_matches_local_inference(client: ollama.Client) -> None:
+    resp = client.generate(model="hs-tiny", prompt="Hello", options=GREEDY)
+    assert resp.done and resp.done_reason == "length"
+    assert resp.response == get_model().generate("Hello", max_tokens=12).text
+    assert resp.eval_count == 12 and resp.prompt_eval_count == len("Hello") + 1
+    durations = [resp.load_duration, resp.prompt_eval_duration, resp.eval_duration]
+    assert all(isinstance(d, int) and d >= 0 for d in durations)
+    assert resp.total_duration is not None and resp.total_duration >= sum(d or 0 for d in durations)
+
+
+def test_generate_stream(client: ollama.Client) -> None:
+    chunks = list(client.generate(model="hs-tiny", prompt="Hello", options=GREEDY, stream=True))
+    *body, last = chunks
+    assert all(not c.done for c in body) and len(body) == 12
+    assert last.done and last.eval_count == 12 and last.eval_duration is not None
+    whole = client.generate(model="hs-tiny", prompt="Hello", options=GREEDY)
+    assert "".join(c.response or "" for c in body) == whole.response
+
+
+def test_stream_is_ndjson(url: str) -> None:
+    body = {"model": "hs-tiny", "prompt": "hi", "options": GREEDY}
+    with httpx.stream("POST", f"{url}/api/generate", json=body) as r:
+        assert r.headers["content-type"].startswith("application/x-ndjson")
+        lines = [line for line in r.iter_lines() if line]
+    assert len(lines) == 13 and all('"done":false' in line for line in lines[:-1])
+    assert '"done":true' in lines[-1] and '"eval_count":12' in lines[-1]
+
+
+def test_chat(client: ollama.Client) -> None:
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"}]
+    resp = client.chat(model="tiny-alias:7b", messages=messages, options=GREEDY)
+    prompt = render_chat([(m["role"], m["content"]) for m in messages])
+    assert resp.message.role == "assistant"
+    assert resp.message.content == get_model().generate(prompt, max_tokens=12).text
+    assert resp.prompt_eval_count == get_model().count_tokens(prompt)
+    assert resp.model == "tiny-alias:7b"
+    chunks = list(client.chat(model="hs-tiny", messages=messages, options=GREEDY, stream=True))
+    assert "".join(c.message.content or "" for c in chunks) == resp.message.content
+    assert chunks[-1].done and chunks[-1].done_reason == "length"
+
+
+def test_list_and_show(client: ollama.Client) -> None:
+    names = [m.model for m in client.list().models]
+    assert names == ["hs-tiny:latest", "tiny-alias:7b"]
+    model = client.list().models[0]
+    assert model.size and model.size > 0 and model.details and model.details.parameter_size
+    shown = client.show("hs-tiny")
+    assert shown.template == CHAT_TEMPLATE and shown.capabilities == ["completion"]
+    assert shown.modelinfo and shown.modelinfo["general.parameter_count"] == get_model().parameter_count
+
+
+def test_ps_tracks_loaded_models_and_keep_alive(client: ollama.Client) -> None:
+    client.generate(model="tiny-alias:7b", prompt="warm", options={"num_predict": 1}, keep_alive="2m")
+    loaded = {m.model: m for m in client.ps().models}
+    warm = loaded["tiny-alias:7b"]
+    assert warm.size_vram is not None and warm.size_vram >= 0 and warm.size == get_model().size_bytes
+    assert warm.expires_at is not None
+    assert timedelta(0) < warm.expires_at - datetime.now(UTC) <= timedelta(minutes=2)
+    client.generate(model="tiny-alias:7b", prompt="bye", options={"num_predict": 1}, keep_alive=0)
+    assert "tiny-alias:7b" not in {m.model for m in client.ps().models}
+    # An empty prompt only loads (or unloads) the model, as in Ollama.
+    assert client.generate(model="tiny-alias:7b", prompt="", keep_alive=-1).done_reason == "load"
+    forever = {m.model: m for m in client.ps().models}["tiny-alias:7b"].expires_at
+    assert forever is not None and forever.year > 2100
+    assert client.generate(model="tiny-alias:7b", prompt="", keep_alive=0).done_reason == "unload"
+    assert "tiny-alias:7b" not in {m.model for m in client.ps().models}
+
+
+@pytest.mark.parametrize("call", ["generate", "chat", "show", "stream"])
+def test_unknown_model_is_404(client: ollama.Client, call: str) -> None:
+    with pytest.raises(ollama.ResponseError) as err:
+        if call == "generate":
+            client.generate(model="nope", prompt="x")
+        elif call == "chat":
+            client.chat(model="nope", messages=[{"role": "user", "content": "x"}])
+        elif call == "show":
+            client.show("nope")
+        else:
+            list(client.generate(model="nope", prompt="x", stream=True))
+    assert err.value.status_code == 404
+    assert err.value.error == 'model "nope" not found, try pulling it first'
+
+
+def test_shell_metacharacters_round_trip(client: ollama.Client) -> None:
+    resp = client.generate(model="hs-tiny", prompt=NASTY, raw=True, options=GREEDY)
+    assert resp.prompt_eval_count == len(NASTY.encode("utf-8")) + 1
+    chat = client.chat(model="hs-tiny", messages=[{"role": "user", "content": NASTY}], options=GREEDY)
+    assert chat.prompt_eval_count == get_model().count_tokens(render_chat([("user", NASTY)]))
+    with pytest.raises(ollama.ResponseError) as err:  # echoed verbatim in the 404 message
+        client.show(NASTY)
+    assert err.value.error == f'model "{NASTY}" not found, try pulling it first'
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [(b"{not json", None), (b'{"prompt": "x"}', "model is required"),
+     (b'{"model": "hs-tiny", "prompt": "x", "keep_alive": "soon"}', "invalid duration 'soon'"),
+     (b'{"model": "hs-tiny", "prompt": "x", "options": {"temperature": "hot"}}', None)],
+)
+def test_bad_requests_are_400(url: str, body: bytes, message: str | None) -> None:
+    r = httpx.post(f"{url}/api/generate", content=body)
+    assert r.status_code == 400 and r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert error == message if message else error  # bad JSON: msgspec's own message
+
+
+def test_version_and_root(url: str) -> None:
+    assert httpx.get(f"{url}/api/version").json()["version"]
+    assert httpx.get(url).text == "Ollama is running"
+
+
+async def test_async_client_concurrent_streams(url: str) -> None:
+    client = ollama.AsyncClient(host=url)
+
+    async def run(prompt: str) -> str:
+        parts = [c.response or "" async for c in await client.generate(
+            model="hs-tiny", prompt=prompt, options=GREEDY, stream=True)]
+        return "".join(parts)
+
+    prompts = [f"prompt {i}" for i in range(6)]
+    texts = await asyncio.gather(*(run(p) for p in prompts))
+    assert texts == [get_model().generate(p, max_tokens=12).text for p in prompts]
+
+
+class Gated:
+    """A generator that blocks in its worker thread until the test opens the gate."""
+
+    name = "gated"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.started, self.gate, self.fail = threading.Event(), threading.Event(), fail
+
+    def stream(self, prompt: str, max_tokens: int, temperature: float) -> Iterator[str]:
+        self.started.set()
+        yield "o"
+        if not self.gate.wait(timeout=30):
+            raise TimeoutError("gate never opened")
+        if self.fail:
+            raise RuntimeError("boom")
+        yield "k"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text)
+
+
+def test_busy_node_answers_503_and_keeps_serving() -> None:
+    gen = Gated()
+    with serving(create_node_app(gen, max_queue=1)) as base, ThreadPoolExecutor(1) as pool:
+        client = ollama.Client(host=base)
+        first = pool.submit(client.generate, model="gated", prompt="x")
+        assert gen.started.wait(timeout=10)
+        with pytest.raises(ollama.ResponseError) as err:
+            client.generate(model="gated", prompt="y")
+        assert err.value.status_code == 503
+        assert err.value.error == "server busy, please try again. maximum pending requests exceeded"
+        # Inference runs off the event loop: the node still answers while the model is busy.
+        assert httpx.get(f"{base}/api/tags").status_code == 200
+        gen.gate.set()
+        done = first.result(timeout=10)
+        assert done.response == "ok" and done.done_reason == "stop" and done.eval_count == 2
+        assert client.generate(model="gated", prompt="z").response == "ok"  # the place was freed
+
+
+def test_error_mid_stream_arrives_in_band() -> None:
+    gen = Gated(fail=True)
+    gen.gate.set()
+    with serving(create_node_app(gen)) as base:
+        client = ollama.Client(host=base)
+        with pytest.raises(ollama.ResponseError, match="boom"):
+            list(client.generate(model="gated", prompt="x", stream=True))
+        with pytest.raises(ollama.ResponseError) as err:
+            client.generate(model="gated", prompt="x")
+        assert err.value.status_code == 500 and err.value.error == "boom"
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, 300.0), ("5m", 300.0), ("1h30m", 5400.0), ("250ms", 0.25), (0, 0.0), ("0", 0.0),
+     (42, 42.0), ("-1", math.inf), (-1, math.inf), ("-5m", math.inf)],
+)
+def test_parse_keep_alive(value: float | str | None, seconds: float) -> None:
+    assert parse_keep_alive(value) == seconds
+
+
+def test_client_disconnect_frees_the_queue_place() -> None:
+    gen = Gated()
+    with serving(create_node_app(gen, max_queue=1)) as base:
+        with httpx.stream("POST", f"{base}/api/generate", json={"model": "gated", "prompt": "x"}) as r:
+            assert '"response":"o"' in next(r.iter_lines())
+        # The client hung up mid-answer; once the worker notices, the place must be free again.
+        gen.gate.set()
+        client = ollama.Client(host=base)
+        deadline = time.monotonic() + 10
+        while True:  # poll: the server learns of the disconnect asynchronously
+            try:
+                assert client.generate(model="gated", prompt="y").response == "ok"
+                break
+            except ollama.ResponseError as exc:
+                if exc.status_code != 503 or time.monotonic() > deadline:
+                    raise
+
+
+def test_serve_node_runs_uvicorn(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    tiny: Generator = get_model()  # TinyModel satisfies the node's protocol (checked by mypy)
+    node.serve_node("127.0.0.1", 0, generator=tiny, log_level="warning")
+    assert isinstance(seen["app"], Starlette)
+    assert (seen["host"], seen["port"], seen["log_level"]) == ("127.0.0.1", 0, "warning")
