@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Sequence
 
 import msgspec
+import numpy as np
 
 from .sims.base import count_tokens
 from .wire import Covenant, Fragment, Message, Query
@@ -60,16 +61,18 @@ def fragment_hash(content: str, model: str) -> str:
     return hashlib.sha256(f"{model}\x00{canonical}".encode()).hexdigest()
 
 
+_BITS = np.uint64(1) << np.arange(64, dtype=np.uint64)
+
+
 def fingerprint(content: str) -> int:
-    """64-bit simhash over word 3-shingles: near-identical prompts get near-identical sketches."""
+    """64-bit simhash over word 3-shingles: near-identical prompts get near-identical sketches.
+    Vectorised: one hash per shingle in Python, the bit voting in numpy."""
     words = content.lower().split()
     shingles = [" ".join(words[i : i + 3]) for i in range(max(1, len(words) - 2))] or [""]
-    acc = [0] * 64
-    for sh in shingles:
-        h = int.from_bytes(hashlib.blake2b(sh.encode(), digest_size=8).digest(), "big")
-        for bit in range(64):
-            acc[bit] += 1 if h >> bit & 1 else -1
-    return sum(1 << bit for bit in range(64) if acc[bit] > 0)
+    hashes = np.fromiter((int.from_bytes(hashlib.blake2b(sh.encode(), digest_size=8).digest(), "big")
+                          for sh in shingles), dtype=np.uint64, count=len(shingles))
+    votes = ((hashes[:, None] & _BITS) != 0).sum(axis=0) * 2 > len(shingles)
+    return int(_BITS[votes].sum())
 
 
 def analyze(query: Query, cov: Covenant, *, pipeline: Sequence[Step] = DEFAULT_PIPELINE,

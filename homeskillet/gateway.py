@@ -7,11 +7,11 @@ changes, so bad input gets a clear error and touches nothing.
 from __future__ import annotations
 
 import time
-import uuid
 
 import structlog
 
 from .errors import BadRequest, HomeskilletError, PayloadTooLarge
+from .ids import new_id
 from .orchestrator import Orchestrator
 from .telemetry import QUERIES, QUERY_SECONDS, get_logger
 from .wire import Answer, ErrorReply, Query
@@ -58,7 +58,7 @@ class Gateway:
     async def ask(self, query: Query) -> Answer:
         validate_query(query, max_prompt_bytes=self.max_prompt_bytes)
         if not query.query_id:
-            query.query_id = uuid.uuid4().hex
+            query.query_id = new_id()
         t0 = time.perf_counter()
         with structlog.contextvars.bound_contextvars(query_id=query.query_id, tenant=query.tenant):
             try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 from nats.aio.client import Client as NATS
 
@@ -28,6 +27,7 @@ from .errors import (
     Unmet,
 )
 from .fuse import fuse
+from .ids import new_id
 from .ledger import Hold, Release, Settle
 from .scoring import Ranked
 from .strike import Dispatcher
@@ -142,7 +142,7 @@ class Orchestrator:
                 return None
             choice = ranked[0]
             pool = choice.bid.pool
-            strike_id = uuid.uuid4().hex
+            strike_id = new_id()
             lease_id = None
             try:
                 if cfp_id is not None:

@@ -20,7 +20,8 @@ from .scoring import make_bid
 from .supervisor import HsActor
 from .wire import Award, Bid, CallForProposals, Lease, Offer, Quote, Refusal, Strike, Verdict
 
-__all__ = ["CommitLease", "CurrentQuote", "PoolAgent", "PoolState", "ReleaseLease", "TrackRecord"]
+__all__ = ["Admitted", "CommitLease", "CurrentQuote", "PoolAgent", "PoolState", "ReleaseLease", "TrackRecord",
+           "revalidate"]
 
 
 class CurrentQuote(msgspec.Struct, frozen=True):
@@ -33,6 +34,26 @@ class CommitLease(msgspec.Struct, frozen=True):
 
 class ReleaseLease(msgspec.Struct, frozen=True):
     lease_id: str
+
+
+class Admitted(msgspec.Struct, frozen=True):
+    """The host admitted a strike priced on a standing quote; its lease id is the strike id."""
+
+    strike_id: str
+    model: str
+    price_usd: float
+
+
+def revalidate(spec: PoolSpec, strike: Strike) -> str | None:
+    """Why a strike priced on a standing quote can no longer be served here (None: it can)."""
+    if "*" not in spec.models and strike.model not in spec.models:
+        return f"{spec.name}: does not serve {strike.model!r}"
+    f = strike.fragment
+    per_token = (f.prompt_tokens * spec.usd_per_mtok_in + f.max_tokens * spec.usd_per_mtok_out) / 1e6
+    if strike.max_price_usd > 0 and spec.usd_per_hour == 0 and per_token > strike.max_price_usd * 1.0001:
+        return (f"{spec.name}: quote {strike.quote_seq} is stale; the price is now ${per_token:.6f}, "
+                f"the award was ${strike.max_price_usd:.6f}")
+    return None
 
 
 class TrackRecord:
@@ -108,6 +129,12 @@ class PoolAgent(HsActor):
                 return self._lease(sid, bid)
             case CommitLease(strike=strike):
                 return self._commit(strike)
+            case Admitted(strike_id=sid, model=model, price_usd=price):
+                s.leases[sid] = Lease(lease_id=sid, pool=s.spec.name, strike_id=sid, price_usd=price,
+                                      expires_at_ms=now_ms() + 60_000)
+                s.by_strike[sid] = sid
+                s.warm.add(model)
+                return None
             case ReleaseLease(lease_id=lid):
                 lease = s.leases.pop(lid, None)
                 if lease is not None:
@@ -130,25 +157,9 @@ class PoolAgent(HsActor):
         return lease
 
     def _commit(self, strike: Strike) -> Lease:
-        """Re-validate what the strike was priced on, then hold a slot for it."""
+        """A strike under a Contract Net award: its lease must still be held."""
         s: PoolState = self.state
-        if strike.lease_id is not None:
-            lease = s.leases.get(strike.lease_id)
-            if lease is None or lease.expires_at_ms < now_ms():
-                raise LeaseRejected(f"{s.spec.name}: lease {strike.lease_id} is unknown or expired", term="lease")
-            return lease
-        if strike.strike_id in s.by_strike:  # a redelivery of a strike already holding a slot
-            return s.leases[s.by_strike[strike.strike_id]]
-        offer = s.offer()
-        # Price re-validation: the current price for this fragment must not exceed the award.
-        f = strike.fragment
-        per_token = (f.prompt_tokens * offer.usd_per_mtok_in + f.max_tokens * offer.usd_per_mtok_out) / 1e6
-        if strike.max_price_usd > 0 and per_token > strike.max_price_usd * 1.0001 and offer.usd_per_hour == 0:
-            raise LeaseRejected(
-                f"{s.spec.name}: quote {strike.quote_seq} is stale; the price is now ${per_token:.6f}, "
-                f"the award was ${strike.max_price_usd:.6f}", term="cost.max_usd_per_request")
-        if "*" not in offer.models and strike.model not in offer.models:
-            raise LeaseRejected(f"{s.spec.name}: does not serve {strike.model!r}", term="resources.model")
-        bid = Bid(pool=s.spec.name, offer=offer, model=strike.model, price_usd=strike.max_price_usd,
-                  predicted_start_ms=0, predicted_total_ms=0, tokens_per_s=0, quote_seq=s.seq, expires_at_ms=0)
-        return self._lease(strike.strike_id, bid)
+        lease = s.leases.get(strike.lease_id or "")
+        if lease is None or lease.expires_at_ms < now_ms():
+            raise LeaseRejected(f"{s.spec.name}: lease {strike.lease_id} is unknown or expired", term="lease")
+        return lease

@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 
 from .config import PoolSpec, Settings
 from .errors import HomeskilletError, LeaseRejected, Preempted
-from .pools import CommitLease, CurrentQuote, PoolAgent, PoolState, ReleaseLease
+from .pools import Admitted, CommitLease, CurrentQuote, PoolAgent, PoolState, ReleaseLease, revalidate
 from .providers.base import Connector, InferRequest
 from .scoring import price_usd
 from .subjects import Subjects, token
@@ -49,6 +49,23 @@ HEARTBEAT_HEADER = "Hs-Heartbeat"
 _RESULTS_KEPT = 50_000
 
 
+class _Heartbeat:
+    """Says "alive" to the dispatcher while a strike runs. A timer, not a task: most strikes
+    finish before it first fires, and a timer costs almost nothing to cancel."""
+
+    def __init__(self, host: PoolHost, reply: str) -> None:
+        self.host, self.reply = host, reply
+        self.interval = host.settings.heartbeat_ms / 1000.0
+        self.handle = asyncio.get_running_loop().call_later(self.interval, self._beat)
+
+    def _beat(self) -> None:
+        self.host._spawn(self.host.nc.publish(self.reply, b"", headers={HEARTBEAT_HEADER: "1"}))
+        self.handle = asyncio.get_running_loop().call_later(self.interval, self._beat)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
 class PoolHost:
     def __init__(self, nc: NATS, subjects: Subjects, spec: PoolSpec, connector: Connector,
                  supervisor: Supervisor, settings: Settings) -> None:
@@ -60,6 +77,7 @@ class PoolHost:
         self._subs: list[Any] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._quoter: asyncio.Task[None] | None = None
+        self.active = 0  # strikes admitted here and not finished: the loop is the admission authority
 
     async def start(self) -> None:
         s = self.subjects
@@ -129,7 +147,7 @@ class PoolHost:
         self.results[sid] = fut
         while len(self.results) > _RESULTS_KEPT:
             self.results.popitem(last=False)
-        beat = asyncio.create_task(self._heartbeat(msg.reply)) if msg.reply else None
+        beat = _Heartbeat(self, msg.reply) if msg.reply else None
         try:
             result = await self._run(strike)
         finally:
@@ -142,21 +160,25 @@ class PoolHost:
         if msg.reply:
             await self.nc.publish(msg.reply, encode(result))
 
-    async def _heartbeat(self, reply: str) -> None:
-        interval = self.settings.heartbeat_ms / 1000.0
-        while True:
-            await asyncio.sleep(interval)
-            await self.nc.publish(reply, b"", headers={HEARTBEAT_HEADER: "1"})
-
     async def _run(self, strike: Any) -> StrikeResult:
         pool, sid = self.spec.name, strike.strike_id
         if strike.deadline_ms and time.time() * 1000 > strike.deadline_ms:
             return StrikeFailure(strike_id=sid, pool=pool, code="deadline_exceeded",
                                  message="the strike arrived after its deadline", retryable=False)
-        try:
-            lease = await self.agent.call(CommitLease(strike))
-        except LeaseRejected as exc:
-            return StrikeFailure(strike_id=sid, pool=pool, code="lease_rejected", message=exc.message)
+        if strike.lease_id is not None:  # a Contract Net award: the agent holds the lease
+            try:
+                lease_id = (await self.agent.call(CommitLease(strike))).lease_id
+            except LeaseRejected as exc:
+                return StrikeFailure(strike_id=sid, pool=pool, code="lease_rejected", message=exc.message)
+        else:  # priced on a standing quote: admit on the loop, tell the agent (no hop on the hot path)
+            why = revalidate(self.spec, strike)
+            if why is None and self.active >= self.spec.capacity + self.spec.queue_limit:
+                why = f"{pool}: no free capacity (queue full)"
+            if why is not None:
+                return StrikeFailure(strike_id=sid, pool=pool, code="lease_rejected", message=why)
+            lease_id = sid
+            self.agent.tell(Admitted(sid, strike.model, strike.max_price_usd))
+        self.active += 1
         f = strike.fragment
         req = InferRequest(strike_id=sid, model=strike.model, prompt=f.prompt, context=f.context,
                            max_tokens=f.max_tokens, temperature=f.temperature, deadline_ms=strike.deadline_ms,
@@ -176,7 +198,8 @@ class PoolHost:
             log.exception("strike_crashed", pool=pool, strike_id=sid, query_id=strike.query_id)
             return StrikeFailure(strike_id=sid, pool=pool, code="engine_error", message=repr(exc))
         finally:
-            self.agent.tell(ReleaseLease(lease.lease_id))
+            self.active -= 1
+            self.agent.tell(ReleaseLease(lease_id))
         elapsed = (time.perf_counter() - t0) * 1000.0
         offer = self.spec
         cost = res.billed_usd
