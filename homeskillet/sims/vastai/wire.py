@@ -1,0 +1,83 @@
+"""Vast.ai request bodies as msgspec Structs, plus the JSON response the simulator answers with.
+
+Bodies are decoded once at the edge; a body that does not fit is answered 400 ``invalid_args``.
+Unknown keys are ignored, as Vast's own API does for the many optional flags clients send.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from starlette.responses import Response
+
+__all__ = ["JSON", "ChangeBid", "ChangeState", "ChatMessage", "ChatRequest", "CreateInstance", "SearchAsks",
+           "prompt_of"]
+
+Price = Annotated[float, msgspec.Meta(ge=0, le=1e6)]
+
+
+class CreateInstance(msgspec.Struct, kw_only=True):
+    """Body of ``PUT /asks/{id}/``; unknown keys (dstack's ``python_utf8`` ...) are accepted and ignored."""
+
+    image: str | None = None
+    client_id: str = "me"
+    disk: Annotated[float, msgspec.Meta(ge=1, le=100_000)] = 10.0
+    label: str | None = None
+    env: dict[str, Any] | None = None
+    onstart: str | None = None
+    runtype: str | None = None
+    args: list[str] | None = None
+    price: Price | None = None  # null = on-demand; a number = $/h bid, interruptible
+    image_login: str | None = None
+    template_hash_id: str | None = None
+    cancel_unavail: bool = False
+    force: bool = False
+    user: str | None = None
+
+
+class ChangeState(msgspec.Struct, kw_only=True):
+    state: Literal["stopped", "running"] | None = None
+    label: str | None = None
+
+
+class ChangeBid(msgspec.Struct, kw_only=True):
+    price: Price
+    client_id: str = "me"
+
+
+class SearchAsks(msgspec.Struct, kw_only=True):
+    q: dict[str, Any] = {}
+    select_cols: list[str] = msgspec.field(default_factory=lambda: ["*"])
+
+
+class ChatMessage(msgspec.Struct, kw_only=True):
+    role: str
+    content: str | list[Any] | None = None
+
+
+class ChatRequest(msgspec.Struct, kw_only=True):
+    model: str
+    messages: list[ChatMessage]
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+
+
+class JSON(Response):
+    """msgspec encoding: fast, and a non-finite float becomes null instead of a 500."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return msgspec.json.encode(content)
+
+
+def prompt_of(messages: list[ChatMessage]) -> str:
+    parts: list[str] = []
+    for m in messages:
+        if isinstance(m.content, str):
+            parts.append(m.content)
+        elif isinstance(m.content, list):  # OpenAI content parts: [{"type": "text", "text": ...}]
+            parts.extend(p["text"]
+                         for p in m.content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return "\n".join(parts)
