@@ -36,6 +36,7 @@ async def test_killing_the_winning_pool_mid_strike_restrikes_on_the_fallback(nat
             await rt.wait_for_pools(["echo/doomed"], timeout=30)
             nc = await nats.connect(nats_url)
             seen = await nc.subscribe(rt.subjects.strike("echo/doomed"))  # watch the strike go out
+            await nc.flush()  # the server knows of the watcher before the strike is sent
             pending = asyncio.create_task(rt.ask(prompt="survive this", covenant="gemma-2b"))
             await seen.next_msg(timeout=10)
             os.kill(proc.pid, signal.SIGKILL)  # the worker dies holding the strike
