@@ -20,12 +20,13 @@ from .scoring import make_bid
 from .supervisor import HsActor
 from .wire import Award, Bid, CallForProposals, Lease, Offer, Quote, Refusal, Strike, Verdict
 
-__all__ = ["Admitted", "CommitLease", "CurrentQuote", "PoolAgent", "PoolState", "ReleaseLease", "TrackRecord",
+__all__ = ["CommitLease", "CurrentQuote", "PoolAgent", "PoolState", "ReleaseLease", "Served", "TrackRecord",
            "revalidate"]
 
 
 class CurrentQuote(msgspec.Struct, frozen=True):
     ttl_ms: int
+    admitted: int = 0  # strikes the host admitted on the loop and is running now
 
 
 class CommitLease(msgspec.Struct, frozen=True):
@@ -36,12 +37,10 @@ class ReleaseLease(msgspec.Struct, frozen=True):
     lease_id: str
 
 
-class Admitted(msgspec.Struct, frozen=True):
-    """The host admitted a strike priced on a standing quote; its lease id is the strike id."""
+class Served(msgspec.Struct, frozen=True):
+    """The host served a strike priced on a standing quote (told after the reply, off the hot path)."""
 
-    strike_id: str
     model: str
-    price_usd: float
 
 
 def revalidate(spec: PoolSpec, strike: Strike) -> str | None:
@@ -88,9 +87,9 @@ class PoolState:
         self.seq = 1
         self.warm: set[str] = set()
 
-    def offer(self) -> Offer:
+    def offer(self, admitted: int = 0) -> Offer:
         s = self.spec
-        busy = len(self.leases)
+        busy = len(self.leases) + admitted
         start = s.start_ms
         if self.record.latency_ewma_ms is not None:
             # Observed latency corrects the static prediction, but never below the spec's floor.
@@ -115,9 +114,9 @@ class PoolAgent(HsActor):
     def handle(self, msg: Any) -> Any:
         s: PoolState = self.state
         match msg:
-            case CurrentQuote(ttl_ms=ttl):
+            case CurrentQuote(ttl_ms=ttl, admitted=admitted):
                 t = now_ms()
-                return Quote(offer=s.offer(), seq=s.seq, issued_at_ms=t, expires_at_ms=t + ttl)
+                return Quote(offer=s.offer(admitted), seq=s.seq, issued_at_ms=t, expires_at_ms=t + ttl)
             case CallForProposals() as cfp:
                 if s.full():
                     return Refusal(cfp_id=cfp.cfp_id, pool=s.spec.name, term="capacity", detail="queue full")
@@ -129,10 +128,7 @@ class PoolAgent(HsActor):
                 return self._lease(sid, bid)
             case CommitLease(strike=strike):
                 return self._commit(strike)
-            case Admitted(strike_id=sid, model=model, price_usd=price):
-                s.leases[sid] = Lease(lease_id=sid, pool=s.spec.name, strike_id=sid, price_usd=price,
-                                      expires_at_ms=now_ms() + 60_000)
-                s.by_strike[sid] = sid
+            case Served(model=model):
                 s.warm.add(model)
                 return None
             case ReleaseLease(lease_id=lid):

@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 
 from .config import PoolSpec, Settings
 from .errors import HomeskilletError, LeaseRejected, Preempted
-from .pools import Admitted, CommitLease, CurrentQuote, PoolAgent, PoolState, ReleaseLease, revalidate
+from .pools import CommitLease, CurrentQuote, PoolAgent, PoolState, ReleaseLease, Served, revalidate
 from .providers.base import Connector, InferRequest
 from .scoring import price_usd
 from .subjects import Subjects, token
@@ -103,7 +103,7 @@ class PoolHost:
     # --- quotes ----------------------------------------------------------------------------------
 
     async def publish_quote(self) -> None:
-        quote = await self.agent.call(CurrentQuote(ttl_ms=self.settings.quote_ttl_ms))
+        quote = await self.agent.call(CurrentQuote(ttl_ms=self.settings.quote_ttl_ms, admitted=self.active))
         await self.nc.publish(self.subjects.quote(self.spec.name), encode(quote))
 
     async def _quote_loop(self) -> None:
@@ -159,12 +159,15 @@ class PoolHost:
         STRIKES.labels(pool=self.spec.name, outcome=result.__struct_config__.tag).inc()
         if msg.reply:
             await self.nc.publish(msg.reply, encode(result))
+        if isinstance(result, StrikeOk) and strike.lease_id is None:
+            self.agent.tell(Served(result.model))  # after the reply: the record is not on the hot path
 
     async def _run(self, strike: Any) -> StrikeResult:
         pool, sid = self.spec.name, strike.strike_id
         if strike.deadline_ms and time.time() * 1000 > strike.deadline_ms:
             return StrikeFailure(strike_id=sid, pool=pool, code="deadline_exceeded",
                                  message="the strike arrived after its deadline", retryable=False)
+        lease_id: str | None = None
         if strike.lease_id is not None:  # a Contract Net award: the agent holds the lease
             try:
                 lease_id = (await self.agent.call(CommitLease(strike))).lease_id
@@ -176,8 +179,7 @@ class PoolHost:
                 why = f"{pool}: no free capacity (queue full)"
             if why is not None:
                 return StrikeFailure(strike_id=sid, pool=pool, code="lease_rejected", message=why)
-            lease_id = sid
-            self.agent.tell(Admitted(sid, strike.model, strike.max_price_usd))
+            lease_id = None  # the host, not the agent, accounts for it
         self.active += 1
         f = strike.fragment
         req = InferRequest(strike_id=sid, model=strike.model, prompt=f.prompt, context=f.context,
@@ -199,7 +201,8 @@ class PoolHost:
             return StrikeFailure(strike_id=sid, pool=pool, code="engine_error", message=repr(exc))
         finally:
             self.active -= 1
-            self.agent.tell(ReleaseLease(lease_id))
+            if lease_id is not None:
+                self.agent.tell(ReleaseLease(lease_id))
         elapsed = (time.perf_counter() - t0) * 1000.0
         offer = self.spec
         cost = res.billed_usd
