@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
 from nats.aio.client import Client as NATS
 
 from .analyze import analyze
@@ -199,8 +200,7 @@ class Orchestrator:
                 served = await self._try_step(query, cov, frag, step, j > 0, until, tried, [])
                 if served is not None:
                     o, text = served
-                    return FragmentOutcome(**{**{f: getattr(o, f) for f in o.__struct_fields__},
-                                              "step": f"queue→{o.step}"}), text
+                    return msgspec.structs.replace(o, step=f"queue→{o.step}"), text
         tried.append(f"queue: no capacity within {cov.fallback.queue_max_wait_ms} ms")
         return None
 

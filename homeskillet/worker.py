@@ -37,6 +37,7 @@ from .wire import (
     StrikeOk,
     StrikePreemption,
     StrikeResult,
+    Verdict,
     decode_agent_msg,
     decode_strike,
     encode,
@@ -250,7 +251,5 @@ class PoolHost:
                 log.debug("bid_rejected", pool=self.spec.name, cfp_id=m.cfp_id, reason=m.reason)
 
     async def _on_verdict(self, msg: Msg) -> None:
-        from .wire import Verdict
-
         with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
             self.agent.tell(msgspec.json.decode(msg.data, type=Verdict))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from homeskillet.sims.base import SimConfig, count_tokens, sim_completion
+from homeskillet.sims.common import JSON, ChatRequest
 from homeskillet.sims.runpod.catalog import GpuType
 from homeskillet.sims.runpod.graphql import GraphQLError, Resolver, execute, parse
 from homeskillet.sims.runpod.state import Clock, RunPodError, RunPodState, SimClock
@@ -54,23 +55,7 @@ class GraphQLRequest(msgspec.Struct, kw_only=True):
     operationName: str | None = None
 
 
-class ChatMessage(msgspec.Struct, kw_only=True):
-    role: str
-    content: str | list[Any] | None = None
-
-
-class ChatRequest(msgspec.Struct, kw_only=True):
-    model: str
-    messages: list[ChatMessage]
-    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
-    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
-
-
-class JSON(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return msgspec.json.encode(content)  # a non-finite float becomes null, never a 500
+  # a non-finite float becomes null, never a 500
 
 
 def _gql_fail(status: int, msg: str) -> Response:

@@ -8,13 +8,13 @@ while running and the volume at $0.20/GB/month while EXITED, RunPod's published 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
 from homeskillet.sims.base import SimConfig, SimRandom
+from homeskillet.sims.common import Clock, SimClock, as_clock
 from homeskillet.sims.runpod.catalog import (
     DataCenter,
     GpuType,
@@ -28,38 +28,7 @@ __all__ = ["NO_STOCK", "Clock", "DeploySpec", "Pod", "RunPodError", "RunPodState
 NO_STOCK = ("There are no longer any instances available with the requested specifications. "
             "Please refresh and try again.")
 NO_GPUS_ON_HOST = "There are not enough free GPUs on the host machine to start this pod."
-DEFAULT_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z: a frozen clock starts here so runs repeat
 _ALNUM = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-
-class _CallClock:
-    """Adapts a plain ``() -> float`` (as other simulators take) to ``Clock``."""
-
-    def __init__(self, fn: Callable[[], float]) -> None:
-        self.now = fn
-
-
-class SimClock:
-    """Simulated epoch seconds: frozen at time_scale 0 (move it with ``advance``), else wall time / scale."""
-
-    def __init__(self, time_scale: float, epoch: float | None = None) -> None:
-        self.time_scale = time_scale
-        self._epoch = epoch if epoch is not None else (DEFAULT_EPOCH if time_scale <= 0 else time.time())
-        self._real0 = time.monotonic()
-        self._offset = 0.0
-
-    def now(self) -> float:
-        real = (time.monotonic() - self._real0) / self.time_scale if self.time_scale > 0 else 0.0
-        return self._epoch + real + self._offset
-
-    def advance(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError("the clock only moves forward")
-        self._offset += seconds
 
 
 class RunPodError(Exception):
@@ -122,7 +91,7 @@ class RunPodState:
         self.config = config
         self.rnd = SimRandom(config)
         self.clock: Clock = (SimClock(config.time_scale, extra.get("epoch")) if clock is None
-                             else clock if hasattr(clock, "now") else _CallClock(clock))
+                             else as_clock(clock))
         self.boot_s = float(extra.get("boot_s", 0.0))  # image pull before faults.slow_ready_s
         self.gpu_types = {g.id: g for g in default_gpu_types()}
         self.data_centers = {d.id: d for d in default_data_centers()}

@@ -9,51 +9,20 @@ stopped or half-created instance keeps costing money until someone destroys it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
 from homeskillet.sims.base import SimConfig, SimRandom
+from homeskillet.sims.common import DEFAULT_EPOCH, Clock, SimClock, as_clock
 from homeskillet.sims.vastai.market import HOURS_PER_MONTH, Offer, default_offers
 
 __all__ = ["DEFAULT_EPOCH", "Clock", "Instance", "SimClock", "VastError", "VastState"]
 
-DEFAULT_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z: a frozen clock starts here so runs repeat
 OCI_ERROR = ("Error response from daemon: failed to create task for container: failed to create shim task: "
              "OCI runtime create failed: runc create failed: unable to start container process: "
              "exec: \"vllm\": executable file not found in $PATH: unknown")
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-
-class _CallClock:
-    """Adapts a plain ``() -> float`` (as other simulators take) to ``Clock``."""
-
-    def __init__(self, fn: Callable[[], float]) -> None:
-        self.now = fn
-
-
-class SimClock:
-    """Simulated epoch seconds: frozen at time_scale 0 (move it with ``advance``), else wall time / scale."""
-
-    def __init__(self, time_scale: float, epoch: float | None = None) -> None:
-        self.time_scale = time_scale
-        self._epoch = epoch if epoch is not None else (DEFAULT_EPOCH if time_scale <= 0 else time.time())
-        self._real0 = time.monotonic()
-        self._offset = 0.0
-
-    def now(self) -> float:
-        real = (time.monotonic() - self._real0) / self.time_scale if self.time_scale > 0 else 0.0
-        return self._epoch + real + self._offset
-
-    def advance(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError("the clock only moves forward")
-        self._offset += seconds
 
 
 class VastError(Exception):
@@ -98,7 +67,7 @@ class VastState:
         self.config = config
         self.rnd = SimRandom(config)
         self.clock: Clock = (SimClock(config.time_scale, extra.get("epoch")) if clock is None
-                             else clock if hasattr(clock, "now") else _CallClock(clock))
+                             else as_clock(clock))
         self.boot_s = float(extra.get("boot_s", 0.0))  # image pull + start, before slow_ready_s
         self.oci_error_rate = float(extra.get("oci_error_rate", 0.0))
         if "offers" in extra:

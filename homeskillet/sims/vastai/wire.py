@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
-from starlette.responses import Response
+
+from homeskillet.sims.common import JSON, ChatMessage, ChatRequest
 
 __all__ = ["JSON", "ChangeBid", "ChangeState", "ChatMessage", "ChatRequest", "CreateInstance", "SearchAsks",
            "prompt_of"]
@@ -49,27 +50,6 @@ class ChangeBid(msgspec.Struct, kw_only=True):
 class SearchAsks(msgspec.Struct, kw_only=True):
     q: dict[str, Any] = {}
     select_cols: list[str] = msgspec.field(default_factory=lambda: ["*"])
-
-
-class ChatMessage(msgspec.Struct, kw_only=True):
-    role: str
-    content: str | list[Any] | None = None
-
-
-class ChatRequest(msgspec.Struct, kw_only=True):
-    model: str
-    messages: list[ChatMessage]
-    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
-    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
-
-
-class JSON(Response):
-    """msgspec encoding: fast, and a non-finite float becomes null instead of a 500."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return msgspec.json.encode(content)
 
 
 def prompt_of(messages: list[ChatMessage]) -> str:
