@@ -10,7 +10,11 @@
     ├── NoPoolError                  no pool can meet the covenant; names each unmet term (503)
     ├── BudgetExceeded               the tenant's budget cannot cover the hold (402)
     ├── StrikeFailed                 a strike did not return a result (retryable on fallback)
-    │   └── Preempted                the pool evicted the strike mid-inference
+    │   ├── Preempted                the pool evicted the strike mid-inference
+    │   └── ProviderError            a provider's API said no; .provider, .http_status
+    │       ├── ProviderAuthError    our credential was refused (not retryable)
+    │       ├── RateLimited          429; .retry_after_s
+    │       └── NoCapacity           nothing to rent or allocate that fits, right now
     ├── LeaseRejected                the pool would not commit a lease (stale quote, no capacity)
     ├── DeadlineExceeded             the covenant's hard deadline passed (504)
     └── ExtraMissing                 an optional extra is not installed; says which to install
@@ -29,9 +33,13 @@ __all__ = [
     "ExtraMissing",
     "HomeskilletError",
     "LeaseRejected",
+    "NoCapacity",
     "NoPoolError",
     "PayloadTooLarge",
     "Preempted",
+    "ProviderAuthError",
+    "ProviderError",
+    "RateLimited",
     "StrikeFailed",
     "UnknownCovenant",
     "Unmet",
@@ -118,6 +126,37 @@ class StrikeFailed(HomeskilletError):
 
 class Preempted(StrikeFailed):
     code = "preempted"
+
+    def __init__(self, message: str, *, billed_usd: float | None = None, term: str | None = None,
+                 tried: tuple[str, ...] = ()) -> None:
+        super().__init__(message, term=term, tried=tried)
+        self.billed_usd = billed_usd  # what the provider bills for the evicted part, when it says
+
+
+class ProviderError(StrikeFailed):
+    code = "provider_error"
+
+    def __init__(self, message: str, *, provider: str, http_status: int = 0, term: str | None = None) -> None:
+        super().__init__(f"{provider}: {message}", term=term)
+        self.provider, self.http_status = provider, http_status
+
+
+class ProviderAuthError(ProviderError):
+    code = "provider_auth"
+    retryable = False
+
+
+class RateLimited(ProviderError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, provider: str, http_status: int = 429, retry_after_s: float | None = None,
+                 term: str | None = None) -> None:
+        super().__init__(message, provider=provider, http_status=http_status, term=term)
+        self.retry_after_s = retry_after_s
+
+
+class NoCapacity(ProviderError):
+    code = "no_capacity"
 
 
 class LeaseRejected(HomeskilletError):

@@ -6,11 +6,16 @@ Use as a pytest plugin: ``pytest_plugins = ["homeskillet.testing"]``.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 
@@ -18,7 +23,7 @@ from .config import PoolSpec, Settings
 from .natsd import NatsServer
 from .runtime import Runtime
 
-__all__ = ["echo_pool", "nats_server", "nats_url", "runtime", "start_runtime"]
+__all__ = ["echo_pool", "nats_server", "nats_url", "runtime", "serve_asgi", "start_runtime"]
 
 
 def echo_pool(name: str = "echo/standard", pool_class: str = "standard", **kw: Any) -> PoolSpec:
@@ -39,6 +44,37 @@ async def start_runtime(url: str, pools: list[PoolSpec] | None = None, **setting
         yield rt
     finally:
         await rt.stop()
+
+
+@contextlib.contextmanager
+def serve_asgi(app: Any, ready_path: str = "/", *, timeout_s: float = 15.0) -> Iterator[str]:
+    """Serve an ASGI app (a simulator, a node, our HTTP API) with uvicorn on a free loopback
+    port in a thread; yield its base URL once ``ready_path`` answers with any status below 500."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()  # connections queue in the backlog until uvicorn starts accepting
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(url + ready_path, timeout=5).status_code < 500:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"the app on {url} did not answer {ready_path} within {timeout_s:g}s")
+            time.sleep(0.02)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
 
 
 @pytest.fixture(scope="session")

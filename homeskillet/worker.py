@@ -192,7 +192,7 @@ class PoolHost:
                 res = await self.connector.infer(req)
         except Preempted as exc:
             secs = time.perf_counter() - t0
-            billed = self.spec.usd_per_hour * secs / 3600.0
+            billed = exc.billed_usd if exc.billed_usd is not None else self.spec.usd_per_hour * secs / 3600.0
             return StrikePreemption(strike_id=sid, pool=pool, message=exc.message, billed_usd=billed)
         except HomeskilletError as exc:
             return StrikeFailure(strike_id=sid, pool=pool, code=exc.code, message=exc.message,

@@ -19,7 +19,10 @@ __all__ = ["EchoConnector"]
 @register("echo")
 class EchoConnector(Connector):
     unsupported = {
+        "quote": "echo pools are priced by their pool spec",
         "allocate": "echo pools have nothing to allocate",
+        "release": "echo pools have nothing to release",
+        "metrics": "echo pools keep no allocation metrics",
         "preemptible": "echo pools are never preempted",
         "bid": "echo pools have a fixed price",
     }

@@ -20,7 +20,10 @@ __all__ = ["MlxConnector"]
 @register("mlx")
 class MlxConnector(Connector):
     unsupported = {
+        "quote": "local MLX is priced by its pool spec",
         "allocate": "local MLX runs in this process; there is nothing to allocate",
+        "release": "local MLX runs in this process; there is nothing to release",
+        "metrics": "local MLX keeps no allocation metrics",
         "preemptible": "local capacity is never preempted",
         "bid": "local capacity has no market price",
     }

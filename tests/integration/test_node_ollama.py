@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,40 +19,15 @@ from starlette.applications import Starlette
 from homeskillet import node
 from homeskillet.node import CHAT_TEMPLATE, Generator, create_node_app, parse_keep_alive, render_chat
 from homeskillet.providers.mlx_model import get_model
+from homeskillet.testing import serve_asgi
 
 NASTY = "$(rm -rf /); `id` | && ; 'quotes' \"dq\" \\n %s {{ .Prompt }} \x00 ünï"
 GREEDY = {"num_predict": 12, "temperature": 0}
 
 
-@contextlib.contextmanager
-def serving(app: Starlette) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free port in a thread; yield its base URL once it answers."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()  # connections queue in the backlog until uvicorn starts accepting
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 15
-        while True:  # readiness: poll until the node answers (each try blocks up to its timeout)
-            try:
-                httpx.get(f"{url}/api/version", timeout=5).raise_for_status()
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or not thread.is_alive():
-                    raise
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    with serving(create_node_app(models=["hs-tiny", "tiny-alias:7b"])) as base:
+    with serve_asgi(create_node_app(models=["hs-tiny", "tiny-alias:7b"]), "/api/version") as base:
         yield base
 
 
@@ -210,7 +183,7 @@ class Gated:
 
 def test_busy_node_answers_503_and_keeps_serving() -> None:
     gen = Gated()
-    with serving(create_node_app(gen, max_queue=1)) as base, ThreadPoolExecutor(1) as pool:
+    with serve_asgi(create_node_app(gen, max_queue=1), "/api/version") as base, ThreadPoolExecutor(1) as pool:
         client = ollama.Client(host=base)
         first = pool.submit(client.generate, model="gated", prompt="x")
         assert gen.started.wait(timeout=10)
@@ -229,7 +202,7 @@ def test_busy_node_answers_503_and_keeps_serving() -> None:
 def test_error_mid_stream_arrives_in_band() -> None:
     gen = Gated(fail=True)
     gen.gate.set()
-    with serving(create_node_app(gen)) as base:
+    with serve_asgi(create_node_app(gen), "/api/version") as base:
         client = ollama.Client(host=base)
         with pytest.raises(ollama.ResponseError, match="boom"):
             list(client.generate(model="gated", prompt="x", stream=True))
@@ -249,7 +222,7 @@ def test_parse_keep_alive(value: float | str | None, seconds: float) -> None:
 
 def test_client_disconnect_frees_the_queue_place() -> None:
     gen = Gated()
-    with serving(create_node_app(gen, max_queue=1)) as base:
+    with serve_asgi(create_node_app(gen, max_queue=1), "/api/version") as base:
         with httpx.stream("POST", f"{base}/api/generate", json={"model": "gated", "prompt": "x"}) as r:
             assert '"response":"o"' in next(r.iter_lines())
         # The client hung up mid-answer; once the worker notices, the place must be free again.
