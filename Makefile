@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[mlx,ssh,dev]'
+	$(BIN)/pip install -q -e '.[mlx,ssh,replay,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -44,7 +44,8 @@ from .wire import (
     encode,
 )
 
-__all__ = ["BookView", "BrokerActor", "BrokerState", "MarkDown", "Negotiator", "UpdateQuote", "admits"]
+__all__ = ["BookView", "BrokerActor", "BrokerState", "MarkDown", "Negotiator", "UpdateQuote", "admits",
+           "bids_from_quotes"]
 
 
 def admits(step: Step, offer: Offer) -> bool:
@@ -58,6 +59,25 @@ def admits(step: Step, offer: Offer) -> bool:
         case "any":
             return True
     return False
+
+
+def bids_from_quotes(quotes: Iterable[Quote], step: Step, cov: Covenant, *, prompt_tokens: int, max_tokens: int,
+                     exclude: Iterable[str], allow_degrade: bool, now: int) -> tuple[list[Ranked], list[Unmet]]:
+    """Pure: bids made from the fresh quotes of the pools ``step`` admits, best first, and the
+    terms the others could not meet. The negotiator and the virtual-time simulation both call it."""
+    excluded = set(exclude)
+    bids: list[Bid] = []
+    unmet: list[Unmet] = []
+    for q in quotes:
+        if q.expires_at_ms < now or q.offer.pool in excluded or not admits(step, q.offer):
+            continue
+        b = make_bid(q.offer, cov, prompt_tokens=prompt_tokens, max_tokens=max_tokens, quote_seq=q.seq,
+                     expires_at_ms=q.expires_at_ms, allow_degrade=allow_degrade)
+        if isinstance(b, Refusal):
+            unmet.append(Unmet(b.term, b.detail, b.pool))
+        else:
+            bids.append(b)
+    return rank(bids, cov), unmet
 
 
 class BookView:
@@ -142,20 +162,9 @@ class Negotiator:
     def from_quotes(self, step: Step, cov: Covenant, frag: Fragment, exclude: Iterable[str],
                     allow_degrade: bool) -> tuple[list[Ranked], list[Unmet]]:
         """Bids made from the standing quotes of the pools the step admits, best first."""
-        t = now_ms()
-        excluded = set(exclude)
-        bids: list[Bid] = []
-        unmet: list[Unmet] = []
-        for q in self.view.quotes:
-            if q.expires_at_ms < t or q.offer.pool in excluded or not admits(step, q.offer):
-                continue
-            b = make_bid(q.offer, cov, prompt_tokens=frag.prompt_tokens, max_tokens=frag.max_tokens,
-                         quote_seq=q.seq, expires_at_ms=q.expires_at_ms, allow_degrade=allow_degrade)
-            if isinstance(b, Refusal):
-                unmet.append(Unmet(b.term, b.detail, b.pool))
-            else:
-                bids.append(b)
-        return rank(bids, cov), unmet
+        return bids_from_quotes(self.view.quotes, step, cov, prompt_tokens=frag.prompt_tokens,
+                                max_tokens=frag.max_tokens, exclude=exclude, allow_degrade=allow_degrade,
+                                now=now_ms())
 
     async def contract_net(self, step: Step, cov: Covenant, frag: Fragment, exclude: Iterable[str],
                            allow_degrade: bool) -> tuple[list[Ranked], list[Unmet], str]:

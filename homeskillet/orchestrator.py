@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -49,7 +50,7 @@ from .wire import (
     encode,
 )
 
-__all__ = ["Orchestrator", "judge"]
+__all__ = ["Orchestrator", "fallback_plan", "judge"]
 
 log = get_logger("homeskillet.orchestrator")
 
@@ -64,6 +65,13 @@ def judge(cov: Covenant, ok: StrikeOk, elapsed_ms: float) -> list[str]:
     if elapsed_ms > cov.qos.hard_deadline_ms:
         broken.append("qos.hard_deadline_ms")
     return broken
+
+
+def fallback_plan(chain: Sequence[Step]) -> list[tuple[Step, bool]]:
+    """Pure: each step of the walk with whether it may serve a covenant-allowed smaller model
+    (every step after the primary may). A queue step retries the strikeable steps before it, under
+    the same rule. The orchestrator and the virtual-time simulation both walk this."""
+    return [(step, i > 0) for i, step in enumerate(chain)]
 
 
 class Orchestrator:
@@ -111,7 +119,7 @@ class Orchestrator:
         tried: list[str] = []
         unmet: list[Unmet] = []
         steps_tried: list[str] = []
-        for i, step in enumerate(chain):
+        for i, (step, degrade) in enumerate(fallback_plan(chain)):
             if step.kind == "fail":
                 break
             steps_tried.append(str(step))
@@ -120,7 +128,7 @@ class Orchestrator:
                 if served is not None:
                     return served
                 continue
-            served = await self._try_step(query, cov, frag, step, i > 0, deadline, tried, unmet)
+            served = await self._try_step(query, cov, frag, step, degrade, deadline, tried, unmet)
             if served is not None:
                 return served
             FALLBACKS.labels(step=str(step), reason="exhausted").inc()
