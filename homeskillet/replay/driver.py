@@ -1,0 +1,246 @@
+"""``homeskillet replay``: drive a scenario's traffic, open loop, against a live Homeskillet over NATS.
+
+Queries go out at the scenario's arrival times whether or not earlier ones were answered (open
+loop: a slow system meets more load, not less), as ``hs.query`` requests, the same way any NATS
+client asks. The run is bounded in count (``max_queries``) and time (the scenario's duration, then
+at most the longest hard deadline for the last answers). Every query ends as an answer, an
+explicit error (an ``ErrorReply`` with the service-error headers), or, if nothing came back in
+time, as *lost*; the report's ledger must balance with nothing lost.
+
+Against the embedded stack the fault timeline is enacted on the real parts: an outage, a latency
+spike or a preemption storm on the pool's engine, a worker stopped mid-strike and restarted, a NATS
+node SIGKILLed under the pools it serves and restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+
+from ..covenant import CovenantBook, fallback_chain
+from ..errors import HomeskilletError
+from ..wire import Answer, Covenant, ErrorReply, Query, encode
+from .arrivals import ArrivalStream
+from .report import ERROR_KINDS, Observations, PoolUsage, Series
+from .scenario import Fault, Scenario
+from .stack import LiveStack
+
+__all__ = ["TARGETS", "prompt_for", "replay"]
+
+TARGETS = ("nats", "http", "mcp")
+_WORDS = ("the ask one try map row fit key age sum gap bid lot run set top way fix log use new old big own net "
+          "low far end add cut mix way sky ice oak elm fog").split()
+_reply = msgspec.json.Decoder(Answer | ErrorReply)
+
+
+def prompt_for(rng: random.Random, tokens: int, questions: int) -> str:
+    """A prompt of about ``tokens`` tokens holding ``questions`` questions (the analysis splits them)."""
+    per = max(1, tokens // questions)
+    return " ".join(" ".join([*(rng.choice(_WORDS) for _ in range(per - 1)), "why?"]) for _ in range(questions))
+
+
+@dataclass
+class _Row:
+    t: float
+    cls: int
+    latency_ms: float = float("nan")
+    cost: float = 0.0
+    error: str = "lost"
+    fallback: bool = False
+    alloc_ms: float | None = None
+    frags: list[tuple[str, float, int, int, list[str]]] = field(default_factory=list)  # pool, ms, in, out, broken
+
+
+class _Driver:
+    def __init__(self, s: Scenario, nc: NATS, subject: str, book: CovenantBook,
+                 progress: Callable[[int, int, float], None] | None) -> None:
+        self.s, self.nc, self.subject, self.progress = s, nc, subject, progress
+        self.rng = random.Random(s.seed)
+        self.covs: dict[tuple[int, int], Covenant] = {}
+        for ci, c in enumerate(s.classes):
+            for ti, tpl in enumerate(c.templates):
+                self.covs[ci, ti] = book.resolve(Query(covenant=c.covenant, overrides=c.overrides or None,
+                                                       max_tokens=tpl.max_tokens))
+        self.timeout = max(cov.qos.hard_deadline_ms for cov in self.covs.values()) / 1000.0 + 5.0
+        self.rows: list[_Row] = []
+        self.done = 0
+
+    async def _one(self, row: _Row, at: float, query: Query, primary: str) -> None:
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        t0 = time.monotonic()
+        try:
+            msg = await self.nc.request(self.subject, encode(query), timeout=self.timeout)
+            reply = _reply.decode(msg.data)
+        except (TimeoutError, nats.errors.Error, msgspec.DecodeError, msgspec.ValidationError):
+            reply = None  # nothing came back from Homeskillet: lost
+        row.latency_ms = (time.monotonic() - t0) * 1000.0
+        match reply:
+            case Answer():
+                row.error, row.cost = "", reply.cost_usd
+                row.fallback = any(f.step != primary or f.tried for f in reply.fragments)
+                row.alloc_ms = max(0.0, reply.latency_ms - max(f.latency_ms for f in reply.fragments))
+                row.frags = [(f.pool, f.latency_ms, f.prompt_tokens, f.completion_tokens, f.broken_terms)
+                             for f in reply.fragments]
+            case ErrorReply():
+                row.error = reply.code
+        self.done += 1
+
+    async def run(self, stack: LiveStack | None) -> float:
+        stream = ArrivalStream(self.s)
+        tasks: set[asyncio.Task[None]] = set()
+        start = time.monotonic()
+        faults = asyncio.create_task(self._faults(stack, start)) if stack is not None else None
+        now = 0.0
+        while not stream.done(now):
+            batch = stream.take(now + 0.1)
+            for i in range(len(batch)):
+                ci, ti, q = int(batch.cls[i]), int(batch.tpl[i]), int(batch.questions[i])
+                c = self.s.classes[ci]
+                tpl = c.templates[ti]
+                query = Query(tenant=self.s.tenants(c)[int(batch.tenant[i])], covenant=c.covenant,
+                              overrides=c.overrides or None, max_tokens=tpl.max_tokens,
+                              prompt=prompt_for(self.rng, tpl.prompt_tokens, q))
+                row = _Row(t=float(batch.t[i]), cls=ci)
+                self.rows.append(row)
+                primary = str(fallback_chain(self.covs[ci, ti])[0])
+                task = asyncio.create_task(self._one(row, start + row.t, query, primary))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if self.progress is not None:
+                self.progress(len(self.rows), self.done, now)
+            await asyncio.sleep(0.05)
+            now = time.monotonic() - start
+        while tasks:  # the last answers, bounded by the longest hard deadline
+            await asyncio.wait(set(tasks), timeout=0.2)
+            if self.progress is not None:
+                self.progress(len(self.rows), self.done, time.monotonic() - start)
+        if faults is not None:
+            faults.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await faults
+        return time.monotonic() - start
+
+    async def _faults(self, stack: LiveStack, start: float) -> None:
+        events: list[tuple[float, Fault, bool]] = []
+        for f in self.s.faults:
+            events += [(f.at_s, f, True), (f.at_s + f.duration_s, f, False)]
+        for at, f, begin in sorted(events, key=lambda e: e[0]):
+            await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+            await _enact(stack, f, begin)
+
+
+async def _enact(stack: LiveStack, f: Fault, begin: bool) -> None:
+    engine = stack.engine(f.pool) if f.pool else None
+    match f.kind:
+        case "outage" if engine is not None and begin:
+            engine.outage_until = time.monotonic() + f.duration_s
+        case "latency_spike" if engine is not None and begin:
+            engine.spike_until, engine.spike_factor = time.monotonic() + f.duration_s, f.factor
+        case "preemption_storm" if begin:
+            for fp in stack.s.pools:
+                e = stack.engine(fp.name)
+                if e is not None and fp.preemptible and (not f.pool or f.pool == fp.name):
+                    e.storm(f.share)
+        case "worker_kill":
+            await (stack.kill_pool(f.pool) if begin else stack.start_pool(f.pool))
+        case "nats_kill":
+            await (stack.kill_node(f.node) if begin else stack.restart_node(f.node))
+
+
+def _observations(s: Scenario, d: _Driver, stack: LiveStack | None, wall_s: float, ledger_usd: float | None,
+                  by_pool: dict[str, float], policy: str) -> Observations:
+    import numpy as np
+
+    rows = d.rows
+    kinds = list(ERROR_KINDS)
+    for r in rows:
+        if r.error not in kinds:
+            kinds.append(r.error)
+    nb = max(1, min(120, int(s.duration_s * 4)))
+    series = Series(np.linspace(0.0, s.duration_s, nb + 1), len(s.pools))
+    names = {p.name: i for i, p in enumerate(s.pools)}
+    busy = [0.0] * len(s.pools)
+    strikes = [0] * len(s.pools)
+    broken: dict[tuple[int, str], int] = {}
+    frags_ok = [0] * len(s.classes)
+    tok_in = tok_out = 0
+    for r in rows:
+        if r.error:
+            continue
+        frags_ok[r.cls] += len(r.frags)
+        end = r.t + r.latency_ms / 1000.0
+        series.add_cost(np.array([end]), np.array([r.cost]))
+        for pool, ms, pin, pout, terms in r.frags:
+            tok_in, tok_out = tok_in + pin, tok_out + pout
+            for term in terms:
+                broken[r.cls, term] = broken.get((r.cls, term), 0) + 1
+            if pool in names:
+                i = names[pool]
+                busy[i] += ms / 1000.0
+                strikes[i] += 1
+                series.add_busy(i, np.array([end - ms / 1000.0]), np.array([end]))
+    pools = []
+    for i, fp in enumerate(s.pools):
+        e = stack.engine(fp.name) if stack is not None else None
+        pools.append(PoolUsage(name=fp.name, simulates=fp.simulates, pool_class=fp.pool_class,
+                               accelerators=fp.accelerators, capacity=fp.capacity,
+                               strikes=e.executed if e is not None else strikes[i],
+                               failures=e.failed if e is not None else 0,
+                               preemptions=e.preempted if e is not None else 0, lost=0, busy_s=busy[i],
+                               cost_usd=by_pool.get(fp.name, 0.0), fleet_usd=fp.usd_per_hour * fp.accelerators * s.duration_s / 3600.0))
+    costs = np.array([r.cost for r in rows])
+    alloc = np.array([r.alloc_ms for r in rows if r.alloc_ms is not None], dtype=np.float64)
+    return Observations(
+        scenario=s, mode="live", policy=policy, duration_s=s.duration_s, wall_s=wall_s,
+        covenants=[c.covenant for c in s.classes],
+        targets_ms=[float(d.covs[ci, 0].qos.latency_target_ms) for ci in range(len(s.classes))],
+        t=np.array([r.t for r in rows]), cls=np.array([r.cls for r in rows], dtype=np.int16),
+        latency_ms=np.array([r.latency_ms if not r.error else np.nan for r in rows]), cost_usd=costs,
+        error=np.array([kinds.index(r.error) for r in rows], dtype=np.int16),
+        fallback=np.array([r.fallback for r in rows], dtype=bool),
+        ledger_usd=ledger_usd if ledger_usd is not None else float(costs.sum()), tokens_in=tok_in, tokens_out=tok_out,
+        broken=broken, fragments_ok=frags_ok, pools=pools, series=series, alloc_ms=alloc, error_kinds=kinds)
+
+
+async def replay(scenario: Scenario, *, target: str = "nats", url: str | None = None, prefix: str = "hs",
+                 policy: str = "covenant", covenants: CovenantBook | None = None,
+                 progress: Callable[[int, int, float], None] | None = None) -> Observations:
+    """Run ``scenario`` live: against the embedded stack it starts (``url`` None) or a running
+    deployment's ``<prefix>.query`` service at ``url``."""
+    if target not in TARGETS:
+        raise HomeskilletError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if target != "nats":
+        raise HomeskilletError(f"--target {target} is not built yet: the HTTP and MCP ingresses are being built "
+                               "(issue #4); use --target nats (a running deployment: --url nats://host:4222)")
+    if policy != "covenant":
+        raise HomeskilletError(f"--policy {policy}: live replay runs Homeskillet's own negotiation only; compare "
+                               "baselines in virtual time: homeskillet simulate SCENARIO --policy all")
+    book = covenants or CovenantBook.load()
+    if url is None:
+        async with LiveStack(scenario) as stack:
+            assert stack.query_side is not None
+            nc = await nats.connect(servers=[stack.url], name="homeskillet-replay", max_reconnect_attempts=-1,
+                                    reconnect_time_wait=0.25)
+            try:
+                d = _Driver(scenario, nc, stack.query_side.subjects.query, book, progress)
+                wall = await d.run(stack)
+            finally:
+                await nc.close()
+            report = await stack.query_side.ledger_report()
+            return _observations(scenario, d, stack, wall, sum(report.spent_usd.values()), dict(report.by_pool), policy)
+    nc = await nats.connect(servers=[u.strip() for u in url.split(",")], name="homeskillet-replay",
+                            max_reconnect_attempts=-1, reconnect_time_wait=0.25)
+    try:
+        d = _Driver(scenario, nc, f"{prefix}.query", book, progress)
+        wall = await d.run(None)
+    finally:
+        await nc.close()
+    return _observations(scenario, d, None, wall, None, {}, policy)

@@ -1,0 +1,417 @@
+"""``homeskillet simulate``: a scenario in virtual time, with Homeskillet's own decision code.
+
+Time advances a quote interval at a time. At each tick every pool quotes (``PoolState.offer``,
+the agent's real offer with its track record); the fragments that became ready during the tick
+are negotiated against that book with the same functions the orchestrator uses
+(``fallback_chain`` / ``fallback_plan``, ``broker.bids_from_quotes`` → ``make_bid`` and ``rank``),
+struck, queued at the pool, and judged (``orchestrator.judge``'s rules) when they end.
+
+What makes a simulated day of 10 M queries take minutes: fragments that are alike to every
+decision (same class, template and question count, same step, same excluded pools) are decided
+together, once per tick — exactly what live does within a quote interval, since every award in it
+is priced on the same standing quotes and loop-side admission refuses a pool once it is full
+(the next bid is then struck). Approximations, stated: decisions within a tick see the book as
+quoted at its start; faults act on strikes already in flight when the tick begins; a strike that
+fails is re-negotiated within the same tick when it fails early enough (up to four rounds),
+otherwise at the next tick; allocation overhead is a constant (``stack.overhead_ms``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+
+from ..broker import bids_from_quotes
+from ..covenant import CovenantBook
+from ..orchestrator import fallback_plan
+from ..scoring import Ranked
+from ..wire import Covenant, Query, Quote
+from .arrivals import ArrivalStream, CohortTable
+from .policies import Policy, policy
+from .report import ERROR_KINDS, Observations, PoolUsage, Series
+from .scenario import Scenario
+from .vtime import FAILED, LATE, LOST, OK, PREEMPTED, Items, VPool
+
+__all__ = ["simulate"]
+
+_ROUNDS = 4  # re-negotiation rounds within one tick for strikes that failed early in it
+_EWMA = 0.2  # pools.TrackRecord's smoothing
+
+
+class _Queries:
+    """Per-query outcome columns, grown as queries arrive."""
+
+    def __init__(self, expect: int) -> None:
+        n = max(1024, expect)
+        self.n = 0
+        self.t = np.zeros(n)
+        self.cls = np.zeros(n, dtype=np.int16)
+        self.lat = np.zeros(n, dtype=np.float32)  # ms, the slowest fragment so far
+        self.cost = np.zeros(n)
+        self.left = np.zeros(n, dtype=np.int16)  # fragments not finished
+        self.err = np.zeros(n, dtype=np.int8)  # index into ERROR_KINDS; 0 = none
+        self.fb = np.zeros(n, dtype=bool)
+
+    def add(self, t: np.ndarray, cls: np.ndarray, frags: np.ndarray) -> np.ndarray:
+        k = len(t)
+        while self.n + k > len(self.t):
+            for name in ("t", "cls", "lat", "cost", "left", "err", "fb"):
+                old = getattr(self, name)
+                new = np.zeros(2 * len(old), dtype=old.dtype)
+                new[: len(old)] = old
+                setattr(self, name, new)
+        idx = np.arange(self.n, self.n + k)
+        self.t[idx], self.cls[idx], self.left[idx] = t, cls, frags
+        self.n += k
+        return idx
+
+
+class VirtualRun:
+    def __init__(self, scenario: Scenario, policy_name: str = "covenant", covenants: CovenantBook | None = None,
+                 progress: Callable[[float, int], None] | None = None) -> None:
+        self.s = scenario
+        self.policy: Policy = policy(policy_name)
+        self.book = covenants or CovenantBook.load()
+        self.progress = progress
+        self.rng = np.random.default_rng([scenario.seed, 1])
+        self.dt = scenario.stack.quote_interval_ms / 1000.0
+        self.ttl_ms = 3 * scenario.stack.quote_interval_ms
+        overhead = scenario.stack.overhead_ms / 1000.0
+        self.pools = [VPool(i, fp, np.random.default_rng([scenario.seed, 2, i]), overhead)
+                      for i, fp in enumerate(scenario.pools)]
+        self.arrivals = ArrivalStream(scenario)
+        self.cohorts = CohortTable(scenario)
+        # Per (class, template): the covenant a query of it is resolved to, as the gateway would.
+        self.covs: dict[tuple[int, int], Covenant] = {}
+        for ci, c in enumerate(scenario.classes):
+            for ti, tpl in enumerate(c.templates):
+                self.covs[ci, ti] = self.book.resolve(Query(covenant=c.covenant, overrides=c.overrides or None,
+                                                            max_tokens=tpl.max_tokens))
+        self.plans = {k: fallback_plan(self.policy.chain(cov)) for k, cov in self.covs.items()}
+        ck = self.cohorts.keys
+        self.coh_cls = np.array([k[0] for k in ck], dtype=np.int64)
+        self.coh_tokens = np.array([max(1, scenario.classes[c].templates[t].prompt_tokens // q) for c, t, q in ck])
+        self.coh_max = np.array([self.covs[c, t].max_tokens for c, t, _ in ck])
+        self.coh_deadline = np.array([self.covs[c, t].qos.hard_deadline_ms / 1000.0 for c, t, _ in ck])
+        self.coh_target = np.array([float(self.covs[c, t].qos.latency_target_ms) for c, t, _ in ck])
+        self.coh_ceiling = np.array([self.covs[c, t].cost.max_usd_per_request or np.inf for c, t, _ in ck])
+        self.coh_model = [self.covs[c, t].resources.model for c, t, _ in ck]
+        self.ten_base = np.cumsum([0] + [len(scenario.tenants(c)) for c in scenario.classes])
+        self.spent = np.zeros(int(self.ten_base[-1]))  # ledger per tenant: holds and settlements
+        self.terms = ["", "cost.max_usd_per_request", "qos.latency_target_ms", "qos.hard_deadline_ms",
+                      "resources.min_vram_mb", "resources.min_tflops", "resources.accelerator", "resources.gpu_models",
+                      "qos.preemptible", "cost.max_usd_per_hour", "resources.model"]
+        self.broken: dict[tuple[int, int], int] = defaultdict(int)  # (class, term) -> fragments
+        self.frags_ok = np.zeros(len(scenario.classes), dtype=np.int64)
+        expect = int(scenario.arrivals.rate_qps * scenario.duration_s * 1.1) if scenario.arrivals.rate_qps else 0
+        self.q = _Queries(min(expect, scenario.max_queries or expect))
+        self.waiting = Items.empty()
+        self.ledger = 0.0
+        self.tokens_in = self.tokens_out = 0
+        nb = max(1, min(240, int(scenario.duration_s / self.dt)))
+        self.series = Series(np.linspace(0.0, scenario.duration_s, nb + 1), len(self.pools))
+        self.down: set[int] = set()
+        self._faults = sorted(scenario.faults, key=lambda f: f.at_s)
+        self._nats_pause: list[tuple[float, float]] = []
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> Observations:
+        wall0 = time.perf_counter()
+        k = 0
+        while True:
+            t0, t1 = k * self.dt, (k + 1) * self.dt
+            self._apply_faults(t0, t1)
+            quotes = [p.quote(t0, self.ttl_ms) for p in self.pools if p.alive(t0)]
+            self._arrive(t1)
+            self.down = set()
+            for _ in range(_ROUNDS):
+                self._complete(t1)
+                ready = self.waiting["ready"] < t1
+                if not ready.any():
+                    break
+                batch, self.waiting = self.waiting.take(ready), self.waiting.take(~ready)
+                self._negotiate(batch, quotes, t0)
+            k += 1
+            if self.progress is not None and k % 64 == 0:
+                self.progress(t1, self.q.n)
+            if self.arrivals.done(t1) and not len(self.waiting) and not any(len(p.inflight) for p in self.pools):
+                break
+        if self.progress is not None:
+            self.progress(k * self.dt, self.q.n)
+        return self._observations(time.perf_counter() - wall0, k * self.dt)
+
+    def _arrive(self, t1: float) -> None:
+        b = self.arrivals.take(t1)
+        if not len(b):
+            return
+        qidx = self.q.add(b.t, b.cls, b.questions)
+        reps = b.questions.astype(np.int64)
+        n = int(reps.sum())
+        coh = np.repeat(self.cohorts.ids(b), reps).astype(np.int32)
+        t = np.repeat(b.t, reps)
+        new = Items({"q": np.repeat(qidx, reps), "coh": coh,
+                     "ten": np.repeat(self.ten_base[b.cls] + b.tenant, reps).astype(np.int32), "arr": t,
+                     "ready": t.copy(), "step": np.zeros(n, dtype=np.int16), "excl": np.zeros(n, dtype=np.uint64),
+                     "park": np.full(n, np.nan), "fb": np.zeros(n, dtype=np.int8)})
+        self.waiting = Items.concat([self.waiting, new])
+
+    # --- negotiation ----------------------------------------------------------------------------
+
+    def _negotiate(self, items: Items, quotes: list[Quote], t0: float) -> None:
+        keys = (items["ready"], items["excl"], items["step"], items["coh"], np.isnan(items["park"]))
+        order = np.lexsort(keys)
+        items = items.take(order)
+        cut = np.zeros(len(items), dtype=bool)
+        cut[0] = True
+        for name in ("coh", "step", "excl"):
+            cut[1:] |= items[name][1:] != items[name][:-1]
+        parked = ~np.isnan(items["park"])
+        cut[1:] |= parked[1:] != parked[:-1]
+        bounds = [*np.flatnonzero(cut).tolist(), len(items)]
+        room = {p.spec.name: p.limit - p.in_flight(t0) for p in self.pools}
+        struck: dict[int, list[tuple[Items, float, int]]] = defaultdict(list)
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            self._walk(items.take(slice(a, b)), quotes, room, struck, t0)
+        for idx, parts in struck.items():
+            pool = self.pools[idx]
+            group = Items.concat([p[0] for p in parts])
+            price = np.concatenate([np.full(len(p[0]), p[1]) for p in parts])
+            broke = np.concatenate([np.full(len(p[0]), p[2], dtype=np.int8) for p in parts])
+            coh = group["coh"]
+            pool.strike(group, price, broke, self.coh_max[coh], group["arr"] + self.coh_deadline[coh], t0)
+
+    def _walk(self, g: Items, quotes: list[Quote], room: dict[str, int],
+              struck: dict[int, list[tuple[Items, float, int]]], t0: float) -> None:
+        """One group of alike fragments down the covenant's fallback plan (orchestrator._serve_fragment)."""
+        c = int(g["coh"][0])
+        ci, ti, _ = self.cohorts.keys[c]
+        cov, plan = self.covs[ci, ti], self.plans[ci, ti]
+        i = int(g["step"][0])
+        late = g["arr"] + self.coh_deadline[c] <= t0
+        if late.any():
+            self._fail(g.take(late), "deadline_exceeded")
+            g = g.take(~late)
+        excl = {p.spec.name for p in self.pools if int(g["excl"][0]) & (1 << p.index)} if len(g) else set()
+        if len(g) and not np.isnan(g["park"][0]):
+            # Parked: the book changed, so retry the strikeable steps before the queue step.
+            for j, (step, degrade) in enumerate(plan[:i]):
+                if step.kind in ("queue", "fail") or not len(g):
+                    continue
+                g = self._strike_step(g, quotes, step, degrade, cov, c, excl, room, struck, j)
+            if not len(g):
+                return
+            expired = g["park"] <= t0
+            keep = g.take(~expired)
+            keep.c["ready"] = np.full(len(keep), t0 + self.dt)
+            self.waiting = Items.concat([self.waiting, keep])
+            g = g.take(expired)
+            g.c["park"] = np.full(len(g), np.nan)
+            i += 1
+        while len(g) and i < len(plan):
+            step, degrade = plan[i]
+            if step.kind == "fail":
+                break
+            if step.kind == "queue":
+                until = np.minimum(g["arr"] + self.coh_deadline[c], t0 + cov.fallback.queue_max_wait_ms / 1000.0)
+                g.c["park"], g.c["step"] = until, np.full(len(g), i, dtype=np.int16)
+                g.c["ready"] = np.full(len(g), t0 + self.dt)
+                self.waiting = Items.concat([self.waiting, g])
+                return
+            g = self._strike_step(g, quotes, step, degrade, cov, c, excl, room, struck, i)
+            i += 1
+            g.c["fb"] = np.ones(len(g), dtype=np.int8)
+        if len(g):
+            self._fail(g, "no_pool")
+
+    def _strike_step(self, g: Items, quotes: list[Quote], step: object, degrade: bool, cov: Covenant, c: int,
+                     excl: set[str], room: dict[str, int], struck: dict[int, list[tuple[Items, float, int]]],
+                     i: int) -> Items:
+        """Strike as many of ``g`` as the step's pools admit; return the rest."""
+        exclude = excl | {self.pools[d].spec.name for d in self.down}
+        kw = {"prompt_tokens": int(self.coh_tokens[c]), "max_tokens": int(self.coh_max[c]), "exclude": exclude,
+              "allow_degrade": degrade, "now": quotes[0].issued_at_ms if quotes else 0}
+        broken: dict[str, str] = {}
+        ranked: list[Ranked]
+        if self.policy.naive:
+            ranked, broken = self.policy.candidates(quotes, step, cov, **kw)  # type: ignore[arg-type]
+        else:
+            ranked, _ = bids_from_quotes(quotes, step, cov, **kw)  # type: ignore[arg-type]
+        if not ranked:
+            return g
+        if cov.cost.tenant_budget_usd is not None:
+            g = self._hold(g, ranked[0].bid.price_usd, cov.cost.tenant_budget_usd)
+        taken = 0
+        for r, n in self.policy.split(ranked, len(g), room):
+            pool = next(p for p in self.pools if p.spec.name == r.bid.pool)
+            part = g.take(slice(taken, taken + n))
+            part.c["step"] = np.full(n, i, dtype=np.int16)
+            term = broken.get(r.bid.pool, "")
+            struck[pool.index].append((part, r.bid.price_usd, self.terms.index(term) if term in self.terms else 0))
+            room[r.bid.pool] -= n
+            taken += n
+        return g.take(slice(taken, None))
+
+    def _hold(self, g: Items, price: float, budget: float) -> Items:
+        """The ledger's budget hold: a strike whose tenant cannot cover it fails the query."""
+        ten = g["ten"]
+        order = np.argsort(ten, kind="stable")
+        sorted_ten = ten[order]
+        first = np.searchsorted(sorted_ten, sorted_ten, side="left")
+        rank_in_tenant = np.arange(len(g)) - first
+        need = np.empty(len(g))
+        need[order] = self.spent[sorted_ten] + price * (rank_in_tenant + 1)
+        ok = need <= budget
+        if not ok.all():
+            self._fail(g.take(~ok), "budget_exceeded")
+        g = g.take(ok)
+        np.add.at(self.spent, g["ten"], price)
+        return g
+
+    def _fail(self, g: Items, kind: str) -> None:
+        q = g["q"]
+        fresh = q[self.q.err[q] == 0]
+        self.q.err[fresh] = ERROR_KINDS.index(kind)
+        np.subtract.at(self.q.left, q, 1)
+
+    # --- strikes ending -------------------------------------------------------------------------
+
+    def _complete(self, horizon: float) -> None:
+        for p in self.pools:
+            f = p.done(horizon)
+            if not len(f):
+                continue
+            self._settle(p, f)
+
+    def _settle(self, p: VPool, f: Items) -> None:
+        out, coh = f["out"], f["coh"]
+        elapsed = f["end"] - f["ready"]
+        cls = self.coh_cls[coh]
+        tok_in, tok_out = self.coh_tokens[coh], self.coh_max[coh]
+        spec = p.spec
+        per_token = (tok_in * spec.usd_per_mtok_in + tok_out * spec.usd_per_mtok_out) / 1e6
+        admitted = f["end"] - f["ready"] - p.overhead_s
+        cost = per_token + spec.usd_per_hour * np.maximum(0.0, admitted) / 3600.0
+        if spec.usd_per_hour == 0:
+            cost = np.minimum(cost, f["price"])  # never charge above the awarded price
+        ok = out == OK
+        billed = np.where(ok, cost, np.where(out == PREEMPTED, spec.usd_per_hour * np.maximum(0.0, admitted) / 3600.0,
+                                             0.0))
+        self.ledger += float(billed.sum())
+        p.cost_usd += float(billed.sum())
+        self.series.add_cost(f["end"], billed)
+        self.series.add_busy(p.index, f["start"], f["end"])
+        if self.spent.size:
+            np.add.at(self.spent, f["ten"], billed - f["price"])  # settle the hold to what was billed
+        # Verdicts feed the agent's track record (pools.TrackRecord), in completion order.
+        elapsed_ms = elapsed * 1000.0
+        target, hard, ceiling = self.coh_target[coh], self.coh_deadline[coh] * 1000.0, self.coh_ceiling[coh]
+        broken_cost, broken_lat, broken_hard = cost > ceiling, elapsed_ms > target, elapsed_ms > hard
+        kept = ok & ~broken_cost & ~broken_lat & ~broken_hard & (f["broke"] == 0)
+        rec = p.state.record
+        rec.total += len(f)
+        rec.kept += int(kept.sum())
+        if ok.any():
+            lat_ok = elapsed_ms[ok][np.argsort(f["end"][ok], kind="stable")]
+            w = _EWMA * (1 - _EWMA) ** np.arange(len(lat_ok) - 1, -1, -1, dtype=np.float64)
+            prev = rec.latency_ewma_ms
+            rec.latency_ewma_ms = float(np.dot(w, lat_ok) + ((1 - _EWMA) ** len(lat_ok)) * (
+                prev if prev is not None else lat_ok[0]))
+            p.state.warm.update(self.coh_model[c] for c in np.unique(coh[ok]).tolist())
+        # Answered fragments.
+        q = f["q"][ok]
+        if len(q):
+            np.maximum.at(self.q.lat, q, ((f["end"][ok] - f["arr"][ok]) * 1000.0).astype(np.float32))
+            np.add.at(self.q.cost, q, cost[ok])
+            np.subtract.at(self.q.left, q, 1)
+            self.q.fb[q[f["fb"][ok] > 0]] = True
+            self.tokens_in += int(tok_in[ok].sum())
+            self.tokens_out += int(tok_out[ok].sum())
+            np.add.at(self.frags_ok, cls[ok], 1)
+            for term_i, mask in ((1, broken_cost), (2, broken_lat), (3, broken_hard)):
+                m = mask & ok
+                if m.any():
+                    for c_, n_ in zip(*np.unique(cls[m], return_counts=True), strict=True):
+                        self.broken[int(c_), term_i] += int(n_)
+            bk = (f["broke"] > 0) & ok
+            if bk.any():
+                for (c_, b_), n_ in zip(*np.unique(np.stack([cls[bk], f["broke"][bk]]), axis=1,
+                                                   return_counts=True), strict=True):
+                    self.broken[int(c_), int(b_)] += int(n_)
+        late = out == LATE
+        if late.any():
+            self._fail(f.take(late), "deadline_exceeded")
+        retry = (out == FAILED) | (out == PREEMPTED) | (out == LOST)
+        p.failures += int(np.count_nonzero(out == FAILED))
+        p.preemptions += int(np.count_nonzero(out == PREEMPTED))
+        p.lost += int(np.count_nonzero(out == LOST))
+        if np.any((out == FAILED) | (out == LOST)):
+            self.down.add(p.index)  # mark_down: out of the book until it quotes again
+        if retry.any():
+            again = f.take(retry).waiting()
+            again.c["ready"] = f["end"][retry]
+            again.c["excl"] = again["excl"] | p.bit
+            again.c["fb"] = np.ones(len(again), dtype=np.int8)
+            self.waiting = Items.concat([self.waiting, again])
+
+    # --- faults ---------------------------------------------------------------------------------
+
+    def _apply_faults(self, t0: float, t1: float) -> None:
+        while self._faults and self._faults[0].at_s < t1:
+            f = self._faults.pop(0)
+            named = [p for p in self.pools if p.spec.name == f.pool]
+            match f.kind:
+                case "outage":
+                    named[0].outages.append((f.at_s, f.at_s + f.duration_s))
+                case "latency_spike":
+                    named[0].spikes.append((f.at_s, f.at_s + f.duration_s, f.factor))
+                case "preemption_storm":
+                    for p in named or [p for p in self.pools if p.fp.preemptible]:
+                        p.evict(f.at_s, f.share, PREEMPTED)
+                case "worker_kill":
+                    p = named[0]
+                    p.evict(f.at_s, 1.0, LOST, delay_s=self.s.stack.silence_ms / 1000.0)
+                    p.dead.append((f.at_s, f.at_s + f.duration_s))
+                case "nats_kill":
+                    # Clients on the killed node reconnect to another; strikes whose messages went
+                    # through it are lost and found by silence. One node in n carries 1/n of them.
+                    for p in self.pools:
+                        p.evict(f.at_s, 1.0 / self.s.stack.nats_nodes, LOST, delay_s=self.s.stack.silence_ms / 1000.0)
+
+    # --- results --------------------------------------------------------------------------------
+
+    def _observations(self, wall_s: float, end_s: float) -> Observations:
+        n = self.q.n
+        q = self.q
+        lost = (q.left[:n] > 0) & (q.err[:n] == 0)
+        err = q.err[:n].astype(np.int16)
+        err[lost] = ERROR_KINDS.index("lost")
+        lat = np.where(err == 0, q.lat[:n].astype(np.float64), np.nan)
+        pools = []
+        dur = self.s.duration_s
+        for p in self.pools:
+            pools.append(PoolUsage(
+                name=p.spec.name, simulates=p.fp.simulates, pool_class=p.spec.pool_class,
+                accelerators=p.fp.accelerators, capacity=p.capacity, strikes=p.strikes, failures=p.failures,
+                preemptions=p.preemptions, lost=p.lost, busy_s=p.busy_s, cost_usd=p.cost_usd,
+                fleet_usd=p.fp.usd_per_hour * p.fp.accelerators * dur / 3600.0))
+        classes = self.s.classes
+        return Observations(
+            scenario=self.s, mode="virtual", policy=self.policy.name, duration_s=dur, wall_s=wall_s,
+            covenants=[c.covenant for c in classes],
+            targets_ms=[float(self.covs[ci, 0].qos.latency_target_ms) for ci in range(len(classes))],
+            t=q.t[:n].copy(), cls=q.cls[:n].astype(np.int16), latency_ms=lat, cost_usd=q.cost[:n].copy(),
+            error=err, fallback=q.fb[:n].copy(), ledger_usd=self.ledger, tokens_in=self.tokens_in,
+            tokens_out=self.tokens_out,
+            broken={(ci, self.terms[ti]): v for (ci, ti), v in self.broken.items()},
+            fragments_ok=self.frags_ok.tolist(), pools=pools, series=self.series,
+            alloc_ms=np.array([self.s.stack.overhead_ms]))
+
+
+def simulate(scenario: Scenario, *, policy_name: str = "covenant", covenants: CovenantBook | None = None,
+             progress: Callable[[float, int], None] | None = None) -> Observations:
+    """Run ``scenario`` in virtual time under one selection policy; same seed, same observations."""
+    return VirtualRun(scenario, policy_name, covenants, progress).run()
