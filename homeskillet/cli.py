@@ -1,4 +1,4 @@
-"""``homeskillet``: up, ask, demo, covenant check, pool serve, sim, node."""
+"""``homeskillet``: up, ask, demo, covenant check, pool serve, sim, node, replay, simulate."""
 
 from __future__ import annotations
 
@@ -247,12 +247,15 @@ def _parser() -> argparse.ArgumentParser:
     node = sub.add_parser("node", help="serve the Ollama API backed by local MLX")
     node.add_argument("--host", default="127.0.0.1")
     node.add_argument("--port", type=int, default=11434)
+    from .replay.commands import add_parsers as add_replay_parsers
+
+    add_replay_parsers(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    quiet = args.cmd in ("demo", "ask", "covenant")
+    quiet = args.cmd in ("demo", "ask", "covenant", "replay", "simulate")
     configure_logging(json=args.log_json, level=args.log_level or ("WARNING" if quiet else "INFO"))
     try:
         match args.cmd:
@@ -270,6 +273,14 @@ def main(argv: list[str] | None = None) -> int:
                 return _sim(args)
             case "node":
                 return _node(args)
+            case "replay":
+                from .replay.commands import replay_command
+
+                return replay_command(args)
+            case "simulate":
+                from .replay.commands import simulate_command
+
+                return simulate_command(args)
     except HomeskilletError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

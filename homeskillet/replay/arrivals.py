@@ -72,7 +72,8 @@ class CohortTable:
         return len(self.keys)
 
     def ids(self, b: Batch) -> np.ndarray:
-        return self._base[b.cls] + b.tpl.astype(np.int64) * self._qmax[b.cls] + (b.questions - 1)
+        ids: np.ndarray = self._base[b.cls] + b.tpl.astype(np.int64) * self._qmax[b.cls] + (b.questions - 1)
+        return ids
 
 
 class ArrivalStream:

@@ -30,7 +30,7 @@ from ..errors import HomeskilletError
 from ..wire import Answer, Covenant, ErrorReply, Query, encode
 from .arrivals import ArrivalStream
 from .report import ERROR_KINDS, Observations, PoolUsage, Series
-from .scenario import Fault, Scenario
+from .scenario import Fault, Scenario, describe
 from .stack import LiveStack
 
 __all__ = ["TARGETS", "prompt_for", "replay"]
@@ -72,6 +72,7 @@ class _Driver:
         self.timeout = max(cov.qos.hard_deadline_ms for cov in self.covs.values()) / 1000.0 + 5.0
         self.rows: list[_Row] = []
         self.done = 0
+        self.enacted: list[str] = []
 
     async def _one(self, row: _Row, at: float, query: Query, primary: str) -> None:
         await asyncio.sleep(max(0.0, at - time.monotonic()))
@@ -135,6 +136,8 @@ class _Driver:
         for at, f, begin in sorted(events, key=lambda e: e[0]):
             await asyncio.sleep(max(0.0, start + at - time.monotonic()))
             await _enact(stack, f, begin)
+            if begin:
+                self.enacted.append(describe(f, time.monotonic() - start))
 
 
 async def _enact(stack: LiveStack, f: Fault, begin: bool) -> None:
@@ -195,7 +198,8 @@ def _observations(s: Scenario, d: _Driver, stack: LiveStack | None, wall_s: floa
                                strikes=e.executed if e is not None else strikes[i],
                                failures=e.failed if e is not None else 0,
                                preemptions=e.preempted if e is not None else 0, lost=0, busy_s=busy[i],
-                               cost_usd=by_pool.get(fp.name, 0.0), fleet_usd=fp.usd_per_hour * fp.accelerators * s.duration_s / 3600.0))
+                               cost_usd=by_pool.get(fp.name, 0.0),
+                               fleet_usd=fp.usd_per_hour * fp.accelerators * s.duration_s / 3600.0))
     costs = np.array([r.cost for r in rows])
     alloc = np.array([r.alloc_ms for r in rows if r.alloc_ms is not None], dtype=np.float64)
     return Observations(
@@ -207,7 +211,8 @@ def _observations(s: Scenario, d: _Driver, stack: LiveStack | None, wall_s: floa
         error=np.array([kinds.index(r.error) for r in rows], dtype=np.int16),
         fallback=np.array([r.fallback for r in rows], dtype=bool),
         ledger_usd=ledger_usd if ledger_usd is not None else float(costs.sum()), tokens_in=tok_in, tokens_out=tok_out,
-        broken=broken, fragments_ok=frags_ok, pools=pools, series=series, alloc_ms=alloc, error_kinds=kinds)
+        broken=broken, fragments_ok=frags_ok, pools=pools, series=series, alloc_ms=alloc, error_kinds=kinds,
+        faults=d.enacted)
 
 
 async def replay(scenario: Scenario, *, target: str = "nats", url: str | None = None, prefix: str = "hs",

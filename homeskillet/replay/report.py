@@ -86,6 +86,7 @@ class Observations:
     series: Series
     alloc_ms: np.ndarray  # allocation latency samples (live: answer minus strike time)
     error_kinds: list[str] = field(default_factory=lambda: list(ERROR_KINDS))
+    faults: list[str] = field(default_factory=list)  # what was enacted, when
 
 
 class Latency(msgspec.Struct, kw_only=True):
@@ -176,6 +177,7 @@ class Report(msgspec.Struct, kw_only=True):
     pools: list[PoolStats]
     checks: list[Check]
     plots: Plots
+    faults: list[str] = []
     baselines: list[Report] = []
 
     @property
@@ -281,7 +283,7 @@ def build_report(o: Observations) -> Report:
         allocation=_latency(o.alloc_ms.astype(np.float64)),
         errors={k: int(counts[i]) for i, k in enumerate(kinds) if i and counts[i]},
         error_rate=round(explicit / max(1, n), 8), fallbacks=int(np.count_nonzero(o.fallback & (o.error == 0))),
-        cost=cost, covenants=covenants, pools=pools, checks=[], plots=plots)
+        cost=cost, covenants=covenants, pools=pools, checks=[], plots=plots, faults=list(o.faults))
     r.checks = _checks(o, r)
     return r
 
@@ -292,7 +294,8 @@ def markdown(r: Report) -> str:
              f"- run: {r.duration_s:g} s of scenario time; {led.sent} queries sent, {led.answered} answered, "
              f"{led.errors} explicit errors, {led.lost} lost: **{'balanced' if led.balanced else 'NOT BALANCED'}**",
              f"- throughput: {r.throughput_qps:,.2f} answers/s; fallbacks taken: {r.fallbacks}",
-             f"- latency: p50 {r.latency.p50_ms:,.1f} ms, p95 {r.latency.p95_ms:,.1f} ms, p99 {r.latency.p99_ms:,.1f} ms;"
+             f"- latency: p50 {r.latency.p50_ms:,.1f} ms, p95 {r.latency.p95_ms:,.1f} ms, "
+             f"p99 {r.latency.p99_ms:,.1f} ms;"
              f" allocation p95 {r.allocation.p95_ms:,.2f} ms",
              f"- errors: {', '.join(f'{k} {v}' for k, v in r.errors.items()) or 'none'} "
              f"(explicit error rate {r.error_rate:.4%})",
@@ -301,11 +304,13 @@ def markdown(r: Report) -> str:
              + (f" against a budget of ${c.budget_usd_per_day:,.2f}: **{'within' if c.within_budget else 'OVER'}**"
                 if c.budget_usd_per_day is not None else ""),
              f"- renting every time-priced accelerator for the run: ${c.fleet_usd:,.2f} "
-             f"(${c.fleet_per_day_usd:,.2f} per day)", "",
+             f"(${c.fleet_per_day_usd:,.2f} per day)",
+             f"- faults: {'; '.join(r.faults) or 'none'}", "",
              "## Checks", "", "| check | result | detail |", "|---|---|---|"]
     lines += [f"| {k.name} | {'ok' if k.ok else '**FAILED**'} | {k.detail} |" for k in r.checks]
     lines += ["", "## Covenants", "",
-              "| covenant | sent | answered | errors | p50 ms | p95 ms | p99 ms | target ms | SLO | cost $ | broken terms |",
+              "| covenant | sent | answered | errors | p50 ms | p95 ms | p99 ms | target ms | SLO | cost $ "
+              "| broken terms |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in r.covenants:
         broken = ", ".join(f"{k} {n}" for k, n in v.broken_terms.items()) or "none"
@@ -323,10 +328,10 @@ def markdown(r: Report) -> str:
                   "| policy | answered | errors | p50 ms | p95 ms | cost/day $ | SLO (min over covenants) | "
                   "terms broken | checks |", "|---|---|---|---|---|---|---|---|---|"]
         for b in [r, *r.baselines]:
-            broken = sum(sum(v.broken_terms.values()) for v in b.covenants)
+            n_broken = sum(sum(v.broken_terms.values()) for v in b.covenants)
             slo = min((v.slo_attainment for v in b.covenants), default=0.0)
             lines.append(f"| {b.policy} | {b.ledger.answered} | {b.ledger.errors} | {b.latency.p50_ms:,.1f} | "
-                         f"{b.latency.p95_ms:,.1f} | {b.cost.per_day_usd:,.2f} | {slo:.2%} | {broken} | "
+                         f"{b.latency.p95_ms:,.1f} | {b.cost.per_day_usd:,.2f} | {slo:.2%} | {n_broken} | "
                          f"{sum(k.ok for k in b.checks)}/{len(b.checks)} |")
     return "\n".join(lines) + "\n"
 

@@ -37,6 +37,7 @@ __all__ = [
     "Stack",
     "Template",
     "default_scenario_dir",
+    "describe",
     "load_scenario",
     "shorten",
 ]
@@ -181,6 +182,16 @@ class Scenario(_S, kw_only=True):
         return p if p.is_absolute() else Path(self.source).parent / p
 
 
+def describe(f: Fault, at_s: float | None = None) -> str:
+    """One line for a report: what happened when."""
+    what = {"outage": f"outage of {f.pool} for {f.duration_s:g} s",
+            "latency_spike": f"latency ×{f.factor:g} on {f.pool} for {f.duration_s:g} s",
+            "preemption_storm": f"preemption storm evicting {f.share:.0%} of {f.pool or 'every preemptible pool'}",
+            "nats_kill": f"NATS node {f.node} killed, restarted after {f.duration_s:g} s",
+            "worker_kill": f"worker of {f.pool} killed, restarted after {f.duration_s:g} s"}[f.kind]
+    return f"t={f.at_s if at_s is None else at_s:.2f}s {what}"
+
+
 def default_scenario_dir() -> Path:
     return Path(__file__).resolve().parent.parent.parent / "scenarios"
 
@@ -227,7 +238,7 @@ def _check(s: Scenario, book: CovenantBook) -> None:
                 raise bad(f"{where}.templates[{j}]", "prompt_tokens ≥ 1, max_tokens in 1..32768, weight > 0")
         if not 0 <= c.multi_question_share <= 1 or c.max_questions < 2:
             raise bad(f"{where}.multi_question_share", "share in 0..1 and max_questions ≥ 2")
-        if isinstance(c.tenants, int) and c.tenants < 1 or isinstance(c.tenants, list) and not c.tenants:
+        if (isinstance(c.tenants, int) and c.tenants < 1) or (isinstance(c.tenants, list) and not c.tenants):
             raise bad(f"{where}.tenants", "at least one tenant")
         try:
             s.covenant(c, book)

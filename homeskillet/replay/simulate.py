@@ -18,6 +18,7 @@ otherwise at the next tick; allocation overhead is a constant (``stack.overhead_
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from ..wire import Covenant, Query, Quote
 from .arrivals import ArrivalStream, CohortTable
 from .policies import Policy, policy
 from .report import ERROR_KINDS, Observations, PoolUsage, Series
-from .scenario import Scenario
+from .scenario import Scenario, describe
 from .vtime import FAILED, LATE, LOST, OK, PREEMPTED, Items, VPool
 
 __all__ = ["simulate"]
@@ -99,8 +100,11 @@ class VirtualRun:
         self.coh_target = np.array([float(self.covs[c, t].qos.latency_target_ms) for c, t, _ in ck])
         self.coh_ceiling = np.array([self.covs[c, t].cost.max_usd_per_request or np.inf for c, t, _ in ck])
         self.coh_model = [self.covs[c, t].resources.model for c, t, _ in ck]
-        self.ten_base = np.cumsum([0] + [len(scenario.tenants(c)) for c in scenario.classes])
-        self.spent = np.zeros(int(self.ten_base[-1]))  # ledger per tenant: holds and settlements
+        # Tenants by name across classes (two classes may bill the same tenant, as the ledger does).
+        names: dict[str, int] = {}
+        self.ten_of = [np.array([names.setdefault(t, len(names)) for t in scenario.tenants(c)], dtype=np.int32)
+                       for c in scenario.classes]
+        self.spent = np.zeros(len(names))  # ledger per tenant: holds and settlements
         self.terms = ["", "cost.max_usd_per_request", "qos.latency_target_ms", "qos.hard_deadline_ms",
                       "resources.min_vram_mb", "resources.min_tflops", "resources.accelerator", "resources.gpu_models",
                       "qos.preemptible", "cost.max_usd_per_hour", "resources.model"]
@@ -115,7 +119,7 @@ class VirtualRun:
         self.series = Series(np.linspace(0.0, scenario.duration_s, nb + 1), len(self.pools))
         self.down: set[int] = set()
         self._faults = sorted(scenario.faults, key=lambda f: f.at_s)
-        self._nats_pause: list[tuple[float, float]] = []
+        self.enacted: list[str] = []
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -154,10 +158,17 @@ class VirtualRun:
         coh = np.repeat(self.cohorts.ids(b), reps).astype(np.int32)
         t = np.repeat(b.t, reps)
         new = Items({"q": np.repeat(qidx, reps), "coh": coh,
-                     "ten": np.repeat(self.ten_base[b.cls] + b.tenant, reps).astype(np.int32), "arr": t,
+                     "ten": np.repeat(self._tenants(b.cls, b.tenant), reps), "arr": t,
                      "ready": t.copy(), "step": np.zeros(n, dtype=np.int16), "excl": np.zeros(n, dtype=np.uint64),
                      "park": np.full(n, np.nan), "fb": np.zeros(n, dtype=np.int8)})
         self.waiting = Items.concat([self.waiting, new])
+
+    def _tenants(self, cls: np.ndarray, tenant: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(cls), dtype=np.int32)
+        for ci, table in enumerate(self.ten_of):
+            sel = cls == ci
+            out[sel] = table[tenant[sel]]
+        return out
 
     # --- negotiation ----------------------------------------------------------------------------
 
@@ -174,7 +185,7 @@ class VirtualRun:
         bounds = [*np.flatnonzero(cut).tolist(), len(items)]
         room = {p.spec.name: p.limit - p.in_flight(t0) for p in self.pools}
         struck: dict[int, list[tuple[Items, float, int]]] = defaultdict(list)
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        for a, b in itertools.pairwise(bounds):
             self._walk(items.take(slice(a, b)), quotes, room, struck, t0)
         for idx, parts in struck.items():
             pool = self.pools[idx]
@@ -363,6 +374,7 @@ class VirtualRun:
         while self._faults and self._faults[0].at_s < t1:
             f = self._faults.pop(0)
             named = [p for p in self.pools if p.spec.name == f.pool]
+            self.enacted.append(describe(f))
             match f.kind:
                 case "outage":
                     named[0].outages.append((f.at_s, f.at_s + f.duration_s))
@@ -408,7 +420,7 @@ class VirtualRun:
             tokens_out=self.tokens_out,
             broken={(ci, self.terms[ti]): v for (ci, ti), v in self.broken.items()},
             fragments_ok=self.frags_ok.tolist(), pools=pools, series=self.series,
-            alloc_ms=np.array([self.s.stack.overhead_ms]))
+            alloc_ms=np.array([self.s.stack.overhead_ms]), faults=self.enacted)
 
 
 def simulate(scenario: Scenario, *, policy_name: str = "covenant", covenants: CovenantBook | None = None,

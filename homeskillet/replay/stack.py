@@ -57,11 +57,13 @@ class LiveStack:
             self.nodes = [NatsServer(name=f"{self.prefix}-0")]
             self.nodes[0].start()
             return
-        first = NatsServer(name=f"{self.prefix}-0", cluster_name=self.prefix, cluster_port=-1)
+        # No JetStream in the cluster: a clustered JetStream waits for a quorum before it is ready,
+        # and nothing a replay exercises uses it yet (parked fragments and the ledger are in memory).
+        first = NatsServer(name=f"{self.prefix}-0", cluster_name=self.prefix, cluster_port=-1, jetstream=False)
         first.start()
         self.nodes = [first]
         for k in range(1, n):
-            node = NatsServer(name=f"{self.prefix}-{k}", cluster_name=self.prefix, cluster_port=-1,
+            node = NatsServer(name=f"{self.prefix}-{k}", cluster_name=self.prefix, cluster_port=-1, jetstream=False,
                               routes=[f"nats-route://127.0.0.1:{first.route_port}"])
             node.start()
             self.nodes.append(node)
@@ -114,7 +116,7 @@ class LiveStack:
         old.stop()  # clean up its temporary directory
         routes = [f"nats-route://127.0.0.1:{n.route_port}" for j, n in enumerate(self.nodes) if j != k]
         node = NatsServer(name=f"{self.prefix}-{k}", port=old.port, cluster_name=self.prefix,
-                          cluster_port=old.route_port, routes=routes)
+                          cluster_port=old.route_port, routes=routes, jetstream=False)
         await asyncio.to_thread(node.start)
         self.nodes[k] = node
 
