@@ -36,10 +36,17 @@ from .report import ERROR_KINDS, Observations, PoolUsage, Series
 from .scenario import Scenario, describe
 from .vtime import FAILED, LATE, LOST, OK, PREEMPTED, Items, VPool
 
-__all__ = ["simulate"]
+__all__ = ["VirtualRun", "judge_many", "simulate"]
 
 _ROUNDS = 4  # re-negotiation rounds within one tick for strikes that failed early in it
 _EWMA = 0.2  # pools.TrackRecord's smoothing
+
+
+def judge_many(cost: np.ndarray, elapsed_ms: np.ndarray, ceiling: np.ndarray, target_ms: np.ndarray,
+               hard_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``orchestrator.judge`` over columns: (cost ceiling, latency target, hard deadline) broken.
+    A test holds it to ``judge`` on random strikes."""
+    return cost > ceiling, elapsed_ms > target_ms, elapsed_ms > hard_ms
 
 
 class _Queries:
@@ -319,8 +326,8 @@ class VirtualRun:
             np.add.at(self.spent, f["ten"], billed - f["price"])  # settle the hold to what was billed
         # Verdicts feed the agent's track record (pools.TrackRecord), in completion order.
         elapsed_ms = elapsed * 1000.0
-        target, hard, ceiling = self.coh_target[coh], self.coh_deadline[coh] * 1000.0, self.coh_ceiling[coh]
-        broken_cost, broken_lat, broken_hard = cost > ceiling, elapsed_ms > target, elapsed_ms > hard
+        broken_cost, broken_lat, broken_hard = judge_many(cost, elapsed_ms, self.coh_ceiling[coh],
+                                                          self.coh_target[coh], self.coh_deadline[coh] * 1000.0)
         kept = ok & ~broken_cost & ~broken_lat & ~broken_hard & (f["broke"] == 0)
         rec = p.state.record
         rec.total += len(f)
@@ -349,8 +356,8 @@ class VirtualRun:
                         self.broken[int(c_), term_i] += int(n_)
             bk = (f["broke"] > 0) & ok
             if bk.any():
-                for (c_, b_), n_ in zip(*np.unique(np.stack([cls[bk], f["broke"][bk]]), axis=1,
-                                                   return_counts=True), strict=True):
+                pairs, counts = np.unique(np.stack([cls[bk], f["broke"][bk]]), axis=1, return_counts=True)
+                for (c_, b_), n_ in zip(pairs.T.tolist(), counts.tolist(), strict=True):
                     self.broken[int(c_), int(b_)] += int(n_)
         late = out == LATE
         if late.any():

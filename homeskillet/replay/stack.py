@@ -9,6 +9,7 @@ query side is a ``Runtime`` serving ``hs.query`` exactly as ``homeskillet up`` d
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import msgspec
@@ -64,9 +65,21 @@ class LiveStack:
         self.nodes = [first]
         for k in range(1, n):
             node = NatsServer(name=f"{self.prefix}-{k}", cluster_name=self.prefix, cluster_port=-1, jetstream=False,
-                              routes=[f"nats-route://127.0.0.1:{first.route_port}"])
+                              routes=[f"nats-route://127.0.0.1:{self._route_port(first)}"])
             node.start()
             self.nodes.append(node)
+        for node in self.nodes:
+            self._route_port(node)
+
+    @staticmethod
+    def _route_port(node: NatsServer, timeout: float = 10.0) -> int:
+        """The node's route port, read from its log (nats-server may log it just after "ready")."""
+        end = time.monotonic() + timeout
+        while node.route_port is None:
+            if time.monotonic() > end:
+                raise HomeskilletError(f"nats-server {node.name} did not say its route port within {timeout:g}s")
+            time.sleep(0.01)
+        return node.route_port
 
     def _node_for(self, i: int) -> NatsServer:
         # The query side (and the load driver) use node 0; pools spread over the others.
