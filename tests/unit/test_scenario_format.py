@@ -165,7 +165,7 @@ def test_a_trace_gives_times_classes_and_tenants(tmp_path):
     assert b.t.tolist() == [0.1, 0.5, 3.0]
     assert b.tenant[0] == 1 and b.questions[0] == 2
     trace.write_text('{"t": "soon"}\n')
-    with pytest.raises(ScenarioError, match="trace.jsonl:1"):
+    with pytest.raises(ScenarioError, match=r"trace\.jsonl:1"):
         ArrivalStream(load_scenario(_write(tmp_path, text))).take(1.0)
     trace.write_text('{"t": 1, "tenant": "nobody"}\n')
     with pytest.raises(ScenarioError, match="'nobody'"):
