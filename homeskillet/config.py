@@ -52,6 +52,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     silence_ms: int = 1500  # a strike silent this long is taken as lost
     max_prompt_bytes: int = 1 << 20
     max_fragments: int = 16
+    parked_claim_ttl_s: float = 10.0  # a parked query whose owner is silent this long is taken over
 
 
 def default_pools(echo_delay_ms: float = 0.0) -> list[PoolSpec]:

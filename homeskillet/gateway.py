@@ -84,14 +84,14 @@ class Gateway:
             query.query_id = new_id()
         return await self.orchestrator.serve_on(query, res)
 
-    async def ask(self, query: Query) -> Answer:
+    async def ask(self, query: Query, reply: str = "") -> Answer:
         validate_query(query, max_prompt_bytes=self.max_prompt_bytes)
         if not query.query_id:
             query.query_id = new_id()
         t0 = time.perf_counter()
         with structlog.contextvars.bound_contextvars(query_id=query.query_id, tenant=query.tenant):
             try:
-                answer = await self.orchestrator.serve(query)
+                answer = await self.orchestrator.serve(query, reply)
             except HomeskilletError as exc:
                 QUERIES.labels(outcome=exc.code).inc()
                 log.info("query_failed", code=exc.code, error=exc.message)

@@ -30,6 +30,7 @@ from .errors import (
 from .fuse import fuse
 from .ids import new_id
 from .ledger import Hold, Release, Settle
+from .parking import ParkingLot
 from .scoring import Ranked
 from .strike import Dispatcher
 from .subjects import Subjects
@@ -69,13 +70,34 @@ def judge(cov: Covenant, ok: StrikeOk, elapsed_ms: float) -> list[str]:
 
 class Orchestrator:
     def __init__(self, nc: NATS, subjects: Subjects, covenants: CovenantBook, negotiator: Negotiator,
-                 dispatcher: Dispatcher, ledger: Supervised, *, max_fragments: int = 16) -> None:
+                 dispatcher: Dispatcher, ledger: Supervised, *, max_fragments: int = 16,
+                 parking: ParkingLot | None = None) -> None:
         self.nc, self.subjects, self.covenants = nc, subjects, covenants
         self.negotiator, self.dispatcher, self.ledger = negotiator, dispatcher, ledger
         self.max_fragments = max_fragments
+        self.parking = parking  # durable queue step; None: parked fragments live in memory only
         self.parked: dict[str, Fragment] = {}  # fragments waiting in the queue step, by fragment_id
+        self._replies: dict[str, str] = {}  # query_id -> the caller's NATS reply subject, while served
 
-    async def serve(self, query: Query) -> Answer:
+    async def serve(self, query: Query, reply: str = "") -> Answer:
+        """Serve ``query``; ``reply`` (the caller's NATS inbox) lets a restarted orchestrator answer
+        a query whose fragment was parked in the durable queue."""
+        self._replies[query.query_id] = reply
+        try:
+            answer = await self._serve(query)
+        except HomeskilletError:
+            await self._unpark(query.query_id)
+            raise
+        finally:
+            self._replies.pop(query.query_id, None)
+        await self._unpark(query.query_id)
+        return answer
+
+    async def _unpark(self, query_id: str) -> None:
+        if self.parking is not None:
+            await self.parking.done(query_id)
+
+    async def _serve(self, query: Query) -> Answer:
         t0 = time.monotonic()
         cov = self.covenants.resolve(query)
         fragments = analyze(query, cov, max_fragments=self.max_fragments)
@@ -220,6 +242,8 @@ class Orchestrator:
         log.info("fragment_parked", query_id=query.query_id, fragment=frag.fragment_id,
                  max_wait_ms=cov.fallback.queue_max_wait_ms)
         self.parked[frag.fragment_id] = frag
+        if self.parking is not None:
+            await self.parking.park(query, self._replies.get(query.query_id, ""))
         try:
             return await self._wait_parked(cov, frag, earlier, until, tried, query)
         finally:
