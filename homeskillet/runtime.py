@@ -22,6 +22,7 @@ from .errors import HomeskilletError
 from .gateway import Gateway
 from .ids import new_id
 from .ingress.nats import NatsIngress, respond
+from .ingress.reservation import ReservationIngress
 from .ledger import LedgerActor, LedgerReport, LedgerState, Report
 from .natsd import NatsServer, default_data_dir
 from .orchestrator import Orchestrator
@@ -91,6 +92,8 @@ class Runtime:
             self.gateway = Gateway(self.orchestrator, self.reservations, max_prompt_bytes=s.max_prompt_bytes)
             self.ingress = NatsIngress(self.nc, self.subjects, self.gateway)
             await self.ingress.start()
+            self.reservation_ingress = ReservationIngress(self.nc, self.subjects, self.gateway)
+            await self.reservation_ingress.start()
             await self.wait_for_pools(list(self.hosts))
             await self.parking.start(self._resume)
         return self
@@ -142,6 +145,7 @@ class Runtime:
         if self.serve_queries and self.gateway is not None:
             await self.parking.stop()
             await self.ingress.stop()
+            await self.reservation_ingress.stop()
             await self.reservations.close()
         for host in self.hosts.values():
             await host.stop()

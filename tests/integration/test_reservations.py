@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from homeskillet.errors import BadRequest, NoPoolError, NotFound
 from homeskillet.reservations import plan
 from homeskillet.testing import echo_pool, start_runtime
-from homeskillet.wire import Offer, Query, ReserveRequest
+from homeskillet.wire import Answer, Offer, Query, ReserveRequest, encode
 
 
 def offer(pool: str, provider: str, usd_per_hour: float, **kw: object) -> Offer:
@@ -59,6 +60,10 @@ async def test_reserve_infer_release_and_tenant_isolation(rt) -> None:  # type: 
     assert any("echo/l4" in t and "not H100" in t for t in res.tried)
     answer = await gw.infer_on(res.reservation_id, "acme", Query(prompt="hello there"))
     assert answer.fragments[0].pool == "echo/h100" and answer.text == "echo: hello there"
+    over_nats = await rt.nc.request(res.endpoint_subject, encode(Query(prompt="by subject", tenant="acme")), timeout=10)
+    assert msgspec.json.decode(over_nats.data, type=Answer).text == "echo: by subject"
+    stranger = await rt.nc.request(res.endpoint_subject, encode(Query(prompt="x", tenant="other")), timeout=10)
+    assert stranger.headers and stranger.headers["Nats-Service-Error-Code"] == "404"
     with pytest.raises(NotFound):
         await gw.reservation(res.reservation_id, "other-tenant")
     with pytest.raises(NotFound):
