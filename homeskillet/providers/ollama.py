@@ -104,7 +104,7 @@ class OllamaConnector(Connector):
         self._client = make_client(base_url, timeout=timeout, client=client)
         self.name = name or str(self._client.base_url).rstrip("/")
         self.timeout_s, self.keep_alive, self.parallel = timeout_s, keep_alive, parallel
-        self.model_map = {k: canonical(v) for k, v in (model_map or {}).items()}
+        self.model_map = dict(model_map or {})
         self.accelerator, self.gpu_model, self.vram_mb, self.region = accelerator, gpu_model, vram_mb, region
         self.cold_load_ms = cold_load_ms
         self.load = NodeLoad(ewma_alpha)
@@ -112,9 +112,13 @@ class OllamaConnector(Connector):
         self.warm: set[str] = set()  # loaded, as of the last health check or request
         self.cold_loads = 0  # answers whose load_duration was at least cold_load_ms
 
+    def node_model(self, model: str) -> str:
+        """The name sent to the node for ``model`` (through ``model_map``)."""
+        return self.model_map.get(model, model)
+
     def resolve(self, model: str) -> str:
-        """The node's name for ``model`` (through ``model_map``), canonical."""
-        return self.model_map.get(model) or canonical(model)
+        """The node's name for ``model``, canonical (as ``/api/tags`` and ``/api/ps`` list it)."""
+        return canonical(self.node_model(model))
 
     # -- the thin async half ------------------------------------------------------------------
 
@@ -169,13 +173,13 @@ class OllamaConnector(Connector):
 
     async def generate(self, model: str, prompt: str, *, system: str | None = None, raw: bool = False,
                        options: dict[str, Any] | None = None, stream: bool = False) -> Completion:
-        body = GenerateBody(model=self.resolve(model), prompt=prompt, stream=stream, system=system, raw=raw,
+        body = GenerateBody(model=self.node_model(model), prompt=prompt, stream=stream, system=system, raw=raw,
                             options=options or {}, keep_alive=self.keep_alive)
         return await self.complete(body)
 
     async def chat(self, model: str, messages: Sequence[tuple[str, str]], *, options: dict[str, Any] | None = None,
                    stream: bool = False) -> Completion:
-        body = ChatBody(model=self.resolve(model), messages=[ChatMessage(role=r, content=c) for r, c in messages],
+        body = ChatBody(model=self.node_model(model), messages=[ChatMessage(role=r, content=c) for r, c in messages],
                         stream=stream, options=options or {}, keep_alive=self.keep_alive)
         return await self.complete(body)
 
@@ -186,7 +190,7 @@ class OllamaConnector(Connector):
             raise BadRequest(f"{self.name}: Ollama serves without allocations, but the strike carries "
                              f"{req.allocation.allocation_id!r} from {req.allocation.provider!r}")
         options = {"num_predict": req.max_tokens, "temperature": req.temperature}
-        model = self.resolve(req.model)
+        model = self.node_model(req.model)
         if req.context:
             messages = [ChatMessage(role=m.role, content=m.content) for m in req.context]
             return ChatBody(model=model, messages=[*messages, ChatMessage(role="user", content=req.prompt)],
