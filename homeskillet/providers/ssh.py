@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import HomeskilletError, ProviderError
+from ..errors import HomeskilletError, ProviderAuthError, ProviderError
 from ..secrets import resolve_secret
 from .base import AllocationRequest, Connector, Health, InferRequest, InferResult, ProviderOffer, register
 from .ollama import OllamaConnector
@@ -38,6 +38,7 @@ class _Node:
         self.spec, self.link, self.ollama = spec, link, ollama
         self.checked_at = 0.0  # monotonic time of the last refresh; 0 = never
         self.detail = "not checked yet"
+        self.error: HomeskilletError | None = None  # why the last refresh failed
 
 
 @register("ssh")
@@ -93,7 +94,12 @@ class SshConnector(Connector):
     # -- node state -----------------------------------------------------------------------------
 
     async def _check(self, node: _Node) -> Health:
-        health = await node.ollama.health()
+        try:
+            health, node.error = await node.ollama.refresh(), None
+        except HomeskilletError as exc:
+            node.error = exc
+            load = node.ollama.load
+            health = Health(ok=False, detail=str(exc), active=load.active, load=load.load)
         node.checked_at, node.detail = time.monotonic(), health.detail
         return health
 
@@ -107,6 +113,12 @@ class SshConnector(Connector):
         await self._refresh_stale()
         holding = [n for n in self.nodes.values() if n.ollama.holds(model)]
         if not holding:
+            errors = [n.error for n in self.nodes.values() if n.error is not None]
+            if len(errors) == len(self.nodes):  # no node answered: say why, keeping the kind of failure
+                if len(errors) == 1:
+                    raise errors[0]
+                kind = ProviderAuthError if all(isinstance(e, ProviderAuthError) for e in errors) else ProviderError
+                raise kind("no node answered: " + " | ".join(map(str, errors)), provider="ssh")
             seen = "; ".join(f"{a}: {n.detail}" for a, n in self.nodes.items())
             raise ProviderError(f"no node holds {model!r} ({seen}); pull it on a node (ollama pull)",
                                 provider="ssh", http_status=404)

@@ -112,7 +112,7 @@ def read_nodes(ssh_config: str | Path, hosts: list[str] | None = None, *, known_
                 passphrase=passphrase.reveal() if passphrase else None)
         except (OSError, ValueError, asyncssh.Error) as exc:
             raise HomeskilletError(f"ssh: {path}, Host {alias}: {exc}") from None
-        identity = [str(f) for f in base.config.get("IdentityFile", ()) or ()]
+        identity = list(dict.fromkeys(str(f) for f in base.config.get("IdentityFile", ()) or ()))
         rows.append((SshNode(alias=alias, host=opts.host, port=opts.port, user=opts.username, known_hosts=files,
                              identity_files=identity, keepalive_s=interval, keepalive_count=count), opts))
     return rows

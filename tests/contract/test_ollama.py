@@ -13,7 +13,7 @@ import pytest
 
 from homeskillet.errors import BadRequest, HomeskilletError, NoCapacity, ProviderError, RateLimited
 from homeskillet.node import create_node_app, render_chat
-from homeskillet.providers.base import AllocationRequest, Allocation, InferRequest
+from homeskillet.providers.base import Allocation, AllocationRequest, InferRequest
 from homeskillet.providers.mlx_model import get_model
 from homeskillet.providers.ollama import NodeLoad, OllamaConnector
 from homeskillet.providers.ollama_api import canonical, decode_chunk, decode_models, error_message, raise_for_ollama
