@@ -386,10 +386,12 @@ def test_bad_options_are_named(sshd: Sshd, ssh_config: Path, node: Node, tmp_pat
         connect(sshd, tmp_path / "wild", node)
 
 
-def test_without_the_extra_the_error_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_extra_the_error_names_it(ssh_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "asyncssh", None)  # as if not installed
     with pytest.raises(ExtraMissing, match=r"pip install 'homeskillet\[ssh\]'"):
         require_asyncssh()
+    with pytest.raises(ExtraMissing, match="Ollama nodes over SSH"):  # the runtime disables the pool with this
+        SshConnector(ssh_config=str(ssh_config))
 
 
 # -- as a pool of the whole system --------------------------------------------------------------
