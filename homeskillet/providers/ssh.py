@@ -109,7 +109,7 @@ class SshConnector(Connector):
         await asyncio.gather(*(self._check(n) for n in stale))
 
     async def _candidates(self, model: str) -> list[_Node]:
-        """Nodes holding ``model``: warm first, then the soonest to finish one more request."""
+        """Nodes holding ``model``: answering ones first, warm first, then the soonest to finish."""
         await self._refresh_stale()
         holding = [n for n in self.nodes.values() if n.ollama.holds(model)]
         if not holding:
@@ -122,7 +122,8 @@ class SshConnector(Connector):
             seen = "; ".join(f"{a}: {n.detail}" for a, n in self.nodes.items())
             raise ProviderError(f"no node holds {model!r} ({seen}); pull it on a node (ollama pull)",
                                 provider="ssh", http_status=404)
-        return sorted(holding, key=lambda n: (n.ollama.resolve(model) not in n.ollama.warm,
+        # A node whose last check failed is a last resort: its model list may be stale.
+        return sorted(holding, key=lambda n: (n.error is not None, n.ollama.resolve(model) not in n.ollama.warm,
                                               n.ollama.load.expected_ms(), n.spec.alias))
 
     @staticmethod

@@ -2,7 +2,9 @@
 SSH connection per node (``SshLink``) with keepalive, reconnected on loss.
 
 asyncssh resolves each ``Host`` entry (HostName, Port, User, IdentityFile, ProxyJump, Include …)
-exactly as it will when connecting; we only list the concrete aliases named on ``Host`` lines.
+exactly as it will when connecting; we only list the nodes: the concrete aliases on the ``Host``
+lines of the file and the files it includes, or the ``hosts`` given (which may also be names a
+``Host`` pattern matches, such as ``gpu1.lab`` for ``Host *.lab``).
 Host keys are always verified: against the ``known_hosts`` option, else the entry's
 ``UserKnownHostsFile``, else ``~/.ssh/known_hosts``. ``UserKnownHostsFile none`` (accept any
 key) is refused, not obeyed. asyncssh is the ``ssh`` extra, imported on first use.
@@ -11,9 +13,11 @@ key) is refused, not obeyed. asyncssh is the ``ssh`` extra, imported on first us
 from __future__ import annotations
 
 import asyncio
+import fnmatch
+import glob
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -59,17 +63,46 @@ class SshNode(msgspec.Struct, kw_only=True):
         return f"{self.alias} ({self.user}@{self.host}:{self.port})"
 
 
-def host_aliases(config_text: str) -> list[str]:
+_KEY = re.compile(r"^\s*(\w+)\s*=?\s*")
+
+
+def _host_lines(text: str, source: str) -> Iterator[tuple[str, list[str]]]:
+    """``(keyword, args)`` of each Host and Include line, lower-cased keyword, quotes honoured."""
+    for number, line in enumerate(text.splitlines(), 1):
+        key, _, rest = _KEY.sub(r"\1 ", line).partition(" ")
+        if key.lower() in ("host", "include"):
+            try:
+                yield key.lower(), shlex.split(rest, comments=True)
+            except ValueError as exc:
+                raise HomeskilletError(f"ssh: {source}:{number}: {exc}") from None
+
+
+def host_aliases(config_text: str, source: str = "ssh_config") -> list[str]:
     """Concrete names on ``Host`` lines, in order; patterns (``*``, ``?``, ``!``) name no node."""
     names: list[str] = []
-    for line in config_text.splitlines():
-        key, _, rest = re.sub(r"^\s*(\w+)\s*=?\s*", r"\1 ", line).partition(" ")
-        if key.lower() != "host":
-            continue
-        for name in shlex.split(rest, comments=True):
-            if not any(c in name for c in "*?!") and name not in names:
-                names.append(name)
+    for key, args in _host_lines(config_text, source):
+        names += [n for n in args if key == "host" and not any(c in n for c in "*?!") and n not in names]
     return names
+
+
+def _host_entries(path: Path, depth: int = 0) -> tuple[list[str], list[str]]:
+    """Concrete names and patterns of the Host lines of ``path`` and the files it Includes."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise HomeskilletError(f"ssh: cannot read the ssh_config file {path}: {exc.strerror}") from None
+    names, patterns = host_aliases(text, str(path)), []
+    for key, args in _host_lines(text, str(path)):
+        if key == "host":
+            patterns += [a for a in args if any(c in a for c in "*?") and not a.startswith("!")]
+        elif depth < 16:  # Include: a relative path is under ~/.ssh, as for OpenSSH and asyncssh
+            for arg in args:
+                where = Path(arg).expanduser()
+                for found in sorted(glob.glob(str(where if where.is_absolute() else Path.home() / ".ssh" / where))):
+                    more, more_patterns = _host_entries(Path(found), depth + 1)
+                    names += [n for n in more if n not in names]
+                    patterns += more_patterns
+    return names, patterns
 
 
 def read_nodes(ssh_config: str | Path, hosts: list[str] | None = None, *, known_hosts: str | None = None,
@@ -79,11 +112,8 @@ def read_nodes(ssh_config: str | Path, hosts: list[str] | None = None, *, known_
     """The node table and each node's asyncssh options; every problem raises before any I/O."""
     asyncssh = require_asyncssh()
     path = Path(ssh_config).expanduser()
-    try:
-        aliases = host_aliases(path.read_text())
-    except OSError as exc:
-        raise HomeskilletError(f"ssh: cannot read the ssh_config file {path}: {exc.strerror}") from None
-    unknown = sorted(set(hosts or ()) - set(aliases))
+    aliases, patterns = _host_entries(path)
+    unknown = [h for h in hosts or () if h not in aliases and not any(fnmatch.fnmatchcase(h, p) for p in patterns)]
     if unknown:
         raise HomeskilletError(f"ssh: {path} has no Host entry for {', '.join(unknown)}; "
                                f"its hosts are: {', '.join(aliases) or '(none)'}")
@@ -161,7 +191,7 @@ class SshLink:
         self.connects = 0  # connections made over this link's life (1 + reconnects)
         self.losses = 0  # connections lost without our asking
         self.last_loss = ""
-        self.lost = asyncio.Event()  # set at each loss; tests and supervisors wait on it
+        self.lost = asyncio.Event()  # set at a loss, cleared at the next connect
 
     @property
     def connected(self) -> bool:
@@ -195,6 +225,7 @@ class SshLink:
             reason = getattr(exc, "reason", "") or str(exc) or type(exc).__name__
             raise ProviderError(f"ssh node {self.node}: cannot connect: {reason}", provider="ssh") from None
         holder.append(conn)
+        self.lost.clear()
         self.connects += 1
         log.info("ssh_connected", node=self.node.alias, host=self.node.host, port=self.node.port,
                  reconnect=self.connects > 1)

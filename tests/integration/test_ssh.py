@@ -117,6 +117,27 @@ async def test_node_table_is_read_from_the_config(sshd: Sshd, ssh_config: Path, 
         await conn.close()
 
 
+async def test_included_files_and_pattern_hosts_are_nodes(sshd: Sshd, node: Node, tmp_path: Path) -> None:
+    (tmp_path / "nodes.d").mkdir()
+    sshd.client_config(tmp_path / "nodes.d" / "lab.conf", {"included": {}})
+    common = (f"    HostName 127.0.0.1\n    Port {sshd.port}\n    User {sshd.user}\n"
+              f"    IdentityFile {sshd.client_key}\n")
+    (tmp_path / "config").write_text(f"Include {tmp_path}/nodes.d/*.conf\n\nHost *.lab\n{common}")
+    conn = connect(sshd, tmp_path / "config", node)
+    assert [n.alias for n in conn.table()] == ["included"]
+    await conn.close()
+    conn = connect(sshd, tmp_path / "config", node, hosts=["gpu1.lab", "included"])
+    try:
+        assert [(n.alias, n.host, n.port) for n in conn.table()] == [
+            ("gpu1.lab", "127.0.0.1", sshd.port), ("included", "127.0.0.1", sshd.port)]
+        assert all(h.ok for h in (await conn.node_health()).values())
+    finally:
+        await conn.close()
+    (tmp_path / "broken").write_text('Host "unterminated\n')
+    with pytest.raises(HomeskilletError, match="broken:1: No closing quotation"):
+        connect(sshd, tmp_path / "broken", node)
+
+
 # -- serving through the tunnel -----------------------------------------------------------------
 
 
