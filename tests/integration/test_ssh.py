@@ -29,6 +29,7 @@ from homeskillet.providers.mlx_model import get_model
 from homeskillet.providers.ollama import OllamaConnector
 from homeskillet.providers.ssh import SshConnector
 from homeskillet.providers.sshmesh import host_aliases, require_asyncssh
+from homeskillet.providers.sshtunnel import TunnelTransport
 from homeskillet.testing import serve_asgi, start_runtime
 from homeskillet.wire import Message
 
@@ -295,6 +296,18 @@ async def test_a_request_in_flight_when_the_connection_dies_fails_retryably(sshd
         finally:
             gen.gate.release(100)
             await conn.close()
+
+
+async def test_https_through_the_tunnel_is_refused_clearly(sshd: Sshd, ssh_config: Path, node: Node) -> None:
+    conn = connect(sshd, ssh_config, node, hosts=["node-a"])
+    tls = OllamaConnector(base_url=f"https://127.0.0.1:{node.port}", name="tls",
+                          transport=TunnelTransport(conn.link("node-a").open_channel))
+    try:
+        with pytest.raises(ProviderError, match="SSH already encrypts"):
+            await tls.infer(req("x"))
+    finally:
+        await tls.close()
+        await conn.close()
 
 
 # -- nothing reaches a shell ---------------------------------------------------------------------
