@@ -112,7 +112,8 @@ class OpenRouterConnector(Connector):
         return {"authorization": f"Bearer {self._key.reveal()}"}
 
     async def _get(self, path: str, *, auth: bool = True) -> bytes:
-        self._cooldown.check()
+        if auth:  # the rate limit is the key's; the public catalogue is not behind it
+            self._cooldown.check()
         try:
             resp = await self._http.get(path, headers=self._auth() if auth else {})
         except httpx.TimeoutException as exc:
