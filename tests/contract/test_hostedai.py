@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import msgspec
 import pytest
 
 from homeskillet.errors import HomeskilletError, NoCapacity, Preempted, ProviderAuthError, ProviderError, RateLimited
@@ -367,3 +368,24 @@ def test_missing_key_says_where_it_looked(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("HOSTEDAI_API_KEY", raising=False)
     with pytest.raises(HomeskilletError, match=r"\$HOSTEDAI_API_KEY"):
         HostedAIConnector(base_url="http://127.0.0.1:9")
+
+
+async def test_example_pools_make_connectors(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from homeskillet.config import load_settings
+    from homeskillet.runtime import make_connector
+
+    monkeypatch.setenv("HOSTEDAI_API_KEY", "sim-key")
+    settings = load_settings(Path(__file__).parents[2] / "examples" / "pools-hostedai.toml")
+    assert {p.pool_class for p in settings.pools} == {"standard", "premium", "preemptible", "dedicated"}
+    with sim() as (_, url):
+        for spec in settings.pools:
+            conn = make_connector(msgspec.structs.replace(spec, options={**spec.options, "base_url": url}))
+            try:
+                assert isinstance(conn, HostedAIConnector)
+                offers = await conn.quote(AllocationRequest(preemptible=spec.preemptible))
+                assert [o.offer_id for o in offers] == [spec.options["pool_id"]]
+                assert offers[0].usd_per_hour == spec.usd_per_hour and offers[0].vram_mb == spec.vram_mb
+            finally:
+                await conn.close()

@@ -282,3 +282,24 @@ def test_unsupported_features_give_reasons() -> None:
     assert conn.supports("quote") and conn.supports("stream")
 
 
+
+
+async def test_example_pools_make_connectors(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    import msgspec
+
+    from homeskillet.config import load_settings
+    from homeskillet.runtime import make_connector
+
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sim-key")
+    settings = load_settings(Path(__file__).parents[2] / "examples" / "pools-openrouter.toml")
+    with sim() as (s, url):
+        for spec in settings.pools:
+            conn = make_connector(msgspec.structs.replace(spec, options={**spec.options, "base_url": url}))
+            try:
+                assert isinstance(conn, OpenRouterConnector)
+                res = await conn.infer(strike(spec.models[0]))
+                assert res.model in s.models and res.billed_usd
+            finally:
+                await conn.close()

@@ -73,7 +73,7 @@ class ChatBody(msgspec.Struct, kw_only=True, omit_defaults=True):
     model: str
     messages: list[ChatMessage]
     max_tokens: int
-    temperature: float = 0.0
+    temperature: float  # always sent: OpenRouter's default is 1.0, ours 0.0
     stream: bool = False
     models: list[str] | None = None  # fallbacks after ``model``
     provider: ProviderPrefs | None = None
