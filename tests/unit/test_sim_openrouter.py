@@ -310,3 +310,22 @@ async def test_arbitrary_chat_bodies_never_5xx(body: Any) -> None:
 @given(raw=st.binary(max_size=60))
 async def test_arbitrary_chat_bytes_never_5xx(raw: bytes) -> None:
     _err(await Sim().http.post("/chat/completions", content=raw), 400)
+
+
+async def test_moderation_retry_after_error_finish_and_cost_reporting() -> None:
+    def sim(**extra: Any) -> Sim:
+        faults = extra.pop("faults", FaultPlan())
+        return Sim(SimConfig(time_scale=0, faults=faults, extra=extra))
+
+    body = {"model": MINI, "messages": [{"role": "user", "content": "a Forbidden topic"}]}
+    r = await sim(flagged_words=["forbidden"]).http.post("/chat/completions", json=body)
+    assert r.status_code == 403 and _err(r, 403)["metadata"]["reasons"] == ["harassment"]
+    r = await sim(faults=FaultPlan(rate_limit_rate=1.0), retry_after_s=3).http.post("/chat/completions", json=body)
+    assert r.status_code == 429 and r.headers["retry-after"] == "3"
+    s = sim(error_finish_rate=1.0)
+    r = await s.http.post("/chat/completions", json=body)
+    out = r.json()
+    assert r.status_code == 200 and out["choices"][0]["finish_reason"] == "error" and out["error"]["code"] == 502
+    assert out["usage"]["completion_tokens"] == 0 and out["usage"]["cost"] == 0 and s.state.usage_usd == 0
+    r = await sim(report_cost=False).http.post("/chat/completions", json=body)
+    assert r.status_code == 200 and "cost" not in r.json()["usage"]

@@ -224,6 +224,7 @@ class HostedAIConnector(Connector):
             pool = fits[0]
         body = allocate_body(want, pool.id, want.preemptible)
         key = uuid.uuid4().hex
+        await self._tokens.get()  # so a timeout below is the create's, not the token's
         try:
             raw = await self._send("POST", "/api/v1/allocations", body, timeout=want.ready_timeout_s,
                                    headers={"idempotency-key": key})

@@ -225,6 +225,7 @@ class OpenRouterConnector(Connector):
         """Text pieces from OpenRouter's SSE chunks; an error event mid-stream raises."""
         self._cooldown.check()
         headers = {**self._auth(), "content-type": "application/json"}
+        sent = 0
         self._inflight += 1
         try:
             async with aconnect_sse(self._http, "POST", "/chat/completions", content=self._body(req, stream=True),
@@ -237,10 +238,11 @@ class OpenRouterConnector(Connector):
                         break
                     chunk = _decode(event.data, Chunk, "stream chunk")
                     if chunk.error is not None or any(c.finish_reason == "error" for c in chunk.choices):
-                        usage = chunk.usage or Usage()
-                        raise failure(chunk.model, chunk.error, usage.completion_tokens, usage.cost)
+                        usage = chunk.usage or Usage()  # without usage, count the pieces already sent
+                        raise failure(chunk.model, chunk.error, usage.completion_tokens or sent, usage.cost)
                     for choice in chunk.choices:
                         if choice.delta.content:
+                            sent += 1
                             yield choice.delta.content
         except httpx.TimeoutException as exc:
             raise ProviderError(f"no answer within {self._timeout(req):g}s ({type(exc).__name__}); retry",
