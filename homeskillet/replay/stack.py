@@ -9,10 +9,13 @@ query side is a ``Runtime`` serving ``hs.query`` exactly as ``homeskillet up`` d
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
+import nats
 
 from ..config import PoolSpec, Settings
 from ..errors import HomeskilletError
@@ -23,6 +26,12 @@ from .scenario import FleetPool, Scenario
 from .vtime import pool_spec
 
 __all__ = ["LiveStack", "live_pool_spec"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def live_pool_spec(fp: FleetPool, seed: int) -> PoolSpec:
@@ -42,6 +51,7 @@ class LiveStack:
         self.query_side: Runtime | None = None
         self.pool_sides: dict[str, Runtime] = {}
         self.dead_pools: set[str] = set()
+        self.route_ports: list[int] = []
 
     @property
     def url(self) -> str:
@@ -58,36 +68,45 @@ class LiveStack:
             self.nodes = [NatsServer(name=f"{self.prefix}-0")]
             self.nodes[0].start()
             return
-        # No JetStream in the cluster: a clustered JetStream waits for a quorum before it is ready,
-        # and nothing a replay exercises uses it yet (parked fragments and the ledger are in memory).
-        first = NatsServer(name=f"{self.prefix}-0", cluster_name=self.prefix, cluster_port=-1, jetstream=False)
-        first.start()
-        self.nodes = [first]
-        for k in range(1, n):
-            node = NatsServer(name=f"{self.prefix}-{k}", cluster_name=self.prefix, cluster_port=-1, jetstream=False,
-                              routes=[f"nats-route://127.0.0.1:{self._route_port(first)}"])
-            node.start()
-            self.nodes.append(node)
-        for node in self.nodes:
-            self._route_port(node)
+        # A clustered JetStream is ready only with a quorum, so the nodes start together, each
+        # told every other's route port up front.
+        self.route_ports = [_free_port() for _ in range(n)]
+        self.nodes = [self._node(k) for k in range(n)]
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(NatsServer.start, self.nodes))
 
-    @staticmethod
-    def _route_port(node: NatsServer, timeout: float = 10.0) -> int:
-        """The node's route port, read from its log (nats-server may log it just after "ready")."""
-        end = time.monotonic() + timeout
-        while node.route_port is None:
-            if time.monotonic() > end:
-                raise HomeskilletError(f"nats-server {node.name} did not say its route port within {timeout:g}s")
-            time.sleep(0.01)
-        return node.route_port
+    def _node(self, k: int, port: int = -1) -> NatsServer:
+        routes = [f"nats-route://127.0.0.1:{p}" for j, p in enumerate(self.route_ports) if j != k]
+        return NatsServer(name=f"{self.prefix}-{k}", port=port, cluster_name=self.prefix,
+                          cluster_port=self.route_ports[k], routes=routes)
 
     def _node_for(self, i: int) -> NatsServer:
         # The query side (and the load driver) use node 0; pools spread over the others.
         n = len(self.nodes)
         return self.nodes[0] if n == 1 else self.nodes[1 + i % (n - 1)]
 
+    async def _jetstream_ready(self, timeout: float = 30.0) -> None:
+        """Until the cluster's JetStream answers (it elects a meta leader after the nodes are up)."""
+        nc = await nats.connect(servers=[self.url])
+        try:
+            js = nc.jetstream()
+            end = time.monotonic() + timeout
+            while True:
+                try:
+                    await js.account_info()
+                    return
+                except nats.errors.Error as exc:
+                    if time.monotonic() > end:
+                        raise HomeskilletError(f"the NATS cluster's JetStream is not ready after {timeout:g}s: "
+                                               f"{exc!r}") from None
+                    await asyncio.sleep(0.1)
+        finally:
+            await nc.close()
+
     async def start(self) -> LiveStack:
         await asyncio.to_thread(self._start_nodes)
+        if len(self.nodes) > 1:
+            await self._jetstream_ready()
         self.query_side = Runtime(self._settings(self.url, []))
         await self.query_side.start()
         for fp in self.s.pools:
@@ -126,10 +145,8 @@ class LiveStack:
         old = self.down_nodes.pop(k, None)
         if old is None:
             return
-        old.stop()  # clean up its temporary directory
-        routes = [f"nats-route://127.0.0.1:{n.route_port}" for j, n in enumerate(self.nodes) if j != k]
-        node = NatsServer(name=f"{self.prefix}-{k}", port=old.port, cluster_name=self.prefix,
-                          cluster_port=old.route_port, routes=routes, jetstream=False)
+        await asyncio.to_thread(old.stop)  # clean up its temporary directory
+        node = self._node(k, port=old.port)
         await asyncio.to_thread(node.start)
         self.nodes[k] = node
 
