@@ -167,6 +167,7 @@ class Report(msgspec.Struct, kw_only=True):
     duration_s: float
     ledger: Ledger
     throughput_qps: float
+    peak_concurrency: int  # queries in flight at once, at the busiest moment
     latency: Latency
     allocation: Latency
     errors: dict[str, int]
@@ -208,6 +209,17 @@ def _bucket_percentiles(o: Observations) -> tuple[list[float], list[float], list
         for k, p in enumerate((0.50, 0.95, 0.99)):
             out[k].append(round(float(lat[lo + min(hi - lo - 1, int(p * (hi - lo)))]), 3) if hi > lo else 0.0)
     return out[0], out[1], out[2]
+
+
+def _peak_concurrency(o: Observations) -> int:
+    ok = ~np.isnan(o.latency_ms)
+    if not ok.any():
+        return 0
+    start, end = o.t[ok], o.t[ok] + o.latency_ms[ok] / 1000.0
+    times = np.concatenate([start, end])
+    steps = np.concatenate([np.ones(len(start), dtype=np.int64), -np.ones(len(end), dtype=np.int64)])
+    order = np.lexsort((steps, times))  # at equal times, ends (-1) before starts
+    return int(np.max(np.cumsum(steps[order])))
 
 
 def _checks(o: Observations, r: Report) -> list[Check]:
@@ -279,7 +291,8 @@ def build_report(o: Observations) -> Report:
                   cost_usd=[round(float(x), 8) for x in o.series.cost], utilisation=util)
     r = Report(
         scenario=s.name, mode=o.mode, policy=o.policy, seed=s.seed, duration_s=o.duration_s, ledger=ledger,
-        throughput_qps=round(answered / run_s, 4), latency=_latency(o.latency_ms),
+        throughput_qps=round(answered / run_s, 4), peak_concurrency=_peak_concurrency(o),
+        latency=_latency(o.latency_ms),
         allocation=_latency(o.alloc_ms.astype(np.float64)),
         errors={k: int(counts[i]) for i, k in enumerate(kinds) if i and counts[i]},
         error_rate=round(explicit / max(1, n), 8), fallbacks=int(np.count_nonzero(o.fallback & (o.error == 0))),
@@ -293,7 +306,8 @@ def markdown(r: Report) -> str:
     lines = [f"# Replay report: {r.scenario} ({r.mode}, policy {r.policy}, seed {r.seed})", "",
              f"- run: {r.duration_s:g} s of scenario time; {led.sent} queries sent, {led.answered} answered, "
              f"{led.errors} explicit errors, {led.lost} lost: **{'balanced' if led.balanced else 'NOT BALANCED'}**",
-             f"- throughput: {r.throughput_qps:,.2f} answers/s; fallbacks taken: {r.fallbacks}",
+             f"- throughput: {r.throughput_qps:,.2f} answers/s; peak concurrency {r.peak_concurrency:,} queries; "
+             f"fallbacks taken: {r.fallbacks}",
              f"- latency: p50 {r.latency.p50_ms:,.1f} ms, p95 {r.latency.p95_ms:,.1f} ms, "
              f"p99 {r.latency.p99_ms:,.1f} ms;"
              f" allocation p95 {r.allocation.p95_ms:,.2f} ms",
