@@ -255,8 +255,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    quiet = args.cmd in ("demo", "ask", "covenant", "replay", "simulate")
-    configure_logging(json=args.log_json, level=args.log_level or ("WARNING" if quiet else "INFO"))
+    quiet = args.cmd in ("demo", "ask", "covenant")
+    # replay drives thousands of strikes whose refusals and fallbacks are expected: the report counts them.
+    loud = "ERROR" if args.cmd in ("replay", "simulate") else "WARNING" if quiet else "INFO"
+    configure_logging(json=args.log_json, level=args.log_level or loud)
     try:
         match args.cmd:
             case "demo":

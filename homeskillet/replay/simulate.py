@@ -215,11 +215,12 @@ class VirtualRun:
             g = g.take(~late)
         excl = {p.spec.name for p in self.pools if int(g["excl"][0]) & (1 << p.index)} if len(g) else set()
         if len(g) and not np.isnan(g["park"][0]):
-            # Parked: the book changed, so retry the strikeable steps before the queue step.
-            for j, (step, degrade) in enumerate(plan[:i]):
+            # Parked: the book changed, so retry the strikeable steps before the queue step, each
+            # with a fresh exclusion list (as _wait_parked does); a strike that fails comes back here.
+            for step, degrade in plan[:i]:
                 if step.kind in ("queue", "fail") or not len(g):
                     continue
-                g = self._strike_step(g, quotes, step, degrade, cov, c, excl, room, struck, j)
+                g = self._strike_step(g, quotes, step, degrade, cov, c, set(), room, struck, i)
             if not len(g):
                 return
             expired = g["park"] <= t0

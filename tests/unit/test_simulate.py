@@ -158,6 +158,8 @@ def test_baselines_ignore_the_covenant_and_the_report_says_which_terms_they_brok
     assert {p.name: p.strikes for p in cheap.pools}["hostedai/premium"] == 0
     assert cheap.covenants[0].broken_terms["qos.preemptible"] == cheap.ledger.answered
     assert cheap.cost.total_usd < ours.cost.total_usd
+    # 10 queries/s, each about 0.37 s on a pool: a few in flight at once.
+    assert 2 <= ours.peak_concurrency <= 10
     rr = build_report(simulate(s, policy_name="round-robin"))
     strikes = {p.name: p.strikes for p in rr.pools}
     assert abs(strikes["vastai/spot"] - strikes["hostedai/premium"]) <= 2
