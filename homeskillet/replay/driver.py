@@ -192,14 +192,18 @@ def _observations(s: Scenario, d: _Driver, stack: LiveStack | None, wall_s: floa
                 series.add_busy(i, np.array([end - ms / 1000.0]), np.array([end]))
     pools = []
     for i, fp in enumerate(s.pools):
-        e = stack.engine(fp.name) if stack is not None else None
+        es = stack.engines(fp.name) if stack is not None else []
+        # The engines know how long strikes held a slot; answers alone include the wait for one.
         pools.append(PoolUsage(name=fp.name, simulates=fp.simulates, pool_class=fp.pool_class,
                                accelerators=fp.accelerators, capacity=fp.capacity,
-                               strikes=e.executed if e is not None else strikes[i],
-                               failures=e.failed if e is not None else 0,
-                               preemptions=e.preempted if e is not None else 0, lost=0, busy_s=busy[i],
+                               strikes=sum(e.executed for e in es) if es else strikes[i],
+                               failures=sum(e.failed for e in es), preemptions=sum(e.preempted for e in es),
+                               lost=0, busy_s=sum(e.busy_s for e in es) if es else busy[i],
                                cost_usd=by_pool.get(fp.name, 0.0),
                                fleet_usd=fp.usd_per_hour * fp.accelerators * s.duration_s / 3600.0))
+    for i, p in enumerate(pools):  # the series' shape from the answers, its total from the engines
+        if busy[i] > 0:
+            series.busy[i] *= p.busy_s / busy[i]
     costs = np.array([r.cost for r in rows])
     alloc = np.array([r.alloc_ms for r in rows if r.alloc_ms is not None], dtype=np.float64)
     return Observations(

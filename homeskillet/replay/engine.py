@@ -45,6 +45,7 @@ class ReplayEngine(Connector):
         self._storm = asyncio.Event()
         self.storm_share = 0.0
         self.executed = self.failed = self.preempted = 0
+        self.busy_s = 0.0  # time spent inside infer: the pool's slots hold strikes only for this long
 
     def storm(self, share: float) -> None:
         """Evict ``share`` of the strikes running now (a preemption storm)."""
@@ -77,6 +78,12 @@ class ReplayEngine(Connector):
 
     async def infer(self, req: InferRequest) -> InferResult:
         t0 = time.perf_counter()
+        try:
+            return await self._infer(req, t0)
+        finally:
+            self.busy_s += time.perf_counter() - t0
+
+    async def _infer(self, req: InferRequest, t0: float) -> InferResult:
         self.executed += 1
         if time.monotonic() < self.outage_until:
             self.failed += 1

@@ -52,6 +52,7 @@ class LiveStack:
         self.pool_sides: dict[str, Runtime] = {}
         self.dead_pools: set[str] = set()
         self.route_ports: list[int] = []
+        self.retired: dict[str, list[_engine.ReplayEngine]] = {}  # engines of killed workers, for the counts
 
     @property
     def url(self) -> str:
@@ -124,6 +125,11 @@ class LiveStack:
         self.pool_sides[name] = rt
         self.dead_pools.discard(name)
 
+    def engines(self, name: str) -> list[_engine.ReplayEngine]:
+        """Every engine that served the pool: killed workers' and the current one."""
+        current = self.engine(name)
+        return [*self.retired.get(name, []), *([current] if current is not None else [])]
+
     def engine(self, name: str) -> _engine.ReplayEngine | None:
         rt = self.pool_sides.get(name)
         conn = rt.hosts[name].connector if rt is not None and name in rt.hosts else None
@@ -131,7 +137,10 @@ class LiveStack:
 
     async def kill_pool(self, name: str) -> None:
         """The worker dies: its strikes in flight never answer (the dispatcher finds them by silence)."""
+        engine = self.engine(name)
         rt = self.pool_sides.pop(name, None)
+        if engine is not None:
+            self.retired.setdefault(name, []).append(engine)
         if rt is not None:
             self.dead_pools.add(name)
             await rt.stop()
