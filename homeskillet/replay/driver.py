@@ -208,7 +208,7 @@ def _observations(s: Scenario, d: _Driver, stack: LiveStack | None, wall_s: floa
     alloc = np.array([r.alloc_ms for r in rows if r.alloc_ms is not None], dtype=np.float64)
     return Observations(
         scenario=s, mode="live", policy=policy, duration_s=s.duration_s, wall_s=wall_s,
-        covenants=[c.covenant for c in s.classes],
+        covenants=s.covenant_labels(),
         targets_ms=[float(d.covs[ci, 0].qos.latency_target_ms) for ci in range(len(s.classes))],
         t=np.array([r.t for r in rows]), cls=np.array([r.cls for r in rows], dtype=np.int16),
         latency_ms=np.array([r.latency_ms if not r.error else np.nan for r in rows]), cost_usd=costs,

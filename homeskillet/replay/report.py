@@ -234,10 +234,10 @@ def _checks(o: Observations, r: Report) -> list[Check]:
         n = sum(c.broken_terms.get(term, 0) for c in r.covenants)
         checks.append(Check(name=f"term {term} kept", ok=n == 0, detail=f"{n} answered fragment(s) broke it"))
     for cov, least in e.min_slo.items():
-        stats = next((c for c in r.covenants if c.covenant == cov), None)
-        got = stats.slo_attainment if stats else 0.0
-        checks.append(Check(name=f"SLO {cov}", ok=got >= least,
-                            detail=f"{got:.2%} answered within the latency target; required {least:.2%}"))
+        for stats in (c for c in r.covenants if c.covenant == cov or c.covenant.startswith(cov + "/")):
+            got = stats.slo_attainment
+            checks.append(Check(name=f"SLO {stats.covenant}", ok=got >= least,
+                                detail=f"{got:.2%} answered within the latency target; required {least:.2%}"))
     if e.max_cost_per_day_usd is not None:
         checks.append(Check(name="cost per day", ok=r.cost.per_day_usd <= e.max_cost_per_day_usd,
                             detail=f"${r.cost.per_day_usd:,.2f}/day charged; limit ${e.max_cost_per_day_usd:,.2f}"))

@@ -177,6 +177,16 @@ class Scenario(_S, kw_only=True):
         """The covenant a query of ``cls`` is served under (the same resolve the gateway uses)."""
         return book.resolve(Query(covenant=cls.covenant, overrides=cls.overrides or None))
 
+    def covenant_labels(self) -> list[str]:
+        """Per class, the name its covenant is reported under: the template's name, or
+        ``name/class`` where classes share a template with different overrides."""
+        out = []
+        for c in self.classes:
+            same = [d for d in self.classes if d.covenant == c.covenant]
+            alike = all(d.overrides == c.overrides for d in same)
+            out.append(c.covenant if alike else f"{c.covenant}/{c.name}")
+        return out
+
     def trace_path(self) -> Path:
         p = Path(self.arrivals.trace)
         return p if p.is_absolute() else Path(self.source).parent / p
@@ -279,8 +289,9 @@ def _check(s: Scenario, book: CovenantBook) -> None:
     if s.short.duration_s <= 0 or s.short.rate_scale <= 0 or s.short.fleet_scale <= 0 or s.short.latency_scale <= 0:
         raise bad("short", "duration_s and every scale must be > 0")
     for name in s.expect.min_slo:
-        if name not in {c.covenant for c in s.classes}:
-            raise bad("expect.min_slo", f"{name!r} is not the covenant of any class")
+        if name not in {c.covenant for c in s.classes} | set(s.covenant_labels()):
+            raise bad("expect.min_slo", f"{name!r} is not the covenant of any class (or its name/class label: "
+                      f"{', '.join(s.covenant_labels())})")
 
 
 def load_scenario(path: str | Path, covenants: CovenantBook | None = None) -> Scenario:

@@ -421,7 +421,7 @@ class VirtualRun:
         classes = self.s.classes
         return Observations(
             scenario=self.s, mode="virtual", policy=self.policy.name, duration_s=dur, wall_s=wall_s,
-            covenants=[c.covenant for c in classes],
+            covenants=self.s.covenant_labels(),
             targets_ms=[float(self.covs[ci, 0].qos.latency_target_ms) for ci in range(len(classes))],
             t=q.t[:n].copy(), cls=q.cls[:n].astype(np.int16), latency_ms=lat, cost_usd=q.cost[:n].copy(),
             error=err, fallback=q.fb[:n].copy(), ledger_usd=self.ledger, tokens_in=self.tokens_in,
