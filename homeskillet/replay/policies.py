@@ -21,7 +21,7 @@ from ..covenant import Step, fallback_chain
 from ..scoring import Ranked, make_bid, rank
 from ..wire import Covenant, Quote, Refusal
 
-__all__ = ["POLICIES", "Policy", "policy"]
+__all__ = ["POLICIES", "Cheapest", "LeastLoaded", "Policy", "RoundRobin", "policy"]
 
 POLICIES = ("covenant", "round-robin", "least-loaded", "cheapest")
 _ANY = [Step("any"), Step("fail")]

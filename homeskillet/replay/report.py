@@ -18,8 +18,8 @@ import numpy as np
 from ..errors import ExtraMissing
 from .scenario import Scenario
 
-__all__ = ["ERROR_KINDS", "Check", "Observations", "PoolUsage", "Report", "Series", "build_report",
-           "write_report"]
+__all__ = ["ERROR_KINDS", "Check", "Cost", "CovenantStats", "Latency", "Ledger", "Observations", "Plots", "PoolStats",
+           "PoolUsage", "Report", "Series", "build_report", "markdown", "write_plots", "write_report"]
 
 # Index 0 is "answered"; "lost" is a query that got neither an answer nor an explicit error.
 ERROR_KINDS = ["", "no_pool", "deadline_exceeded", "budget_exceeded", "lost"]

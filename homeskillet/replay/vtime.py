@@ -24,7 +24,7 @@ from ..pools import PoolState
 from ..wire import Quote
 from .scenario import FleetPool
 
-__all__ = ["FAILED", "LATE", "LOST", "OK", "PREEMPTED", "Items", "VPool"]
+__all__ = ["FAILED", "LATE", "LOST", "OK", "PREEMPTED", "Items", "VPool", "pool_spec"]
 
 OK, FAILED, PREEMPTED, LOST, LATE = 0, 1, 2, 3, 4
 _FAST_FAIL_S = 0.02  # a provider's 503 comes back about this fast

@@ -198,3 +198,16 @@ def test_tenant_budgets_end_in_explicit_errors_and_hold():
     assert r.ledger.sent == r.ledger.answered + r.ledger.errors
     # Holds keep every tenant near its budget (settlement may differ from the hold by one strike's drift).
     assert run.spent.max() <= 1e-4 * 1.5
+
+
+def test_replay_modules_declare_a_complete_all():
+    import importlib
+    import pkgutil
+
+    import homeskillet.replay as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__, "homeskillet.replay."):
+        mod = importlib.import_module(info.name)
+        public = {n for n, v in vars(mod).items() if not n.startswith("_") and callable(v)
+                  and getattr(v, "__module__", None) == mod.__name__}
+        assert public <= set(mod.__all__), f"{info.name} does not export {sorted(public - set(mod.__all__))}"
