@@ -41,6 +41,7 @@ from .wire import (
     Fragment,
     FragmentOutcome,
     Query,
+    Reservation,
     Strike,
     StrikeFailure,
     StrikeOk,
@@ -91,6 +92,43 @@ class Orchestrator:
         texts = [r[1] for r in results]  # type: ignore[index]
         return Answer(
             query_id=query.query_id, tenant=query.tenant, text=fuse(cov.fusion, fragments, texts),
+            covenant=cov.name, covenant_id=cov.covenant_id, fusion=cov.fusion, fragments=outcomes,
+            cost_usd=sum(o.cost_usd for o in outcomes), latency_ms=(time.monotonic() - t0) * 1000.0,
+        )
+
+    async def serve_on(self, query: Query, res: Reservation) -> Answer:
+        """Serve ``query`` on a reservation's pool and allocation: no negotiation, no fallback (the
+        reservation is the contract); a failed strike is an explicit error naming the pool."""
+        t0 = time.monotonic()
+        if not query.model and not query.covenant and res.model:
+            query = msgspec.structs.replace(query, model=res.model)
+        cov = self.covenants.resolve(query)
+        fragments = analyze(query, cov, max_fragments=self.max_fragments)
+        deadline = t0 + cov.qos.hard_deadline_ms / 1000.0
+
+        async def one(frag: Fragment) -> tuple[FragmentOutcome, str]:
+            strike = Strike(strike_id=new_id(), query_id=query.query_id, tenant=query.tenant,
+                            covenant_id=cov.covenant_id, pool=res.pool, fragment=frag,
+                            model=res.model or cov.resources.model, allocation=res.allocation,
+                            deadline_ms=int((time.time() + deadline - time.monotonic()) * 1000),
+                            trace_id=query.trace_id)
+            try:
+                ok, elapsed = await self.execute(strike, cov, 0.0, deadline)
+            except (StrikeFailed, LeaseRejected) as exc:
+                exc.tried = (f"{res.pool} (reservation {res.reservation_id}): {exc.message}",)
+                raise
+            broken = judge(cov, ok, elapsed)
+            return FragmentOutcome(
+                fragment_id=frag.fragment_id, index=frag.index, pool=res.pool, strike_id=strike.strike_id,
+                model=ok.model, step=f"reservation {res.reservation_id}", why="reserved", cost_usd=ok.cost_usd,
+                latency_ms=elapsed, prompt_tokens=ok.prompt_tokens, completion_tokens=ok.completion_tokens,
+                kept=not broken, broken_terms=broken,
+            ), ok.text
+
+        results = await asyncio.gather(*(one(f) for f in fragments))
+        outcomes = [r[0] for r in results]
+        return Answer(
+            query_id=query.query_id, tenant=query.tenant, text=fuse(cov.fusion, fragments, [r[1] for r in results]),
             covenant=cov.name, covenant_id=cov.covenant_id, fusion=cov.fusion, fragments=outcomes,
             cost_usd=sum(o.cost_usd for o in outcomes), latency_ms=(time.monotonic() - t0) * 1000.0,
         )

@@ -25,6 +25,7 @@ from .ledger import LedgerActor, LedgerReport, LedgerState, Report
 from .natsd import NatsServer, default_data_dir
 from .orchestrator import Orchestrator
 from .providers.base import Connector, connector_class
+from .reservations import Reservations
 from .strike import Dispatcher
 from .subjects import Subjects
 from .supervisor import Supervisor
@@ -82,7 +83,8 @@ class Runtime:
             covenants = CovenantBook.load(s.covenants_dir or None)
             self.orchestrator = Orchestrator(self.nc, self.subjects, covenants, self.negotiator, self.dispatcher,
                                              self.ledger, max_fragments=s.max_fragments)
-            self.gateway = Gateway(self.orchestrator, max_prompt_bytes=s.max_prompt_bytes)
+            self.reservations = Reservations(self.nc, self.subjects, lambda: self.negotiator.view.quotes)
+            self.gateway = Gateway(self.orchestrator, self.reservations, max_prompt_bytes=s.max_prompt_bytes)
             self.ingress = NatsIngress(self.nc, self.subjects, self.gateway)
             await self.ingress.start()
             await self.wait_for_pools(list(self.hosts))
@@ -123,6 +125,7 @@ class Runtime:
     async def stop(self) -> None:
         if self.serve_queries and self.gateway is not None:
             await self.ingress.stop()
+            await self.reservations.close()
         for host in self.hosts.values():
             await host.stop()
         if self.serve_queries and self.nc is not None:

@@ -39,5 +39,8 @@ class Subjects:
     def agent(self, pool: str) -> str:
         return f"{self.prefix}.agent.{token(pool)}"
 
+    def reservation(self, reservation_id: str) -> str:
+        return f"{self.prefix}.reservation.{token(reservation_id)}"
+
     def verdict(self, pool: str) -> str:
         return f"{self.prefix}.events.verdict.{token(pool)}"

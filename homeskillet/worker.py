@@ -29,10 +29,16 @@ from .subjects import Subjects, token
 from .supervisor import Supervised, Supervisor
 from .telemetry import STRIKES, get_logger
 from .wire import (
+    Allocated,
     Award,
     CallForProposals,
     ErrorReply,
+    FreeAllocation,
+    Freed,
+    MetricsAsk,
+    MetricsReply,
     Rejection,
+    Reserve,
     StrikeFailure,
     StrikeOk,
     StrikePreemption,
@@ -185,7 +191,7 @@ class PoolHost:
         f = strike.fragment
         req = InferRequest(strike_id=sid, model=strike.model, prompt=f.prompt, context=f.context,
                            max_tokens=f.max_tokens, temperature=f.temperature, deadline_ms=strike.deadline_ms,
-                           tenant=strike.tenant)
+                           tenant=strike.tenant, allocation=strike.allocation)
         t0 = time.perf_counter()
         try:
             async with self.slots:
@@ -207,6 +213,8 @@ class PoolHost:
         elapsed = (time.perf_counter() - t0) * 1000.0
         offer = self.spec
         cost = res.billed_usd
+        if cost is None and strike.allocation is not None:
+            cost = 0.0  # a reservation's strikes are covered by its hourly bill, settled at release
         if cost is None:
             cost = price_usd(self.agent.state.offer(), res.prompt_tokens, res.completion_tokens, elapsed / 1000.0)
             if offer.usd_per_hour == 0 and strike.max_price_usd > 0:
@@ -249,6 +257,29 @@ class PoolHost:
                     await self.nc.publish(msg.reply, encode(reply))
             case Rejection():
                 log.debug("bid_rejected", pool=self.spec.name, cfp_id=m.cfp_id, reason=m.reason)
+            case Reserve() | FreeAllocation() | MetricsAsk():
+                if msg.reply:
+                    await self.nc.publish(msg.reply, encode(await self._allocation_msg(m)))
+
+    async def _allocation_msg(self, m: Reserve | FreeAllocation | MetricsAsk,
+                              ) -> Allocated | Freed | MetricsReply | ErrorReply:
+        """Reservations: the connector talks to the provider; errors go back as data."""
+        try:
+            match m:
+                case Reserve():
+                    alloc = await self.connector.allocate(m.want)
+                    log.info("allocated", pool=self.spec.name, reservation_id=m.reservation_id,
+                             allocation_id=alloc.allocation_id, tenant=m.tenant)
+                    return Allocated(allocation=alloc)
+                case FreeAllocation():
+                    return Freed(release=await self.connector.release(m.allocation))
+                case MetricsAsk():
+                    return MetricsReply(metrics=await self.connector.metrics(m.allocation))
+        except HomeskilletError as exc:
+            return ErrorReply(code=exc.code, message=exc.message, status=exc.status, retryable=exc.retryable)
+        except Exception as exc:
+            log.exception("allocation_call_crashed", pool=self.spec.name)
+            return ErrorReply(code="engine_error", message=f"{self.spec.name}: {exc!r}", status=502, retryable=True)
 
     async def _on_verdict(self, msg: Msg) -> None:
         with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
