@@ -38,8 +38,8 @@ from ..wire import (
     ReserveRequest,
 )
 
-__all__ = ["McpTools", "PoolRow", "PoolTable", "QueryArgs", "QueryResult", "QuoteArgs", "ReservationRef",
-           "object_schema"]
+__all__ = ["McpTools", "NoArgs", "PoolRow", "PoolTable", "QueryArgs", "QueryResult", "QuoteArgs", "ReservationRef",
+           "ToolSpec", "object_schema", "tool_error"]
 
 log = get_logger("homeskillet.ingress.mcp")
 

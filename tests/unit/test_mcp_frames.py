@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import jsonschema
@@ -99,3 +100,27 @@ def test_bad_arguments_are_bad_requests_naming_the_argument(args: dict[str, obje
 def test_query_args_become_a_query_for_the_callers_tenant() -> None:
     query = msgspec.convert({"prompt": "hi", "max_tokens": 8}, QueryArgs).to_query("acme")
     assert (query.tenant, query.prompt, query.max_tokens) == ("acme", "hi", 8)
+
+
+@given(st.dictionaries(st.sampled_from(["prompt", "messages", "covenant", "model", "overrides", "max_tokens",
+                                        "temperature", "reservation_id", "tenant", "x"]),
+                       st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5)
+                       | st.lists(st.dictionaries(st.sampled_from(["role", "content"]), st.text(max_size=5)),
+                                  max_size=2),
+                       max_size=5))
+def test_any_arguments_decode_or_are_a_bad_request(args: dict[str, object]) -> None:
+    tools = McpTools(None)  # type: ignore[arg-type]
+    for name in ("query", "quote", "reserve"):
+        try:
+            tools.specs[name].decode(args, ACME)
+        except BadRequest as exc:
+            assert exc.message
+
+
+@pytest.mark.parametrize("name", ["homeskillet.ingress.mcp", "homeskillet.ingress.mcp_tools",
+                                  "homeskillet.ingress.mcp_websocket", "homeskillet.mcp_ws"])
+def test_mcp_modules_declare_a_complete_all(name: str) -> None:
+    mod = importlib.import_module(name)
+    public = {n for n, v in vars(mod).items()
+              if not n.startswith("_") and getattr(v, "__module__", None) == name and callable(v)}
+    assert public <= set(mod.__all__) and all(hasattr(mod, n) for n in mod.__all__)
