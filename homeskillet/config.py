@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -47,10 +47,10 @@ class TenantSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     Budgets and rate limits are shared by every orchestrator on the NATS server (JetStream KV)."""
 
-    daily_usd: float | None = None  # UTC day
-    monthly_usd: float | None = None  # UTC calendar month
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None  # prompt + completion tokens
+    daily_usd: Annotated[float, msgspec.Meta(ge=0)] | None = None  # UTC day
+    monthly_usd: Annotated[float, msgspec.Meta(ge=0)] | None = None  # UTC calendar month
+    requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    tokens_per_minute: Annotated[int, msgspec.Meta(ge=0)] | None = None  # prompt + completion tokens
 
 
 class NatsAuth(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

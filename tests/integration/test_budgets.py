@@ -121,3 +121,24 @@ async def test_hold_settle_release_and_expiry(nats_url: str) -> None:
         assert not await budgets.hold("unlisted", "h5", 99.0)  # no budget: nothing held, nothing refused
     finally:
         await nc.close()
+
+
+def test_tenant_settings_are_strict(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from homeskillet.config import load_settings
+    from homeskillet.strict import StrictError
+
+    monkeypatch.delenv("JWT_ENABLED", raising=False)
+    good = tmp_path / "good.toml"
+    good.write_text('[tenants.acme]\ndaily_usd = 5.0\nrequests_per_minute = 60\n[tenants."*"]\nmonthly_usd = 100.0\n'
+                    '[auth]\nenabled = true\nsecret = "x"\naudience = "hs"\n[http]\nlisten = "127.0.0.1:8080"\n')
+    s = load_settings(good)
+    assert s.tenants["acme"] == TenantSettings(daily_usd=5.0, requests_per_minute=60)
+    assert s.tenants["*"].monthly_usd == 100.0 and s.auth.enabled and s.http.listen == "127.0.0.1:8080"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[tenants.acme]\ndaily_usd = 5.0\nrequests_per_mintue = 60\n")
+    with pytest.raises(StrictError, match=r"\[tenants.acme\].*unknown key 'requests_per_mintue'"):
+        load_settings(bad)
+    for value in ('"lots"', "-1.0"):
+        bad.write_text(f"[tenants.acme]\ndaily_usd = {value}\n")
+        with pytest.raises(StrictError, match=r"tenants\.acme"):
+            load_settings(bad)
