@@ -35,7 +35,7 @@ Algorithm = Literal["HS256", "RS256", "ES256"]
 _TRUE = {"1", "true", "yes", "on"}
 
 
-class AuthSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class AuthSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     enabled: bool = False
     secret: str = ""  # HS256 shared secret
     public_key: str = ""  # RS256/ES256: PEM text, or a path to a PEM file

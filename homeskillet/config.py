@@ -42,7 +42,7 @@ class PoolSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     options: dict[str, Any] = msgspec.field(default_factory=dict)  # passed to the connector
 
 
-class TenantSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class TenantSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """``[tenants.<name>]`` (``[tenants."*"]``: every tenant not named). Unset = no limit.
 
     Budgets and rate limits are shared by every orchestrator on the NATS server (JetStream KV)."""
