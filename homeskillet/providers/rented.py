@@ -87,7 +87,7 @@ class ControlPlane:
                  describe: Callable[[httpx.Response], str], timeout_s: float = 30.0, retries: int = 3,
                  max_wait_s: float = 10.0, backoff_s: float = 0.5) -> None:
         self.provider, self.base_url, self.client = provider, base_url.rstrip("/"), client
-        self._headers = {"Authorization": f"Bearer {key.reveal()}"}
+        self._key = key  # revealed only into each request's header
         self.describe, self.timeout_s = describe, timeout_s
         self.retries, self.max_wait_s, self.backoff_s = retries, max_wait_s, backoff_s
         self.calls = 0  # requests sent (tests check that a cached quote sends none)
@@ -98,7 +98,8 @@ class ControlPlane:
             self.calls += 1
             try:
                 resp = await self.client.request(method, self.base_url + path, json=json, params=params,
-                                                 headers=self._headers, timeout=self.timeout_s)
+                                                 headers={"Authorization": f"Bearer {self._key.reveal()}"},
+                                                 timeout=self.timeout_s)
             except httpx.TimeoutException:
                 raise ProviderError(f"{method} {path} got no answer within {self.timeout_s:g}s",
                                     provider=self.provider) from None

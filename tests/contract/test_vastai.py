@@ -14,6 +14,7 @@ from sim_http import RetryAfter, config, served
 from homeskillet.errors import BadRequest, NoCapacity, Preempted, ProviderAuthError, ProviderError, RateLimited
 from homeskillet.providers.base import AllocationRequest, InferRequest
 from homeskillet.providers.rented import billed_seconds
+from homeskillet.providers.vastai import VastConnector
 from homeskillet.providers.vastai.wire import (
     Envelope,
     VastInstance,
@@ -388,3 +389,21 @@ async def test_bad_input_is_refused_before_any_call() -> None:
             await conn.close()
     with pytest.raises(BadRequest, match="placeholders"):
         connector("http://127.0.0.1:9", "k", endpoint="http://{host}:{port}")
+
+
+async def test_the_example_pools_build_connectors(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from homeskillet.config import load_settings
+    from homeskillet.runtime import make_connector
+
+    monkeypatch.setenv("VAST_API_KEY", "from-the-environment")
+    pools = load_settings(Path(__file__).parents[2] / "examples" / "pools-vastai.toml").pools
+    assert [p.provider for p in pools] == ["vastai", "vastai"]
+    for spec in pools:
+        conn = make_connector(spec)
+        try:
+            assert isinstance(conn, VastConnector) and conn.standing_request.model == spec.models[0]
+            assert "from-the-environment" not in repr(vars(conn.api))
+        finally:
+            await conn.close()

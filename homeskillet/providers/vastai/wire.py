@@ -167,7 +167,7 @@ def rent_body(*, image: str, disk_gb: float, label: str, port: int, args: list[s
               price: float | None) -> dict[str, Any]:
     """``PUT /asks/{id}/``: ``price`` null rents on demand, a number bids $/h (interruptible)."""
     body: dict[str, Any] = {"client_id": "me", "image": image, "disk": disk_gb, "label": label,
-                            "env": {f"-p {port}:{port}": "1"}, "price": price, "cancel_unavail": True}
+                            "env": {f"-p {port}:{port}": "1"}, "price": price, "cancel_unavail": False}
     if args:
         body.update(runtype="args", args=args)
     return body
