@@ -103,6 +103,8 @@ async def complete(client: httpx.AsyncClient, endpoint: str, req: InferRequest, 
     t0 = time.perf_counter()
     try:
         resp = await client.post(f"{endpoint}/v1/chat/completions", json=chat_body(req), timeout=timeout)
+    except httpx.ConnectTimeout:  # a box that vanished often just stops answering SYNs
+        raise EndpointDown("connecting to the box timed out") from None
     except httpx.TimeoutException:
         raise ProviderError(f"the model server did not answer within {timeout:g}s", provider=provider) from None
     except httpx.TransportError as exc:
@@ -128,6 +130,8 @@ async def stream_chat(client: httpx.AsyncClient, endpoint: str, req: InferReques
                 if isinstance(piece, str):
                     sent.append(piece)
                     yield piece
+    except httpx.ConnectTimeout:
+        raise EndpointDown("connecting to the box timed out") from None
     except httpx.TimeoutException:
         raise ProviderError(f"the model server stalled for {timeout:g}s", provider=provider) from None
     except httpx.TransportError as exc:
