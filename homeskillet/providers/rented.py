@@ -92,13 +92,16 @@ class ControlPlane:
         self.retries, self.max_wait_s, self.backoff_s = retries, max_wait_s, backoff_s
         self.calls = 0  # requests sent (tests check that a cached quote sends none)
 
-    async def send(self, method: str, path: str, *, json: Any = None,
-                   params: dict[str, str] | None = None) -> httpx.Response:
+    async def send(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        """``body`` (Structs, or builtins holding them) goes out as JSON, encoded by msgspec."""
+        content = msgspec.json.encode(body) if body is not None else None
         for attempt in range(self.retries + 1):
             self.calls += 1
+            headers = {"Authorization": f"Bearer {self._key.reveal()}"}
+            if content is not None:
+                headers["Content-Type"] = "application/json"
             try:
-                resp = await self.client.request(method, self.base_url + path, json=json, params=params,
-                                                 headers={"Authorization": f"Bearer {self._key.reveal()}"},
+                resp = await self.client.request(method, self.base_url + path, content=content, headers=headers,
                                                  timeout=self.timeout_s)
             except httpx.TimeoutException:
                 raise ProviderError(f"{method} {path} got no answer within {self.timeout_s:g}s",

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from pair_runpod import MODEL, connector
 from sim_http import RetryAfter, config, served
@@ -64,11 +65,13 @@ def test_errors_under_http_200_map_by_message_and_code() -> None:
 
 
 def test_documents_carry_values_as_variables_only() -> None:
-    spec = deploy_input(name="hs-x", image="vllm/vllm-openai:latest", ref=OfferRef(RTX4090, "SECURE", True),
-                        count=2, region="EU-RO-1", container_disk_gb=40, volume_gb=0, port=8000,
-                        docker_args='--model "x"; rm -rf /', min_vcpu=4, min_memory_gb=31, bid_per_gpu=0.4)
+    spec = msgspec.to_builtins(deploy_input(
+        name="hs-x", image="vllm/vllm-openai:latest", ref=OfferRef(RTX4090, "SECURE", True), count=2,
+        region="EU-RO-1", container_disk_gb=40, volume_gb=0, port=8000, docker_args='--model "x"; rm -rf /',
+        min_vcpu=4, min_memory_gb=31, bid_per_gpu=0.4))
     assert spec["bidPerGpu"] == 0.4 and spec["gpuCount"] == 2 and spec["dataCenterId"] == "EU-RO-1"
     assert spec["ports"] == "8000/http" and spec["cloudType"] == "SECURE" and spec["minMemoryInGb"] == 31
+    assert spec["imageName"] == "vllm/vllm-openai:latest" and "countryCode" not in spec
     assert "$input" in DEPLOY_SPOT and "rm -rf" not in DEPLOY_SPOT  # the document is a constant
     v = quote_variables(AllocationRequest(gpu_model=RTX4090, count=2, region="US"))
     assert v["gpuTypes"] == {"id": RTX4090} and v["secure"] == {"gpuCount": 2, "secureCloud": True,

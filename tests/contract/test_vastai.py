@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from pair_vastai import MODEL, connector
 from sim_http import RetryAfter, config, served
@@ -57,11 +58,12 @@ def test_the_search_speaks_vasts_filter_language() -> None:
 
 
 def test_rent_body_bids_or_rents_on_demand() -> None:
-    on_demand = rent_body(image="vllm/vllm-openai:latest", disk_gb=40, label="hs-x", port=8000,
-                          args=["--model", MODEL], price=None)
-    assert on_demand["price"] is None and on_demand["env"] == {"-p 8000:8000": "1"}
+    on_demand = msgspec.json.decode(msgspec.json.encode(rent_body(
+        image="vllm/vllm-openai:latest", disk_gb=40, label="hs-x", port=8000, args=["--model", MODEL], price=None)))
+    assert on_demand["price"] is None and on_demand["env"] == {"-p 8000:8000": "1"} and on_demand["client_id"] == "me"
     assert on_demand["runtype"] == "args" and on_demand["args"] == ["--model", MODEL]
-    assert rent_body(image="i", disk_gb=1, label="l", port=8000, args=[], price=0.31)["price"] == 0.31
+    bid = msgspec.to_builtins(rent_body(image="i", disk_gb=1, label="l", port=8000, args=[], price=0.31))
+    assert bid["price"] == 0.31 and "args" not in bid and "runtype" not in bid
     assert offer_ref("4365231") == (4365231, False) and offer_ref("4365231:bid") == (4365231, True)
     with pytest.raises(ValueError, match=r"not a Vast\.ai offer id"):
         offer_ref("H100@SECURE")

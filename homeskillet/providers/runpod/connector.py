@@ -114,7 +114,7 @@ class RunPodConnector(RentedConnector):
     # -- GraphQL --------------------------------------------------------------------------------
     async def _gql(self, document: str, variables: dict[str, Any] | None = None) -> Answer:
         """One request; a failure in ``errors`` (HTTP 200 included) is raised unless data came back."""
-        resp = await self.api.send("POST", "/graphql", json={"query": document, "variables": variables or {}})
+        resp = await self.api.send("POST", "/graphql", {"query": document, "variables": variables or {}})
         try:
             answer = msgspec.json.decode(resp.content, type=Answer)
         except msgspec.DecodeError:
@@ -132,8 +132,7 @@ class RunPodConnector(RentedConnector):
 
     async def _terminate(self, pod_id: str) -> bool:
         """Terminate; False when RunPod no longer knows the pod (already gone counts as done)."""
-        resp = await self.api.send("POST", "/graphql", json={"query": TERMINATE,
-                                                             "variables": {"input": {"podId": pod_id}}})
+        resp = await self.api.send("POST", "/graphql", {"query": TERMINATE, "variables": {"input": {"podId": pod_id}}})
         try:
             answer = msgspec.json.decode(resp.content, type=Answer)
         except msgspec.DecodeError:

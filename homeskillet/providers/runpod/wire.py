@@ -25,6 +25,7 @@ __all__ = [
     "RUNPOD_URL",
     "TERMINATE",
     "Answer",
+    "DeployInput",
     "GqlError",
     "OfferRef",
     "Pod",
@@ -183,23 +184,39 @@ def offers_from(rows: list[GpuTypeRow], want: AllocationRequest, clouds: tuple[C
     return out
 
 
+class DeployInput(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    """``PodFindAndDeployOnDemandInput``, or ``PodRentInterruptableInput`` with ``bid_per_gpu``.
+    ``min_memory_in_gb`` is system RAM, not VRAM."""
+
+    name: str
+    image_name: str
+    gpu_type_id: str
+    gpu_count: int
+    cloud_type: str
+    container_disk_in_gb: int
+    volume_in_gb: int
+    ports: str  # "8000/http": reachable through RunPod's proxy
+    docker_args: str
+    min_vcpu_count: int
+    min_memory_in_gb: int
+    start_ssh: bool  # the model server is reached through the proxy; no sshd, no public IP needed
+    support_public_ip: bool
+    country_code: str | None = None
+    data_center_id: str | None = None
+    bid_per_gpu: float | None = None
+
+
 def deploy_input(*, name: str, image: str, ref: OfferRef, count: int, region: str, container_disk_gb: int,
                  volume_gb: int, port: int, docker_args: str, min_vcpu: int, min_memory_gb: int,
-                 bid_per_gpu: float | None) -> dict[str, Any]:
-    """``PodFindAndDeployOnDemandInput`` (or ``PodRentInterruptableInput`` with ``bidPerGpu``).
-    ``minMemoryInGb`` is system RAM, not VRAM."""
-    body: dict[str, Any] = {
-        "name": name, "imageName": image, "gpuTypeId": ref.gpu_type_id, "gpuCount": count,
-        "cloudType": ref.cloud, "containerDiskInGb": container_disk_gb, "volumeInGb": volume_gb,
-        "ports": f"{port}/http", "dockerArgs": docker_args, "startSsh": False, "supportPublicIp": False,
-        "minVcpuCount": min_vcpu, "minMemoryInGb": min_memory_gb,
-    }
+                 bid_per_gpu: float | None) -> DeployInput:
     region = region.strip()
-    if region:
-        body["countryCode" if len(region) == 2 else "dataCenterId"] = region
-    if bid_per_gpu is not None:
-        body["bidPerGpu"] = bid_per_gpu
-    return body
+    return DeployInput(
+        name=name, image_name=image, gpu_type_id=ref.gpu_type_id, gpu_count=count, cloud_type=ref.cloud,
+        container_disk_in_gb=container_disk_gb, volume_in_gb=volume_gb, ports=f"{port}/http",
+        docker_args=docker_args, min_vcpu_count=min_vcpu, min_memory_in_gb=min_memory_gb,
+        start_ssh=False, support_public_ip=False, country_code=region if len(region) == 2 else None,
+        data_center_id=region if region and len(region) != 2 else None, bid_per_gpu=bid_per_gpu,
+    )
 
 
 def is_gone(errors: list[GqlError]) -> bool:

@@ -104,7 +104,7 @@ class VastConnector(RentedConnector):
 
     # -- control plane --------------------------------------------------------------------------
     async def _call(self, method: str, path: str, body: object = None) -> bytes:
-        resp = await self.api.send(method, path, json=body)
+        resp = await self.api.send(method, path, body)
         env = Envelope()
         try:
             env = msgspec.json.decode(resp.content, type=Envelope)

@@ -21,6 +21,7 @@ __all__ = [
     "VAST_URL",
     "Envelope",
     "Phase",
+    "RentBody",
     "VastInstance",
     "VastOffer",
     "error_for",
@@ -163,14 +164,23 @@ def offer_ref(offer_id: str) -> tuple[int, bool]:
     return int(ask), interruptible
 
 
-def rent_body(*, image: str, disk_gb: float, label: str, port: int, args: list[str],
-              price: float | None) -> dict[str, Any]:
+class RentBody(msgspec.Struct, kw_only=True, omit_defaults=True):
     """``PUT /asks/{id}/``: ``price`` null rents on demand, a number bids $/h (interruptible)."""
-    body: dict[str, Any] = {"client_id": "me", "image": image, "disk": disk_gb, "label": label,
-                            "env": {f"-p {port}:{port}": "1"}, "price": price, "cancel_unavail": False}
-    if args:
-        body.update(runtype="args", args=args)
-    return body
+
+    image: str
+    disk: float  # GB
+    label: str
+    env: dict[str, str]  # docker-style "-p 8000:8000" keys publish container ports
+    price: float | None  # always sent: null is what makes it on-demand
+    client_id: str
+    runtype: str | None = None
+    args: list[str] | None = None
+
+
+def rent_body(*, image: str, disk_gb: float, label: str, port: int, args: list[str],
+              price: float | None) -> RentBody:
+    return RentBody(image=image, disk=disk_gb, label=label, env={f"-p {port}:{port}": "1"}, price=price,
+                    client_id="me", runtype="args" if args else None, args=args or None)
 
 
 def phase(inst: VastInstance | None) -> Phase:
