@@ -118,13 +118,13 @@ def replay_command(args: argparse.Namespace) -> int:
     expected = s.max_queries or int(s.arrivals.rate_qps * s.duration_s) or None
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[sent]:>8,} sent"),
                   TextColumn("{task.fields[done]:>8,} done"), TimeElapsedColumn(), disable=args.quiet) as bar:
-        task = bar.add_task(f"{s.name} · live over NATS", total=expected, sent=0, done=0)
+        task = bar.add_task(f"{s.name} · live over {args.target}", total=expected, sent=0, done=0)
 
         def progress(sent: int, done: int, t: float) -> None:
             bar.update(task, completed=done, sent=sent, done=done)
 
-        obs = asyncio.run(replay(s, target=args.target, url=args.url, prefix=args.prefix, policy=args.policy,
-                                 progress=progress))
+        obs = asyncio.run(replay(s, target=args.target, url=args.url, prefix=args.prefix, token=args.token,
+                                 policy=args.policy, progress=progress))
     r = build_report(obs)
     print(f"replayed {obs.duration_s:,.1f} s of '{s.name}' live ({r.ledger.sent:,} queries) in {obs.wall_s:,.1f} s")
     _write(r, _out_dir(args, s, "live"), not args.no_plots)
@@ -148,8 +148,10 @@ def add_parsers(sub: Any) -> None:
     rp = sub.add_parser("replay", help="drive a scenario's traffic against a live Homeskillet, then report")
     common(rp)
     rp.add_argument("--target", choices=["nats", "http", "mcp"], default="nats")
-    rp.add_argument("--url", help="a running deployment's NATS URL(s); default: start the embedded stack and fleet")
+    rp.add_argument("--url", help="a running deployment: NATS URL(s) for --target nats, the HTTP API's base URL "
+                    "for --target http; default: start the embedded stack and fleet")
     rp.add_argument("--prefix", default="hs", help="the running deployment's subject prefix")
+    rp.add_argument("--token", help="a bearer token (HTTP API with auth) or NATS token for a running deployment")
     rp.add_argument("--policy", choices=POLICIES, default="covenant")
     sp = sub.add_parser("simulate", help="run a scenario in virtual time (capacity planning), then report")
     common(sp)

@@ -18,9 +18,10 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+import httpx
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
@@ -33,7 +34,7 @@ from .report import ERROR_KINDS, Observations, PoolUsage, Series
 from .scenario import Fault, Scenario, describe
 from .stack import LiveStack
 
-__all__ = ["TARGETS", "prompt_for", "replay"]
+__all__ = ["TARGETS", "HttpSender", "NatsSender", "prompt_for", "replay"]
 
 TARGETS = ("nats", "http", "mcp")
 _WORDS = ("the ask one try map row fit key age sum gap bid lot run set top way fix log use new old big own net "
@@ -45,6 +46,51 @@ def prompt_for(rng: random.Random, tokens: int, questions: int) -> str:
     """A prompt of about ``tokens`` tokens holding ``questions`` questions (the analysis splits them)."""
     per = max(1, tokens // questions)
     return " ".join(" ".join([*(rng.choice(_WORDS) for _ in range(per - 1)), "why?"]) for _ in range(questions))
+
+
+Reply = Answer | ErrorReply | None  # None: nothing came back from Homeskillet (lost)
+
+
+class NatsSender:
+    """Queries as ``<prefix>.query`` requests (the ``homeskillet`` micro service)."""
+
+    def __init__(self, nc: NATS, subject: str) -> None:
+        self.nc, self.subject = nc, subject
+
+    async def __call__(self, query: Query, timeout: float) -> Reply:
+        try:
+            msg = await self.nc.request(self.subject, encode(query), timeout=timeout)
+            reply: Answer | ErrorReply = _reply.decode(msg.data)
+            return reply
+        except (TimeoutError, nats.errors.Error, msgspec.DecodeError, msgspec.ValidationError):
+            return None
+
+
+class HttpSender:
+    """Queries as ``POST /api/v1/query`` (the Homeskillet HTTP API: an Answer, or an ErrorReply
+    with the HTTP status)."""
+
+    def __init__(self, base_url: str, token: str | None = None) -> None:
+        headers = {"content-type": "application/json"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        # Open loop: as many connections as queries in flight.
+        self.client = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers,
+                                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
+
+    async def __call__(self, query: Query, timeout: float) -> Reply:
+        try:
+            r = await self.client.post("/api/v1/query", content=encode(query), timeout=timeout)
+            reply: Answer | ErrorReply = _reply.decode(r.content)
+            return reply
+        except (httpx.HTTPError, msgspec.DecodeError, msgspec.ValidationError):
+            return None
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+Sender = Callable[[Query, float], Awaitable[Reply]]
 
 
 @dataclass
@@ -60,9 +106,9 @@ class _Row:
 
 
 class _Driver:
-    def __init__(self, s: Scenario, nc: NATS, subject: str, book: CovenantBook,
+    def __init__(self, s: Scenario, send: Sender, book: CovenantBook,
                  progress: Callable[[int, int, float], None] | None) -> None:
-        self.s, self.nc, self.subject, self.progress = s, nc, subject, progress
+        self.s, self.send, self.progress = s, send, progress
         self.rng = random.Random(s.seed)
         self.covs: dict[tuple[int, int], Covenant] = {}
         for ci, c in enumerate(s.classes):
@@ -77,11 +123,7 @@ class _Driver:
     async def _one(self, row: _Row, at: float, query: Query, primary: str) -> None:
         await asyncio.sleep(max(0.0, at - time.monotonic()))
         t0 = time.monotonic()
-        try:
-            msg = await self.nc.request(self.subject, encode(query), timeout=self.timeout)
-            reply = _reply.decode(msg.data)
-        except (TimeoutError, nats.errors.Error, msgspec.DecodeError, msgspec.ValidationError):
-            reply = None  # nothing came back from Homeskillet: lost
+        reply = await self.send(query, self.timeout)
         row.latency_ms = (time.monotonic() - t0) * 1000.0
         match reply:
             case Answer():
@@ -220,36 +262,47 @@ def _observations(s: Scenario, d: _Driver, stack: LiveStack | None, wall_s: floa
 
 
 async def replay(scenario: Scenario, *, target: str = "nats", url: str | None = None, prefix: str = "hs",
-                 policy: str = "covenant", covenants: CovenantBook | None = None,
+                 token: str | None = None, policy: str = "covenant", covenants: CovenantBook | None = None,
                  progress: Callable[[int, int, float], None] | None = None) -> Observations:
-    """Run ``scenario`` live: against the embedded stack it starts (``url`` None) or a running
-    deployment's ``<prefix>.query`` service at ``url``."""
+    """Run ``scenario`` live through ``target`` (the NATS service or the HTTP API): against the
+    embedded stack it starts (``url`` None) or a running deployment at ``url``."""
     if target not in TARGETS:
         raise HomeskilletError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    if target != "nats":
-        raise HomeskilletError(f"--target {target} is not built yet: the HTTP and MCP ingresses are being built "
-                               "(issue #4); use --target nats (a running deployment: --url nats://host:4222)")
+    if target == "mcp":
+        raise HomeskilletError("--target mcp is not built yet: replay drives the NATS service (--target nats) or "
+                               "the HTTP API (--target http); MCP tools call the same gateway")
     if policy != "covenant":
         raise HomeskilletError(f"--policy {policy}: live replay runs Homeskillet's own negotiation only; compare "
                                "baselines in virtual time: homeskillet simulate SCENARIO --policy all")
     book = covenants or CovenantBook.load()
     if url is None:
-        async with LiveStack(scenario) as stack:
+        async with LiveStack(scenario, http=target == "http") as stack:
             assert stack.query_side is not None
-            nc = await nats.connect(servers=[stack.url], name="homeskillet-replay", max_reconnect_attempts=-1,
-                                    reconnect_time_wait=0.25)
-            try:
-                d = _Driver(scenario, nc, stack.query_side.subjects.query, book, progress)
+            async with _sender(target, stack.http_url if target == "http" else stack.url,
+                               stack.query_side.subjects.query, token) as send:
+                d = _Driver(scenario, send, book, progress)
                 wall = await d.run(stack)
-            finally:
-                await nc.close()
             report = await stack.query_side.ledger_report()
             return _observations(scenario, d, stack, wall, sum(report.spent_usd.values()), dict(report.by_pool), policy)
-    nc = await nats.connect(servers=[u.strip() for u in url.split(",")], name="homeskillet-replay",
-                            max_reconnect_attempts=-1, reconnect_time_wait=0.25)
-    try:
-        d = _Driver(scenario, nc, f"{prefix}.query", book, progress)
+    async with _sender(target, url, f"{prefix}.query", token) as send:
+        d = _Driver(scenario, send, book, progress)
         wall = await d.run(None)
+    return _observations(scenario, d, None, wall, None, {}, policy)
+
+
+@contextlib.asynccontextmanager
+async def _sender(target: str, url: str, subject: str, token: str | None) -> AsyncIterator[Sender]:
+    if target == "http":
+        http = HttpSender(url, token)
+        try:
+            yield http
+        finally:
+            await http.close()
+        return
+    nc = await nats.connect(servers=[u.strip() for u in url.split(",")], name="homeskillet-replay",
+                            max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+                            **({"token": token} if token else {}))
+    try:
+        yield NatsSender(nc, subject)
     finally:
         await nc.close()
-    return _observations(scenario, d, None, wall, None, {}, policy)

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import msgspec
 import nats
 
-from ..config import PoolSpec, Settings
+from ..config import HttpSettings, PoolSpec, Settings
 from ..errors import HomeskilletError
 from ..natsd import NatsServer
 from ..runtime import Runtime
@@ -43,8 +43,9 @@ def live_pool_spec(fp: FleetPool, seed: int) -> PoolSpec:
 
 
 class LiveStack:
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario, *, http: bool = False) -> None:
         self.s = scenario
+        self.http = http  # the query side also serves the HTTP API (on a free loopback port)
         self.prefix = f"replay{uuid.uuid4().hex[:8]}"
         self.nodes: list[NatsServer] = []
         self.down_nodes: dict[int, NatsServer] = {}
@@ -57,6 +58,12 @@ class LiveStack:
     @property
     def url(self) -> str:
         return self.nodes[0].url
+
+    @property
+    def http_url(self) -> str:
+        if self.query_side is None or self.query_side.http is None:
+            raise HomeskilletError("this stack serves no HTTP API (LiveStack(..., http=True))")
+        return self.query_side.http.url
 
     def _settings(self, url: str, pools: list[PoolSpec]) -> Settings:
         st = self.s.stack
@@ -108,7 +115,10 @@ class LiveStack:
         await asyncio.to_thread(self._start_nodes)
         if len(self.nodes) > 1:
             await self._jetstream_ready()
-        self.query_side = Runtime(self._settings(self.url, []))
+        query_settings = self._settings(self.url, [])
+        if self.http:
+            query_settings = msgspec.structs.replace(query_settings, http=HttpSettings(listen="127.0.0.1:0"))
+        self.query_side = Runtime(query_settings)
         await self.query_side.start()
         for fp in self.s.pools:
             await self.start_pool(fp.name)

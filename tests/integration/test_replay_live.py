@@ -38,6 +38,13 @@ async def test_every_bundled_scenario_replays_live_with_nothing_lost(path):
             assert 0.5 < r.latency.p50_ms / virtual.latency.p50_ms < 2.0
 
 
+async def test_replay_through_the_http_api():
+    s = shorten(load_scenario(ROOT / "scenarios/image-pipeline.toml"))
+    r = build_report(await replay(s, target="http"))
+    assert r.ledger.sent > 20 and r.ledger.balanced and r.ledger.errors == 0
+    assert all(c.ok for c in r.checks), markdown(r)
+
+
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "homeskillet.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=120)
@@ -61,8 +68,8 @@ def test_cli_replay_runs_live_and_refuses_targets_not_built(tmp_path):
                 "--no-plots", "--check", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "nothing lost" in done.stdout and (out / "report.json").exists()
-    http = _cli("replay", str(ROOT / "scenarios/provider-outage.toml"), "--target", "http", cwd=tmp_path)
-    assert http.returncode == 2 and "not built yet" in http.stderr
+    mcp = _cli("replay", str(ROOT / "scenarios/provider-outage.toml"), "--target", "mcp", cwd=tmp_path)
+    assert mcp.returncode == 2 and "not built yet" in mcp.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text("speed = 3\n" + (ROOT / "scenarios/provider-outage.toml").read_text())
     refused = _cli("simulate", str(bad), cwd=tmp_path)
