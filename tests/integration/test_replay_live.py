@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from homeskillet.replay.driver import replay
@@ -39,7 +40,7 @@ async def test_every_bundled_scenario_replays_live_with_nothing_lost(path):
 
 
 async def test_replay_through_the_http_api():
-    s = shorten(load_scenario(ROOT / "scenarios/image-pipeline.toml"))
+    s = msgspec.structs.replace(shorten(load_scenario(ROOT / "scenarios/image-pipeline.toml")), duration_s=2.0)
     r = build_report(await replay(s, target="http"))
     assert r.ledger.sent > 20 and r.ledger.balanced and r.ledger.errors == 0
     assert all(c.ok for c in r.checks), markdown(r)
@@ -64,8 +65,8 @@ def test_cli_simulate_writes_report_and_plots(tmp_path):
 
 def test_cli_replay_runs_live_and_refuses_targets_not_built(tmp_path):
     out = tmp_path / "live"
-    done = _cli("replay", str(ROOT / "scenarios/provider-outage.toml"), "--short", "--out", str(out), "--quiet",
-                "--no-plots", "--check", cwd=tmp_path)
+    done = _cli("replay", str(ROOT / "scenarios/provider-outage.toml"), "--short", "--duration", "1.5", "--out",
+                str(out), "--quiet", "--no-plots", "--check", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "nothing lost" in done.stdout and (out / "report.json").exists()
     mcp = _cli("replay", str(ROOT / "scenarios/provider-outage.toml"), "--target", "mcp", cwd=tmp_path)
