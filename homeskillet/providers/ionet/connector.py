@@ -233,7 +233,7 @@ class IonetConnector(Connector):
             if exc.http_status and exc.http_status < 500:
                 raise  # a 4xx (no capacity, bad value) creates nothing
             # A 5xx or a timeout may have half-created (and charged) a deployment: destroy it.
-            billed = await asyncio.shield(self._destroy_by_name(name))
+            billed = await asyncio.shield(self._destroy_by_name(name, hours))
             if billed is None:
                 raise
             raise ProviderError(f"{exc.message.removeprefix('ionet: ')}; the half-created deployment {name} was "
@@ -290,7 +290,7 @@ class IonetConnector(Connector):
                                               api.ContainersPage)
         return next((w.public_url for w in page.workers if w.public_url), None)
 
-    async def _destroy_by_name(self, name: str) -> float | None:
+    async def _destroy_by_name(self, name: str, hours: int) -> float | None:
         """Find a deployment by its unique name (a deploy that failed may still have made one) and
         destroy it; returns what io.net keeps, or None when there was none."""
         try:
@@ -299,7 +299,7 @@ class IonetConnector(Connector):
                 page: api.DeploymentsPage = api.decode(raw, api.DeploymentsPage)
                 for row in page.deployments:
                     if row.name == name and row.status not in ("destroyed", "completed", "termination requested"):
-                        return await self._destroy_quietly(row.id, None)
+                        return await self._destroy_quietly(row.id, hours)
                 if page_no * 100 >= page.total:
                     return None
         except HomeskilletError as exc:
@@ -329,7 +329,7 @@ class IonetConnector(Connector):
             self._replicas.cache_clear()
         details = await self._details(dep_id)
         used = api.seconds_between(details.created_at, details.finished_at) or 0.0
-        if hours is None:  # a deployment we did not make: its prepaid span from what io.net reports
+        if hours is None:  # not made by us: io.net's served + remaining minutes (0 remaining once ended)
             hours = max(1, round((details.compute_minutes_served + details.compute_minutes_remaining) / 60))
         billed = api.billed_on_destroy(details.amount_paid, hours, used)
         log.info("ionet_destroyed", deployment_id=dep_id, billed_usd=billed, prepaid_usd=details.amount_paid)
@@ -382,7 +382,8 @@ class IonetConnector(Connector):
                                      duration_s=self.opts.duration_hours * 3600,
                                      max_usd_per_hour=self.opts.max_usd_per_hour,
                                      ready_timeout_s=self.opts.ready_timeout_s)
-            self._standing[model] = StandingAllocation(lambda: self.allocate(want), self.release)
+            self._standing[model] = StandingAllocation(lambda: self.allocate(want), self.release,
+                                                      renew_before_s=self.opts.renew_before_s)
         return self._standing[model]
 
     async def _allocation(self, req: InferRequest) -> tuple[Allocation, StandingAllocation | None]:

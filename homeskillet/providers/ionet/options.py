@@ -29,6 +29,7 @@ class IonetOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_usd_per_hour: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # 0 = no ceiling
     tflops: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # per GPU; io.net's API does not say
     auto_extend: bool = True  # extend the standing deployment near expiry instead of re-deploying
+    renew_before_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0  # extend (or replace) this long before expiry
     # What runs in the container: an OpenAI-compatible server started with --model <id>.
     image_url: str = "vllm/vllm-openai:latest"
     traffic_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
