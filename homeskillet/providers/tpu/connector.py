@@ -281,11 +281,13 @@ class TpuConnector(Connector):
 
     async def _wait_operation(self, op: google.Operation, deadline: float, what: str,
                               timeout_s: float) -> google.Operation:
+        """Poll until ``done``, updating ``op`` in place (so a caller cleaning up knows it is over)."""
         while not op.done:  # proto3 omits done=false: the default makes a missing key "not done"
             late = ProviderError(f"{what} did not finish within {timeout_s:g}s", provider="tpu")
             await self._pause(deadline, self.opts.poll_interval_s, late)
             fresh, _ = await self._poll(op.name, google.Operation)
-            op = fresh or op
+            if fresh is not None:
+                op.done, op.error, op.response = fresh.done, fresh.error, fresh.response
         if op.error is not None:
             raise google.operation_error(op.error, what)
         return op
