@@ -327,3 +327,16 @@ def test_bad_options_are_refused_by_name() -> None:
         IonetConnector(api_key="k", duration_hours=0)
     with pytest.raises(HomeskilletError, match=r"IONET_TEST_UNSET"):
         IonetConnector(api_key_env="IONET_TEST_UNSET")
+
+
+async def test_the_example_pool_file_builds_a_connector(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from homeskillet.config import load_settings
+    from homeskillet.runtime import make_connector
+
+    monkeypatch.setenv("IONET_API_KEY", "from-env")
+    [spec] = load_settings(Path(__file__).parents[2] / "examples" / "pools-ionet.toml").pools
+    conn = make_connector(spec)
+    await conn.close()
+    assert isinstance(conn, IonetConnector) and conn.opts.duration_hours == 2

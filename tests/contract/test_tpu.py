@@ -321,3 +321,16 @@ def test_bad_options_are_refused_by_name() -> None:
         TpuConnector(api_key="t", project="p", zone=ZONE, accelerator_type="v9-1")
     with pytest.raises(HomeskilletError, match="node_prefix"):
         TpuConnector(api_key="t", project="p", zone=ZONE, node_prefix="Bad_Prefix")
+
+
+async def test_the_example_pool_file_builds_a_connector(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from homeskillet.config import load_settings
+    from homeskillet.runtime import make_connector
+
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.from-env")
+    [spec] = load_settings(Path(__file__).parents[2] / "examples" / "pools-tpu.toml").pools
+    conn = make_connector(spec)
+    await conn.close()
+    assert isinstance(conn, TpuConnector) and conn.opts.spot and conn.parent.endswith("us-west4-a")
