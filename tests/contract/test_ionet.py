@@ -9,12 +9,15 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from homeskillet.errors import HomeskilletError, NoCapacity, Preempted, ProviderAuthError, ProviderError, RateLimited
 from homeskillet.providers.base import AllocationRequest, InferRequest
 from homeskillet.providers.ionet import IonetConnector
-from homeskillet.providers.ionet.api import envelope_message
+from homeskillet.providers.ionet.api import billed_on_destroy, envelope_message, raise_ionet
 from homeskillet.sims.base import FaultPlan, SimConfig
 from homeskillet.sims.ionet import IonetSim, ManualClock, create_app
 from homeskillet.testing import serve_asgi
@@ -340,3 +343,20 @@ async def test_the_example_pool_file_builds_a_connector(monkeypatch: pytest.Monk
     conn = make_connector(spec)
     await conn.close()
     assert isinstance(conn, IonetConnector) and conn.opts.duration_hours == 2
+
+
+@given(st.binary(max_size=300) | st.builds(lambda v: msgspec.json.encode({"detail": v}),
+                                          st.recursive(st.none() | st.text() | st.integers(),
+                                                       lambda inner: st.lists(inner) | st.dictionaries(st.text(),
+                                                                                                      inner))))
+def test_any_error_body_maps_to_one_of_our_errors(raw: bytes) -> None:
+    for status in (400, 401, 422, 429, 503):
+        with pytest.raises(ProviderError) as info:
+            raise_ionet(status, raw)
+        assert info.value.http_status == status or isinstance(info.value, RateLimited)
+
+
+@given(st.floats(0, 1e4), st.integers(1, 1000), st.floats(0, 1e8))
+def test_the_first_hour_is_always_kept_and_never_more_than_was_paid(paid: float, hours: int, used_s: float) -> None:
+    billed = billed_on_destroy(paid, hours, used_s)
+    assert paid / hours - 1e-6 <= billed <= paid + 1e-6

@@ -9,7 +9,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from homeskillet.errors import HomeskilletError, NoCapacity, Preempted, ProviderAuthError, ProviderError, RateLimited
 from homeskillet.providers.base import AllocationRequest, InferRequest
@@ -334,3 +337,14 @@ async def test_the_example_pool_file_builds_a_connector(monkeypatch: pytest.Monk
     conn = make_connector(spec)
     await conn.close()
     assert isinstance(conn, TpuConnector) and conn.opts.spot and conn.parent.endswith("us-west4-a")
+
+
+@given(st.integers(400, 599), st.binary(max_size=300) | st.builds(
+    lambda code, status, message, details: msgspec.json.encode(
+        {"error": {"code": code, "status": status, "message": message, "details": details}}),
+    st.integers(0, 600), st.sampled_from(["RESOURCE_EXHAUSTED", "UNAUTHENTICATED", "INVALID_ARGUMENT", "", "X"]),
+    st.text(), st.lists(st.dictionaries(st.sampled_from(["reason", "fieldViolations", "@type"]),
+                                        st.text() | st.lists(st.dictionaries(st.text(), st.text()))))))
+def test_any_google_error_body_maps_to_one_of_our_errors(http_status: int, raw: bytes) -> None:
+    err = google.http_error(http_status, raw)
+    assert isinstance(err, ProviderError) and err.message

@@ -103,17 +103,21 @@ def decode(raw: bytes, type_: type[Any]) -> Any:
     return msgspec.json.decode(raw, type=type_)
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _describe(status: Status) -> str:
     """The message plus any field violations, so a bad option is named."""
     fields = [f"{v.get('field')}: {v.get('description')}" for d in status.details
-              for v in d.get("fieldViolations", []) if isinstance(v, dict)]
+              for v in _list(d.get("fieldViolations")) if isinstance(v, dict)]
     return status.message + (f" ({'; '.join(fields)})" if fields and fields[0] not in status.message else "")
 
 
 def _rate_limit(status: Status) -> bool:
     """RESOURCE_EXHAUSTED is a request quota (wait and retry) or no capacity (go elsewhere)."""
-    reasons = {d.get("reason") for d in status.details}
-    return "RATE_LIMIT_EXCEEDED" in reasons or "per minute" in status.message.lower()
+    return (any(d.get("reason") == "RATE_LIMIT_EXCEEDED" for d in status.details)
+            or "per minute" in status.message.lower())
 
 
 def http_error(http_status: int, raw: bytes, *, retry_after_s: float | None = None) -> ProviderError:
