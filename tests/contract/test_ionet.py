@@ -284,6 +284,9 @@ async def test_standing_deployment_is_extended_near_expiry_not_redeployed() -> N
                 await conn.infer(InferRequest(strike_id=f"s{i}", model=MODEL, prompt="x", max_tokens=4))
             [dep] = sim.deployments.values()
             assert dep.hours == 2  # extended once; then an hour and more remained
+            offers = {o.region: o for o in await conn.quote(want())}
+            assert offers["US"].warm_models == [MODEL] and offers["US"].available == 64  # 63 to rent + ours
+            assert offers["SG"].warm_models == [] and offers["SG"].available == 64
             assert [e.note for e in sim.ledger] == ["prepaid 1 h", "extend 1 h"]
         finally:
             await conn.close()

@@ -202,6 +202,9 @@ async def test_spot_capacity_comes_through_a_queued_resource() -> None:
             [node] = s.sim.nodes.values()
             assert node.spot and node.queued_resource == qr.name
             assert (await conn.health()).warm_models == [MODEL]
+            on_demand, spot = await conn.quote(want(preemptible=True))
+            assert spot.warm_models == [MODEL] and spot.available == 2  # the held node, plus one to rent
+            assert on_demand.warm_models == [] and on_demand.available == 1
         finally:
             await conn.close()
         assert s.queue.items == {} and s.sim.nodes == {}  # close() deleted the queued resource and its node

@@ -171,12 +171,18 @@ class IonetConnector(Connector):
         if not rows:
             return []
         price = await self._price(hw.hardware_id, tuple(sorted(r.id for r in rows)), gpus, hours)
-        warm = [m for m, s in self._standing.items()
-                if s.current is not None and s.current.detail.get("hardware_id") == hw.hardware_id]
+        held: dict[int, list[str]] = {}  # location -> models of this pool's live deployments there
+        for model, standing in self._standing.items():
+            alloc = standing.current
+            if alloc is not None and alloc.detail.get("hardware_id") == hw.hardware_id:
+                held.setdefault(int(alloc.detail.get("location_id", 0)), []).append(model)
+        # A deployment this pool already holds serves strikes too, so it counts as available
+        # even when io.net has no replica left to rent there.
         return [ProviderOffer(offer_id=f"{hw.hardware_id}:{gpus}:{r.id}", accelerator="gpu", gpu_model=hw.name,
                               count=gpus, vram_mb=hw.vram_gb * 1024, tflops=self.opts.tflops, region=r.iso2,
-                              usd_per_hour=round(price.total_cost_usdc / hours, 6), available=r.available_replicas,
-                              warm_models=warm)
+                              usd_per_hour=round(price.total_cost_usdc / hours, 6),
+                              available=r.available_replicas + len(held.get(r.id, [])),
+                              warm_models=sorted(held.get(r.id, [])))
                 for r in rows]
 
     # -- allocate --------------------------------------------------------------------------------

@@ -141,13 +141,16 @@ class TpuConnector(Connector):
         if not self._fits(want) or not await self._offered():
             return []
         o, info = self.opts, self.opts.info
-        warm = [m for m, s in self._standing.items() if s.current is not None]
+        warm = sorted(m for m, s in self._standing.items() if s.current is not None)
         now = time.monotonic()
+        # Google publishes no capacity: one more node is assumed rentable unless it just said
+        # RESOURCE_EXHAUSTED; nodes this pool already holds serve strikes, so they count too.
         return [ProviderOffer(offer_id=f"{o.zone}/{o.accelerator_type}/{'spot' if spot else 'on-demand'}",
                               accelerator="tpu", gpu_model=o.accelerator_type, count=info.chips,
                               vram_mb=info.hbm_mb_per_chip, tflops=info.bf16_tflops_per_chip, region=o.zone,
                               usd_per_hour=o.usd_per_hour(spot), preemptible=spot,
-                              available=0 if self._exhausted_until[spot] > now else 1,
+                              available=(0 if self._exhausted_until[spot] > now else 1)
+                              + (len(warm) if spot == o.spot else 0),
                               warm_models=warm if spot == o.spot else [])
                 for spot in ([False, True] if want.preemptible or o.spot else [False])]
 
