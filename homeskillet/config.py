@@ -48,10 +48,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bid_window_ms: int = 50  # how long a call for proposals collects bids
     quote_interval_ms: int = 500  # how often pool agents publish standing quotes
     quote_ttl_ms: int = 3000
+    live_interval_ms: int = 5000  # how often a pool host asks its provider for live prices and capacity
     heartbeat_ms: int = 250  # a strike running longer says it is alive this often
     silence_ms: int = 1500  # a strike silent this long is taken as lost
     max_prompt_bytes: int = 1 << 20
     max_fragments: int = 16
+    parked_claim_ttl_s: float = 10.0  # a parked query whose owner is silent this long is taken over
 
 
 def default_pools(echo_delay_ms: float = 0.0) -> list[PoolSpec]:

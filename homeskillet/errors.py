@@ -5,7 +5,8 @@
     HomeskilletError                 root; .code (stable, machine-readable), .retryable
     ├── BadRequest                   the caller sent something we cannot serve as given (400)
     │   ├── PayloadTooLarge          prompt or body over the limit (413)
-    │   └── UnknownCovenant          no template by that name or model (404)
+    │   ├── UnknownCovenant          no template by that name or model (404)
+    │   └── NotFound                 no such id for this tenant (404; another tenant's id looks the same)
     ├── CovenantError                a covenant file or override is invalid; names file and key (422)
     ├── NoPoolError                  no pool can meet the covenant; names each unmet term (503)
     ├── BudgetExceeded               the tenant's budget cannot cover the hold (402)
@@ -35,6 +36,7 @@ __all__ = [
     "LeaseRejected",
     "NoCapacity",
     "NoPoolError",
+    "NotFound",
     "PayloadTooLarge",
     "Preempted",
     "ProviderAuthError",
@@ -70,6 +72,11 @@ class PayloadTooLarge(BadRequest):
 
 class UnknownCovenant(BadRequest):
     code = "unknown_covenant"
+    status = 404
+
+
+class NotFound(BadRequest):
+    code = "not_found"
     status = 404
 
 

@@ -13,8 +13,10 @@ import structlog
 from .errors import BadRequest, HomeskilletError, PayloadTooLarge
 from .ids import new_id
 from .orchestrator import Orchestrator
+from .providers.base import AllocationMetrics
+from .reservations import Reservations
 from .telemetry import QUERIES, QUERY_SECONDS, get_logger
-from .wire import Answer, ErrorReply, Query
+from .wire import Answer, ErrorReply, Query, Reservation, ReserveRequest
 
 __all__ = ["Gateway", "error_reply", "validate_query"]
 
@@ -51,18 +53,45 @@ def error_reply(exc: HomeskilletError, query_id: str = "") -> ErrorReply:
 
 
 class Gateway:
-    def __init__(self, orchestrator: Orchestrator, *, max_prompt_bytes: int = 1 << 20) -> None:
+    def __init__(self, orchestrator: Orchestrator, reservations: Reservations, *,
+                 max_prompt_bytes: int = 1 << 20) -> None:
         self.orchestrator = orchestrator
+        self.reservations = reservations
         self.max_prompt_bytes = max_prompt_bytes
 
-    async def ask(self, query: Query) -> Answer:
+    # --- reservations: the tenant is always the caller's; another tenant's id is NotFound --------
+
+    async def reserve(self, req: ReserveRequest) -> Reservation:
+        return await self.reservations.reserve(req)
+
+    async def reservation(self, reservation_id: str, tenant: str) -> Reservation:
+        return self.reservations.get(reservation_id, tenant)
+
+    async def release(self, reservation_id: str, tenant: str) -> Reservation:
+        return await self.reservations.release(reservation_id, tenant)
+
+    async def reservation_metrics(self, reservation_id: str, tenant: str) -> AllocationMetrics:
+        return await self.reservations.metrics(reservation_id, tenant)
+
+    async def infer_on(self, reservation_id: str, tenant: str, query: Query) -> Answer:
+        """Run ``query`` on one of the tenant's active reservations."""
+        res = self.reservations.get(reservation_id, tenant)
+        if res.status != "active":
+            raise BadRequest(f"reservation {reservation_id!r} is {res.status}; reserve again", term="reservation_id")
+        query.tenant = tenant
+        validate_query(query, max_prompt_bytes=self.max_prompt_bytes)
+        if not query.query_id:
+            query.query_id = new_id()
+        return await self.orchestrator.serve_on(query, res)
+
+    async def ask(self, query: Query, reply: str = "") -> Answer:
         validate_query(query, max_prompt_bytes=self.max_prompt_bytes)
         if not query.query_id:
             query.query_id = new_id()
         t0 = time.perf_counter()
         with structlog.contextvars.bound_contextvars(query_id=query.query_id, tenant=query.tenant):
             try:
-                answer = await self.orchestrator.serve(query)
+                answer = await self.orchestrator.serve(query, reply)
             except HomeskilletError as exc:
                 QUERIES.labels(outcome=exc.code).inc()
                 log.info("query_failed", code=exc.code, error=exc.message)

@@ -30,6 +30,7 @@ from .errors import (
 from .fuse import fuse
 from .ids import new_id
 from .ledger import Hold, Release, Settle
+from .parking import ParkingLot
 from .scoring import Ranked
 from .strike import Dispatcher
 from .subjects import Subjects
@@ -41,6 +42,7 @@ from .wire import (
     Fragment,
     FragmentOutcome,
     Query,
+    Reservation,
     Strike,
     StrikeFailure,
     StrikeOk,
@@ -68,13 +70,34 @@ def judge(cov: Covenant, ok: StrikeOk, elapsed_ms: float) -> list[str]:
 
 class Orchestrator:
     def __init__(self, nc: NATS, subjects: Subjects, covenants: CovenantBook, negotiator: Negotiator,
-                 dispatcher: Dispatcher, ledger: Supervised, *, max_fragments: int = 16) -> None:
+                 dispatcher: Dispatcher, ledger: Supervised, *, max_fragments: int = 16,
+                 parking: ParkingLot | None = None) -> None:
         self.nc, self.subjects, self.covenants = nc, subjects, covenants
         self.negotiator, self.dispatcher, self.ledger = negotiator, dispatcher, ledger
         self.max_fragments = max_fragments
+        self.parking = parking  # durable queue step; None: parked fragments live in memory only
         self.parked: dict[str, Fragment] = {}  # fragments waiting in the queue step, by fragment_id
+        self._replies: dict[str, str] = {}  # query_id -> the caller's NATS reply subject, while served
 
-    async def serve(self, query: Query) -> Answer:
+    async def serve(self, query: Query, reply: str = "") -> Answer:
+        """Serve ``query``; ``reply`` (the caller's NATS inbox) lets a restarted orchestrator answer
+        a query whose fragment was parked in the durable queue."""
+        self._replies[query.query_id] = reply
+        try:
+            answer = await self._serve(query)
+        except HomeskilletError:
+            await self._unpark(query.query_id)
+            raise
+        finally:
+            self._replies.pop(query.query_id, None)
+        await self._unpark(query.query_id)
+        return answer
+
+    async def _unpark(self, query_id: str) -> None:
+        if self.parking is not None:
+            await self.parking.done(query_id)
+
+    async def _serve(self, query: Query) -> Answer:
         t0 = time.monotonic()
         cov = self.covenants.resolve(query)
         fragments = analyze(query, cov, max_fragments=self.max_fragments)
@@ -91,6 +114,43 @@ class Orchestrator:
         texts = [r[1] for r in results]  # type: ignore[index]
         return Answer(
             query_id=query.query_id, tenant=query.tenant, text=fuse(cov.fusion, fragments, texts),
+            covenant=cov.name, covenant_id=cov.covenant_id, fusion=cov.fusion, fragments=outcomes,
+            cost_usd=sum(o.cost_usd for o in outcomes), latency_ms=(time.monotonic() - t0) * 1000.0,
+        )
+
+    async def serve_on(self, query: Query, res: Reservation) -> Answer:
+        """Serve ``query`` on a reservation's pool and allocation: no negotiation, no fallback (the
+        reservation is the contract); a failed strike is an explicit error naming the pool."""
+        t0 = time.monotonic()
+        if not query.model and not query.covenant and res.model:
+            query = msgspec.structs.replace(query, model=res.model)
+        cov = self.covenants.resolve(query)
+        fragments = analyze(query, cov, max_fragments=self.max_fragments)
+        deadline = t0 + cov.qos.hard_deadline_ms / 1000.0
+
+        async def one(frag: Fragment) -> tuple[FragmentOutcome, str]:
+            strike = Strike(strike_id=new_id(), query_id=query.query_id, tenant=query.tenant,
+                            covenant_id=cov.covenant_id, pool=res.pool, fragment=frag,
+                            model=res.model or cov.resources.model, allocation=res.allocation,
+                            deadline_ms=int((time.time() + deadline - time.monotonic()) * 1000),
+                            trace_id=query.trace_id)
+            try:
+                ok, elapsed = await self.execute(strike, cov, 0.0, deadline)
+            except (StrikeFailed, LeaseRejected) as exc:
+                exc.tried = (f"{res.pool} (reservation {res.reservation_id}): {exc.message}",)
+                raise
+            broken = judge(cov, ok, elapsed)
+            return FragmentOutcome(
+                fragment_id=frag.fragment_id, index=frag.index, pool=res.pool, strike_id=strike.strike_id,
+                model=ok.model, step=f"reservation {res.reservation_id}", why="reserved", cost_usd=ok.cost_usd,
+                latency_ms=elapsed, prompt_tokens=ok.prompt_tokens, completion_tokens=ok.completion_tokens,
+                kept=not broken, broken_terms=broken,
+            ), ok.text
+
+        results = await asyncio.gather(*(one(f) for f in fragments))
+        outcomes = [r[0] for r in results]
+        return Answer(
+            query_id=query.query_id, tenant=query.tenant, text=fuse(cov.fusion, fragments, [r[1] for r in results]),
             covenant=cov.name, covenant_id=cov.covenant_id, fusion=cov.fusion, fragments=outcomes,
             cost_usd=sum(o.cost_usd for o in outcomes), latency_ms=(time.monotonic() - t0) * 1000.0,
         )
@@ -182,6 +242,8 @@ class Orchestrator:
         log.info("fragment_parked", query_id=query.query_id, fragment=frag.fragment_id,
                  max_wait_ms=cov.fallback.queue_max_wait_ms)
         self.parked[frag.fragment_id] = frag
+        if self.parking is not None:
+            await self.parking.park(query, self._replies.get(query.query_id, ""))
         try:
             return await self._wait_parked(cov, frag, earlier, until, tried, query)
         finally:

@@ -18,10 +18,20 @@ from .config import PoolSpec
 from .errors import LeaseRejected
 from .scoring import make_bid
 from .supervisor import HsActor
-from .wire import Award, Bid, CallForProposals, Lease, Offer, Quote, Refusal, Strike, Verdict
+from .wire import Award, Bid, CallForProposals, Health, Lease, Offer, ProviderOffer, Quote, Refusal, Strike, Verdict
 
-__all__ = ["CommitLease", "CurrentQuote", "PoolAgent", "PoolState", "ReleaseLease", "Served", "TrackRecord",
-           "revalidate"]
+__all__ = [
+    "CommitLease",
+    "CurrentQuote",
+    "LiveState",
+    "PoolAgent",
+    "PoolState",
+    "ReleaseLease",
+    "Served",
+    "TrackRecord",
+    "live_from",
+    "revalidate",
+]
 
 
 class CurrentQuote(msgspec.Struct, frozen=True):
@@ -77,6 +87,44 @@ class TrackRecord:
         return (self.kept + 4) / (self.total + 4)
 
 
+class LiveState(msgspec.Struct, frozen=True, kw_only=True):
+    """What the provider says now (``Connector.quote`` and ``health``), polled by the pool host.
+    A price of None keeps the pool spec's."""
+
+    healthy: bool = True
+    detail: str = ""
+    usd_per_hour: float | None = None
+    usd_per_mtok_in: float | None = None
+    usd_per_mtok_out: float | None = None
+    available: int | None = None  # units the provider can give now; 0 = sold out
+    warm_models: tuple[str, ...] = ()
+    at_ms: int = 0
+
+    def apply(self, spec: PoolSpec) -> PoolSpec:
+        """The spec as the market has it now: live prices replace configured ones."""
+        changes: dict[str, Any] = {}
+        for f in ("usd_per_hour", "usd_per_mtok_in", "usd_per_mtok_out"):
+            if getattr(self, f) is not None:
+                changes[f] = getattr(self, f)
+        return msgspec.structs.replace(spec, **changes) if changes else spec
+
+
+def live_from(offers: list[ProviderOffer], health: Health | None, at_ms: int) -> LiveState:
+    """Fold a provider's current offers and health into one LiveState: the cheapest offer sets the
+    price the pool bids at; availability is what all the fitting offers add up to."""
+    warm = set(health.warm_models if health else [])
+    for o in offers:
+        warm.update(o.warm_models)
+    healthy = health.ok if health else True
+    if not offers:
+        return LiveState(healthy=healthy, detail=health.detail if health else "", available=0,
+                         warm_models=tuple(sorted(warm)), at_ms=at_ms)
+    best = min(offers, key=lambda o: (o.usd_per_hour, o.usd_per_mtok_in + o.usd_per_mtok_out))
+    return LiveState(healthy=healthy, detail=health.detail if health else "", usd_per_hour=best.usd_per_hour,
+                     usd_per_mtok_in=best.usd_per_mtok_in, usd_per_mtok_out=best.usd_per_mtok_out,
+                     available=sum(o.available for o in offers), warm_models=tuple(sorted(warm)), at_ms=at_ms)
+
+
 class PoolState:
     def __init__(self, spec: PoolSpec, provider: str | None = None) -> None:
         self.spec = spec
@@ -86,9 +134,10 @@ class PoolState:
         self.record = TrackRecord()
         self.seq = 1
         self.warm: set[str] = set()
+        self.live: LiveState | None = None
 
     def offer(self, admitted: int = 0) -> Offer:
-        s = self.spec
+        s = self.live.apply(self.spec) if self.live else self.spec
         busy = len(self.leases) + admitted
         start = s.start_ms
         if self.record.latency_ewma_ms is not None:
@@ -101,8 +150,19 @@ class PoolState:
             preemptible=s.preemptible, usd_per_mtok_in=s.usd_per_mtok_in, usd_per_mtok_out=s.usd_per_mtok_out,
             usd_per_hour=s.usd_per_hour, start_ms=start, ms_per_token=s.ms_per_token,
             free_slots=max(0, s.capacity - busy), queue_depth=max(0, busy - s.capacity),
-            warm_models=sorted(self.warm), reliability=self.record.reliability,
+            warm_models=sorted(self.warm | set(self.live.warm_models if self.live else ())),
+            reliability=self.record.reliability,
         )
+
+    def sold_out(self) -> str | None:
+        """Why the provider cannot serve now, as the live state says (None: it can)."""
+        if self.live is None:
+            return None
+        if not self.live.healthy:
+            return f"unhealthy: {self.live.detail or 'health check failed'}"
+        if self.live.available == 0 and not self.leases:
+            return "the provider has no capacity that fits"
+        return None
 
     def full(self) -> bool:
         return len(self.leases) >= self.spec.capacity + self.spec.queue_limit
@@ -115,11 +175,15 @@ class PoolAgent(HsActor):
         s: PoolState = self.state
         match msg:
             case CurrentQuote(ttl_ms=ttl, admitted=admitted):
+                if s.sold_out():
+                    return None  # no standing quote: the pool drops out of the book until it recovers
                 t = now_ms()
                 return Quote(offer=s.offer(admitted), seq=s.seq, issued_at_ms=t, expires_at_ms=t + ttl)
             case CallForProposals() as cfp:
                 if s.full():
                     return Refusal(cfp_id=cfp.cfp_id, pool=s.spec.name, term="capacity", detail="queue full")
+                if why := s.sold_out():
+                    return Refusal(cfp_id=cfp.cfp_id, pool=s.spec.name, term="capacity", detail=why)
                 return make_bid(
                     s.offer(), cfp.covenant, prompt_tokens=cfp.prompt_tokens, max_tokens=cfp.max_tokens,
                     quote_seq=s.seq, expires_at_ms=cfp.reply_by_ms + 2000, allow_degrade=True, cfp_id=cfp.cfp_id,
@@ -138,6 +202,12 @@ class PoolAgent(HsActor):
                 return lease is not None
             case Verdict() as v:
                 s.record.add(v)
+                return None
+            case LiveState() as live:
+                if s.live is None or (live.usd_per_hour, live.usd_per_mtok_in, live.usd_per_mtok_out) != (
+                        s.live.usd_per_hour, s.live.usd_per_mtok_in, s.live.usd_per_mtok_out):
+                    s.seq += 1  # a new price: strikes priced on older quotes re-validate against it
+                s.live = live
                 return None
         raise TypeError(f"pool agent cannot handle {type(msg).__name__}")
 

@@ -20,11 +20,15 @@ from .config import PoolSpec, Settings
 from .covenant import CovenantBook
 from .errors import HomeskilletError
 from .gateway import Gateway
-from .ingress.nats import NatsIngress
+from .ids import new_id
+from .ingress.nats import NatsIngress, respond
+from .ingress.reservation import ReservationIngress
 from .ledger import LedgerActor, LedgerReport, LedgerState, Report
 from .natsd import NatsServer, default_data_dir
 from .orchestrator import Orchestrator
+from .parking import ParkedQuery, ParkingLot
 from .providers.base import Connector, connector_class
+from .reservations import Reservations
 from .strike import Dispatcher
 from .subjects import Subjects
 from .supervisor import Supervisor
@@ -55,6 +59,7 @@ class Runtime:
         self.hosts: dict[str, PoolHost] = {}
         self.disabled: dict[str, str] = {}  # pool -> why it is not served here
         self.gateway: Gateway | None = None
+        self.instance = new_id()  # this orchestrator, as the owner of parked queries
 
     @property
     def nats_urls(self) -> list[str]:
@@ -80,12 +85,17 @@ class Runtime:
             await self.add_pool(spec)
         if self.serve_queries:
             covenants = CovenantBook.load(s.covenants_dir or None)
+            self.parking = ParkingLot(self.nc, self.subjects, self.instance, claim_ttl_s=s.parked_claim_ttl_s)
             self.orchestrator = Orchestrator(self.nc, self.subjects, covenants, self.negotiator, self.dispatcher,
-                                             self.ledger, max_fragments=s.max_fragments)
-            self.gateway = Gateway(self.orchestrator, max_prompt_bytes=s.max_prompt_bytes)
+                                             self.ledger, max_fragments=s.max_fragments, parking=self.parking)
+            self.reservations = Reservations(self.nc, self.subjects, lambda: self.negotiator.view.quotes)
+            self.gateway = Gateway(self.orchestrator, self.reservations, max_prompt_bytes=s.max_prompt_bytes)
             self.ingress = NatsIngress(self.nc, self.subjects, self.gateway)
             await self.ingress.start()
+            self.reservation_ingress = ReservationIngress(self.nc, self.subjects, self.gateway)
+            await self.reservation_ingress.start()
             await self.wait_for_pools(list(self.hosts))
+            await self.parking.start(self._resume)
         return self
 
     async def add_pool(self, spec: PoolSpec) -> PoolHost | None:
@@ -112,6 +122,17 @@ class Runtime:
             await asyncio.sleep(0.005)
         raise HomeskilletError(f"pools did not quote within {timeout:g}s: {sorted(set(names) - have)}")
 
+    async def _resume(self, rec: ParkedQuery) -> None:
+        """Serve a query another orchestrator parked and did not live to answer."""
+        assert self.gateway is not None and self.nc is not None
+        outcome: Answer | HomeskilletError
+        try:
+            outcome = await self.gateway.ask(rec.query, rec.reply)
+        except HomeskilletError as exc:
+            outcome = exc
+        if rec.reply:
+            await respond(self.nc, rec.reply, outcome, rec.query.query_id)
+
     async def ask(self, query: Query | None = None, **fields: Any) -> Answer:
         if self.gateway is None:
             raise HomeskilletError("this runtime does not serve queries")
@@ -122,7 +143,10 @@ class Runtime:
 
     async def stop(self) -> None:
         if self.serve_queries and self.gateway is not None:
+            await self.parking.stop()
             await self.ingress.stop()
+            await self.reservation_ingress.stop()
+            await self.reservations.close()
         for host in self.hosts.values():
             await host.stop()
         if self.serve_queries and self.nc is not None:

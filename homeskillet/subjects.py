@@ -26,6 +26,7 @@ class Subjects:
         self.inbox = f"_INBOX.{prefix}"
         self.parked_stream = "HS_PARKED" if prefix == "hs" else f"HS_PARKED_{token(prefix).upper()}"
         self.parked = f"{prefix}.parked"
+        self.reservation_all = f"{prefix}.reservation.*"
 
     def cfp(self, model: str) -> str:
         return f"{self.prefix}.cfp.{token(model)}"
@@ -38,6 +39,9 @@ class Subjects:
 
     def agent(self, pool: str) -> str:
         return f"{self.prefix}.agent.{token(pool)}"
+
+    def reservation(self, reservation_id: str) -> str:
+        return f"{self.prefix}.reservation.{token(reservation_id)}"
 
     def verdict(self, pool: str) -> str:
         return f"{self.prefix}.events.verdict.{token(pool)}"

@@ -19,6 +19,12 @@ import msgspec
 
 __all__ = [
     "WIRE_VERSION",
+    "AgentMsg",
+    "AgentReply",
+    "Allocated",
+    "Allocation",
+    "AllocationMetrics",
+    "AllocationRequest",
     "Answer",
     "Award",
     "Bid",
@@ -29,14 +35,24 @@ __all__ = [
     "Fallback",
     "Fragment",
     "FragmentOutcome",
+    "FreeAllocation",
+    "Freed",
+    "Health",
     "Lease",
     "Message",
+    "MetricsAsk",
+    "MetricsReply",
     "Offer",
+    "ProviderOffer",
     "Qos",
     "Query",
     "Quote",
     "Refusal",
     "Rejection",
+    "Release",
+    "Reservation",
+    "Reserve",
+    "ReserveRequest",
     "Resources",
     "Strike",
     "StrikeFailure",
@@ -47,6 +63,7 @@ __all__ = [
     "Verdict",
     "Wire",
     "decode_agent_msg",
+    "decode_agent_reply",
     "decode_bid_reply",
     "decode_query",
     "decode_strike",
@@ -233,6 +250,162 @@ class Lease(Wire, tag="lease", kw_only=True):
     expires_at_ms: int
 
 
+# --- provider allocations and reservations ------------------------------------------------------
+# Connectors (providers/base.py) speak these; they travel inside strikes and agent messages.
+
+class ProviderOffer(Term, kw_only=True):
+    """One thing a provider will rent or serve now, in our units (MB, USD per hour or per
+    million tokens), whatever units the provider's API uses."""
+
+    offer_id: str
+    accelerator: str = "gpu"  # gpu | tpu | cpu | api
+    gpu_model: str = ""
+    count: int = 1  # accelerators (GPUs, TPU chips) in the unit
+    vram_mb: int = 0  # per accelerator
+    tflops: float = 0.0
+    region: str = ""
+    usd_per_hour: float = 0.0  # for the whole unit (count accelerators)
+    usd_per_mtok_in: float = 0.0
+    usd_per_mtok_out: float = 0.0
+    preemptible: bool = False
+    available: int = 1  # units that can be had now
+    models: list[str] = []  # models served (hosted APIs), or present on the node
+    warm_models: list[str] = []  # loaded and ready without a cold start
+
+
+class AllocationRequest(Term, kw_only=True):
+    model: str = ""
+    gpu_model: str = ""  # "" = any that meets the minimums
+    accelerator: str = "gpu"
+    count: int = 1
+    min_vram_mb: int = 0
+    max_vram_mb: int = 0  # 0 = no upper bound
+    min_tflops: float = 0.0
+    region: str = ""
+    duration_s: int = 3600
+    preemptible: bool = False  # interruptible / spot / bid allowed
+    bid_usd_per_hour: float = 0.0  # the bid for an interruptible rental; 0 = the market minimum
+    max_usd_per_hour: float = 0.0  # 0 = no ceiling
+    offer_id: str = ""  # from quote(); "" = the connector picks the cheapest that fits
+    tenant: str = "default"
+    workload: str = ""
+    ready_timeout_s: float = 600.0
+
+
+class Allocation(Term, kw_only=True):
+    allocation_id: str
+    provider: str
+    status: str = "running"  # pending | running | preempted | released | failed
+    endpoint: str = ""  # inference base URL when the provider gives one
+    model: str = ""
+    gpu_model: str = ""
+    count: int = 1
+    region: str = ""
+    usd_per_hour: float = 0.0
+    preemptible: bool = False
+    created_at: float = 0.0  # unix seconds
+    expires_at: float = 0.0  # 0 = until released
+    detail: dict[str, Any] = {}  # provider-specific ids (instance id, operation name, …)
+
+
+class AllocationMetrics(Term, kw_only=True):
+    allocation_id: str
+    status: str = "running"
+    gpu_utilization: float | None = None  # 0..1
+    memory_used_mb: float | None = None
+    inference_count: int = 0
+    average_latency_ms: float | None = None
+    uptime_s: float = 0.0
+    cost_usd: float | None = None  # accrued so far, when the provider says
+
+
+class Release(Term, kw_only=True):
+    allocation_id: str
+    billed_usd: float | None = None  # the provider's bill for the whole allocation, when known
+    detail: dict[str, Any] = {}
+
+
+class Health(Term, kw_only=True):
+    ok: bool
+    detail: str = ""
+    latency_ms: float = 0.0
+    warm_models: list[str] = []
+    active: int = 0  # requests in flight that we know of
+    load: float = 0.0  # 0 = idle; higher is busier (provider-specific score)
+
+
+class ReserveRequest(Term, kw_only=True):
+    """Reserve compute ahead of use (``POST /api/v1/compute/reserve``, the ``reserve`` tool)."""
+
+    provider: str = "auto"  # "auto" or a provider name (hostedai, vastai, runpod, ionet, tpu, ...)
+    compute_type: Literal["gpu", "tpu", "cpu"] = "gpu"
+    gpu_model: str = ""
+    count: int = 1
+    duration_s: int = 3600
+    max_cost_per_hr: float = 0.0  # 0 = no ceiling; checked at every failover step
+    enable_hybrid: bool = False  # may fall back to any provider, then local
+    fallback_providers: list[str] = []
+    model: str = ""
+    pool_id: str = ""  # a named pool, e.g. hosted.ai's "standard-us-east"
+    min_vram_mb: int = 0
+    max_vram_mb: int = 0
+    min_tflops: float = 0.0
+    preemptible: bool = False
+    local_port: bool = False  # also serve it on a dedicated local port (compatibility option)
+    tenant: str = "default"
+    metadata: dict[str, str] = {}
+
+
+class Reservation(Wire, tag="reservation", kw_only=True):
+    reservation_id: str
+    tenant: str
+    status: Literal["pending", "active", "released", "failed"] = "active"
+    provider: str = ""
+    pool: str = ""
+    model: str = ""
+    gpu_model: str = ""
+    count: int = 1
+    usd_per_hour: float = 0.0
+    endpoint_subject: str = ""  # NATS request-reply: a Query in, an Answer out
+    endpoint_path: str = ""  # HTTP: /api/v1/inference/{reservation_id}
+    local_port: int | None = None
+    created_at: float = 0.0
+    expires_at: float = 0.0
+    tried: list[str] = []  # failover steps passed over, each with its reason
+    allocation_id: str = ""  # the provider's id
+    allocation: Allocation | None = None
+    billed_usd: float | None = None  # set on release
+    metadata: dict[str, str] = {}
+
+
+class Reserve(Wire, tag="reserve", kw_only=True):
+    """To a pool host (``hs.agent.<pool>``): allocate at the provider."""
+
+    reservation_id: str
+    tenant: str
+    want: AllocationRequest
+
+
+class FreeAllocation(Wire, tag="free", kw_only=True):
+    allocation: Allocation
+
+
+class MetricsAsk(Wire, tag="metrics_ask", kw_only=True):
+    allocation: Allocation
+
+
+class Allocated(Wire, tag="allocated", kw_only=True):
+    allocation: Allocation
+
+
+class Freed(Wire, tag="freed", kw_only=True):
+    release: Release
+
+
+class MetricsReply(Wire, tag="metrics", kw_only=True):
+    metrics: AllocationMetrics
+
+
 # --- strikes -------------------------------------------------------------------------------------
 
 
@@ -250,6 +423,7 @@ class Strike(Wire, tag="strike", kw_only=True):
     deadline_ms: int = 0  # absolute epoch ms; 0 = none
     attempt: int = 0
     trace_id: str = ""
+    allocation: Allocation | None = None  # run on this reservation's allocation, not the pool's own
 
 
 class StrikeOk(Wire, tag="strike_ok", kw_only=True):
@@ -347,7 +521,8 @@ _query = msgspec.json.Decoder(Query)
 _strike = msgspec.json.Decoder(Strike)
 _strike_result = msgspec.json.Decoder(StrikeResult)
 _bid_reply = msgspec.json.Decoder(Bid | Refusal)
-_agent_msg = msgspec.json.Decoder(CallForProposals | Award | Rejection)
+_agent_msg = msgspec.json.Decoder(CallForProposals | Award | Rejection | Reserve | FreeAllocation | MetricsAsk)
+_agent_reply = msgspec.json.Decoder(Lease | Allocated | Freed | MetricsReply | ErrorReply)
 
 
 def encode(msg: msgspec.Struct) -> bytes:
@@ -372,6 +547,15 @@ def decode_bid_reply(data: bytes) -> Bid | Refusal:
     return reply
 
 
-def decode_agent_msg(data: bytes) -> CallForProposals | Award | Rejection:
-    msg: CallForProposals | Award | Rejection = _agent_msg.decode(data)
+AgentMsg = CallForProposals | Award | Rejection | Reserve | FreeAllocation | MetricsAsk
+AgentReply = Lease | Allocated | Freed | MetricsReply | ErrorReply
+
+
+def decode_agent_msg(data: bytes) -> AgentMsg:
+    msg: AgentMsg = _agent_msg.decode(data)
     return msg
+
+
+def decode_agent_reply(data: bytes) -> AgentReply:
+    reply: AgentReply = _agent_reply.decode(data)
+    return reply

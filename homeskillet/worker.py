@@ -22,17 +22,33 @@ from nats.aio.msg import Msg
 
 from .config import PoolSpec, Settings
 from .errors import HomeskilletError, LeaseRejected, Preempted
-from .pools import CommitLease, CurrentQuote, PoolAgent, PoolState, ReleaseLease, Served, revalidate
-from .providers.base import Connector, InferRequest
+from .pools import (
+    CommitLease,
+    CurrentQuote,
+    LiveState,
+    PoolAgent,
+    PoolState,
+    ReleaseLease,
+    Served,
+    live_from,
+    revalidate,
+)
+from .providers.base import AllocationRequest, Connector, InferRequest
 from .scoring import price_usd
 from .subjects import Subjects, token
 from .supervisor import Supervised, Supervisor
 from .telemetry import STRIKES, get_logger
 from .wire import (
+    Allocated,
     Award,
     CallForProposals,
     ErrorReply,
+    FreeAllocation,
+    Freed,
+    MetricsAsk,
+    MetricsReply,
     Rejection,
+    Reserve,
     StrikeFailure,
     StrikeOk,
     StrikePreemption,
@@ -78,6 +94,8 @@ class PoolHost:
         self._subs: list[Any] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._quoter: asyncio.Task[None] | None = None
+        self._live: asyncio.Task[None] | None = None
+        self.live: LiveState | None = None  # the provider's price and capacity, as last polled
         self.active = 0  # strikes admitted here and not finished: the loop is the admission authority
 
     async def start(self) -> None:
@@ -88,12 +106,16 @@ class PoolHost:
             await self.nc.subscribe(s.agent(self.spec.name), cb=self._on_agent),
             await self.nc.subscribe(s.verdict(self.spec.name), cb=self._on_verdict),
         ]
+        if self.connector.supports("quote"):
+            await self.refresh_live()  # the first quote already carries the provider's live price
+            self._live = asyncio.create_task(self._live_loop(), name=f"live:{self.spec.name}")
         await self.publish_quote()
         self._quoter = asyncio.create_task(self._quote_loop(), name=f"quotes:{self.spec.name}")
 
     async def stop(self) -> None:
-        if self._quoter:
-            self._quoter.cancel()
+        for loop_task in (self._quoter, self._live):
+            if loop_task:
+                loop_task.cancel()
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -105,7 +127,32 @@ class PoolHost:
 
     async def publish_quote(self) -> None:
         quote = await self.agent.call(CurrentQuote(ttl_ms=self.settings.quote_ttl_ms, admitted=self.active))
-        await self.nc.publish(self.subjects.quote(self.spec.name), encode(quote))
+        if quote is not None:  # None: the provider is sold out or unhealthy; let the book forget us
+            await self.nc.publish(self.subjects.quote(self.spec.name), encode(quote))
+
+    async def refresh_live(self) -> LiveState:
+        """Ask the provider what it offers now and how it is; the agent bids from the answer."""
+        want = AllocationRequest(model=next((m for m in self.spec.models if m != "*"), ""),
+                                 gpu_model=self.spec.gpu_model, accelerator=self.spec.accelerator,
+                                 min_vram_mb=self.spec.vram_mb, region=self.spec.region,
+                                 preemptible=self.spec.preemptible)
+        try:
+            offers = await self.connector.quote(want)
+            health = await self.connector.health() if self.connector.supports("health") else None
+            live = live_from(offers, health, int(time.time() * 1000))
+        except HomeskilletError as exc:
+            live = LiveState(healthy=False, detail=exc.message, at_ms=int(time.time() * 1000))
+        self.live = live
+        self.agent.tell(live)
+        return live
+
+    async def _live_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh_live()
+            except Exception as exc:
+                log.warning("live_refresh_failed", pool=self.spec.name, error=repr(exc))
+            await asyncio.sleep(self.settings.live_interval_ms / 1000.0)
 
     async def _quote_loop(self) -> None:
         while True:
@@ -175,7 +222,7 @@ class PoolHost:
             except LeaseRejected as exc:
                 return StrikeFailure(strike_id=sid, pool=pool, code="lease_rejected", message=exc.message)
         else:  # priced on a standing quote: admit on the loop, tell the agent (no hop on the hot path)
-            why = revalidate(self.spec, strike)
+            why = revalidate(self.live.apply(self.spec) if self.live else self.spec, strike)
             if why is None and self.active >= self.spec.capacity + self.spec.queue_limit:
                 why = f"{pool}: no free capacity (queue full)"
             if why is not None:
@@ -185,7 +232,7 @@ class PoolHost:
         f = strike.fragment
         req = InferRequest(strike_id=sid, model=strike.model, prompt=f.prompt, context=f.context,
                            max_tokens=f.max_tokens, temperature=f.temperature, deadline_ms=strike.deadline_ms,
-                           tenant=strike.tenant)
+                           tenant=strike.tenant, allocation=strike.allocation)
         t0 = time.perf_counter()
         try:
             async with self.slots:
@@ -207,6 +254,8 @@ class PoolHost:
         elapsed = (time.perf_counter() - t0) * 1000.0
         offer = self.spec
         cost = res.billed_usd
+        if cost is None and strike.allocation is not None:
+            cost = 0.0  # a reservation's strikes are covered by its hourly bill, settled at release
         if cost is None:
             cost = price_usd(self.agent.state.offer(), res.prompt_tokens, res.completion_tokens, elapsed / 1000.0)
             if offer.usd_per_hour == 0 and strike.max_price_usd > 0:
@@ -249,6 +298,29 @@ class PoolHost:
                     await self.nc.publish(msg.reply, encode(reply))
             case Rejection():
                 log.debug("bid_rejected", pool=self.spec.name, cfp_id=m.cfp_id, reason=m.reason)
+            case Reserve() | FreeAllocation() | MetricsAsk():
+                if msg.reply:
+                    await self.nc.publish(msg.reply, encode(await self._allocation_msg(m)))
+
+    async def _allocation_msg(self, m: Reserve | FreeAllocation | MetricsAsk,
+                              ) -> Allocated | Freed | MetricsReply | ErrorReply:
+        """Reservations: the connector talks to the provider; errors go back as data."""
+        try:
+            match m:
+                case Reserve():
+                    alloc = await self.connector.allocate(m.want)
+                    log.info("allocated", pool=self.spec.name, reservation_id=m.reservation_id,
+                             allocation_id=alloc.allocation_id, tenant=m.tenant)
+                    return Allocated(allocation=alloc)
+                case FreeAllocation():
+                    return Freed(release=await self.connector.release(m.allocation))
+                case MetricsAsk():
+                    return MetricsReply(metrics=await self.connector.metrics(m.allocation))
+        except HomeskilletError as exc:
+            return ErrorReply(code=exc.code, message=exc.message, status=exc.status, retryable=exc.retryable)
+        except Exception as exc:
+            log.exception("allocation_call_crashed", pool=self.spec.name)
+            return ErrorReply(code="engine_error", message=f"{self.spec.name}: {exc!r}", status=502, retryable=True)
 
     async def _on_verdict(self, msg: Msg) -> None:
         with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):

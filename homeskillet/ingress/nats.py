@@ -21,9 +21,9 @@ from ..errors import BadRequest, HomeskilletError
 from ..gateway import Gateway, error_reply
 from ..subjects import Subjects
 from ..telemetry import get_logger
-from ..wire import Query, decode_query, encode
+from ..wire import Answer, Query, decode_query, encode
 
-__all__ = ["NatsIngress"]
+__all__ = ["NatsIngress", "respond"]
 
 log = get_logger("homeskillet.ingress.nats")
 
@@ -32,6 +32,16 @@ def _decode_error(exc: Exception) -> BadRequest:
     if isinstance(exc, msgspec.ValidationError):
         return BadRequest(f"the query does not fit the schema: {exc}", term="query")
     return BadRequest(f"the query is not valid JSON: {exc}", term="query")
+
+
+async def respond(nc: NATS, reply: str, outcome: Answer | HomeskilletError, query_id: str = "") -> None:
+    """Send an answer, or an error with micro-service error headers, to a caller's reply subject
+    (used for queries resumed from the durable queue, whose original request message is gone)."""
+    if isinstance(outcome, Answer):
+        await nc.publish(reply, encode(outcome))
+    else:
+        await nc.publish(reply, encode(error_reply(outcome, query_id)), headers={
+            "Nats-Service-Error": outcome.message, "Nats-Service-Error-Code": str(outcome.status)})
 
 
 class NatsIngress:
@@ -68,7 +78,7 @@ class NatsIngress:
                 query = decode_query(req.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise _decode_error(exc) from None
-            answer = await self.gateway.ask(query)
+            answer = await self.gateway.ask(query, req._msg.reply or "")
             await req.respond(encode(answer))
         except HomeskilletError as exc:
             reply = error_reply(exc, query.query_id if query else "")

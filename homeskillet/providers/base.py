@@ -20,12 +20,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar, TypeVar
 
 import msgspec
 
 from ..errors import HomeskilletError
-from ..wire import Message
+from ..wire import (
+    Allocation,
+    AllocationMetrics,
+    AllocationRequest,
+    Health,
+    Message,
+    ProviderOffer,
+    Release,
+)
 
 __all__ = [
     "FEATURES",
@@ -50,87 +58,6 @@ FEATURES = ("quote", "allocate", "infer", "stream", "release", "metrics", "healt
 class Unsupported(HomeskilletError):
     code = "unsupported"
     status = 501
-
-
-class ProviderOffer(msgspec.Struct, kw_only=True):
-    """One thing a provider will rent or serve now, in our units (MB, USD per hour or per
-    million tokens), whatever units the provider's API uses."""
-
-    offer_id: str
-    accelerator: str = "gpu"  # gpu | tpu | cpu | api
-    gpu_model: str = ""
-    count: int = 1  # accelerators (GPUs, TPU chips) in the unit
-    vram_mb: int = 0  # per accelerator
-    tflops: float = 0.0
-    region: str = ""
-    usd_per_hour: float = 0.0  # for the whole unit (count accelerators)
-    usd_per_mtok_in: float = 0.0
-    usd_per_mtok_out: float = 0.0
-    preemptible: bool = False
-    available: int = 1  # units that can be had now
-    models: list[str] = []  # models served (hosted APIs), or present on the node
-    warm_models: list[str] = []  # loaded and ready without a cold start
-
-
-class AllocationRequest(msgspec.Struct, kw_only=True):
-    model: str = ""
-    gpu_model: str = ""  # "" = any that meets the minimums
-    accelerator: str = "gpu"
-    count: int = 1
-    min_vram_mb: int = 0
-    max_vram_mb: int = 0  # 0 = no upper bound
-    min_tflops: float = 0.0
-    region: str = ""
-    duration_s: int = 3600
-    preemptible: bool = False  # interruptible / spot / bid allowed
-    bid_usd_per_hour: float = 0.0  # the bid for an interruptible rental; 0 = the market minimum
-    max_usd_per_hour: float = 0.0  # 0 = no ceiling
-    offer_id: str = ""  # from quote(); "" = the connector picks the cheapest that fits
-    tenant: str = "default"
-    workload: str = ""
-    ready_timeout_s: float = 600.0
-
-
-class Allocation(msgspec.Struct, kw_only=True):
-    allocation_id: str
-    provider: str
-    status: str = "running"  # pending | running | preempted | released | failed
-    endpoint: str = ""  # inference base URL when the provider gives one
-    model: str = ""
-    gpu_model: str = ""
-    count: int = 1
-    region: str = ""
-    usd_per_hour: float = 0.0
-    preemptible: bool = False
-    created_at: float = 0.0  # unix seconds
-    expires_at: float = 0.0  # 0 = until released
-    detail: dict[str, Any] = {}  # provider-specific ids (instance id, operation name, …)
-
-
-class AllocationMetrics(msgspec.Struct, kw_only=True):
-    allocation_id: str
-    status: str = "running"
-    gpu_utilization: float | None = None  # 0..1
-    memory_used_mb: float | None = None
-    inference_count: int = 0
-    average_latency_ms: float | None = None
-    uptime_s: float = 0.0
-    cost_usd: float | None = None  # accrued so far, when the provider says
-
-
-class Release(msgspec.Struct, kw_only=True):
-    allocation_id: str
-    billed_usd: float | None = None  # the provider's bill for the whole allocation, when known
-    detail: dict[str, Any] = {}
-
-
-class Health(msgspec.Struct, kw_only=True):
-    ok: bool
-    detail: str = ""
-    latency_ms: float = 0.0
-    warm_models: list[str] = []
-    active: int = 0  # requests in flight that we know of
-    load: float = 0.0  # 0 = idle; higher is busier (provider-specific score)
 
 
 class InferRequest(msgspec.Struct, kw_only=True):

@@ -1,0 +1,31 @@
+"""Pool agents bid from the provider's live state: price, capacity, warm models, health."""
+
+from __future__ import annotations
+
+from homeskillet.pools import LiveState, PoolState, live_from
+from homeskillet.testing import echo_pool
+from homeskillet.wire import Health, ProviderOffer
+
+
+def test_cheapest_offer_sets_the_price_and_availability_adds_up() -> None:
+    offers = [ProviderOffer(offer_id="a", usd_per_hour=3.1, available=2, warm_models=["m1"]),
+              ProviderOffer(offer_id="b", usd_per_hour=2.4, available=1)]
+    live = live_from(offers, Health(ok=True, warm_models=["m2"]), at_ms=1)
+    assert live.usd_per_hour == 2.4 and live.available == 3 and live.warm_models == ("m1", "m2")
+
+
+def test_live_price_replaces_the_spec_and_bumps_the_quote_sequence() -> None:
+    state = PoolState(echo_pool("vastai/h100", usd_per_hour=2.0))
+    assert state.offer().usd_per_hour == 2.0
+    state.live = LiveState(usd_per_hour=2.75, warm_models=("qwen-14b",))
+    offer = state.offer()
+    assert offer.usd_per_hour == 2.75 and "qwen-14b" in offer.warm_models
+    assert state.sold_out() is None
+
+
+def test_sold_out_or_unhealthy_providers_do_not_quote() -> None:
+    state = PoolState(echo_pool("runpod/a100"))
+    state.live = live_from([], None, at_ms=1)
+    assert state.sold_out() == "the provider has no capacity that fits"
+    state.live = LiveState(healthy=False, detail="HTTP 503")
+    assert "HTTP 503" in (state.sold_out() or "")
