@@ -363,3 +363,21 @@ def test_any_error_body_maps_to_one_of_our_errors(raw: bytes) -> None:
 def test_the_first_hour_is_always_kept_and_never_more_than_was_paid(paid: float, hours: int, used_s: float) -> None:
     billed = billed_on_destroy(paid, hours, used_s)
     assert paid / hours - 1e-6 <= billed <= paid + 1e-6
+
+
+async def test_a_query_is_served_end_to_end_on_an_ionet_pool(nats_url: str) -> None:
+    """Orchestrator → NATS strike → pool host → this connector → a deployment in the simulator."""
+    from homeskillet.config import PoolSpec
+    from homeskillet.testing import start_runtime
+
+    with simulator() as (sim, url):
+        options = {"base_url": url, "api_key": "sim-key", "gpu_model": "RTX 4090", "poll_interval_s": 0.01}
+        spec = msgspec.convert({"name": "ionet/rtx4090", "provider": "ionet", "pool_class": "standard",
+                                "models": [MODEL], "gpu_model": "RTX 4090", "vram_mb": 24576, "tflops": 165.0,
+                                "region": "US", "usd_per_hour": 0.5, "options": options}, PoolSpec)
+        async with start_runtime(nats_url, [spec]) as rt:
+            answer = await rt.ask(prompt="What is a prepaid hour?", covenant=MODEL,
+                                  overrides={"fallback": {"steps": ["fail"]}})
+            assert answer.fragments[0].pool == "ionet/rtx4090" and answer.text
+            assert live(sim) == 1
+        assert live(sim) == 0  # stopping the pool destroyed its deployment

@@ -351,3 +351,23 @@ async def test_the_example_pool_file_builds_a_connector(monkeypatch: pytest.Monk
 def test_any_google_error_body_maps_to_one_of_our_errors(http_status: int, raw: bytes) -> None:
     err = google.http_error(http_status, raw)
     assert isinstance(err, ProviderError) and err.message
+
+
+async def test_a_query_is_served_end_to_end_on_a_tpu_pool(nats_url: str) -> None:
+    """Orchestrator → NATS strike → pool host → this connector → a spot node in the simulator."""
+    from homeskillet.config import PoolSpec
+    from homeskillet.testing import start_runtime
+
+    with simulator() as s:
+        options = {"base_url": s.url, "api_key": "sim-key", "project": "p1", "zone": ZONE, "spot": True,
+                   "endpoint": SIM_ENDPOINT, "poll_interval_s": 0.01, "release_timeout_s": 5.0}
+        spec = msgspec.convert({"name": "tpu/v5e-spot", "provider": "tpu", "pool_class": "standard",
+                                "models": [MODEL], "accelerator": "tpu", "gpu_model": "v5litepod-8",
+                                "vram_mb": 16384, "tflops": 197.0, "region": ZONE, "preemptible": True,
+                                "usd_per_hour": V5E_SPOT, "options": options}, PoolSpec)
+        async with start_runtime(nats_url, [spec]) as rt:
+            answer = await rt.ask(prompt="What is a TPU?", covenant="gemma-2b",
+                                  overrides={"fallback": {"steps": ["fail"]}})
+            assert answer.fragments[0].pool == "tpu/v5e-spot" and answer.text
+            assert len(s.live_nodes()) == 1
+        assert s.live_nodes() == [] and s.queue.items == {}  # stopping the pool deleted its node
