@@ -31,50 +31,15 @@ from ..orchestrator import fallback_plan
 from ..scoring import Ranked
 from ..wire import Covenant, Query, Quote
 from .arrivals import ArrivalStream, CohortTable
+from .outcomes import Queries, ewma, judge_many
 from .policies import Policy, policy
 from .report import ERROR_KINDS, Observations, PoolUsage, Series
 from .scenario import Scenario, describe
 from .vtime import FAILED, LATE, LOST, OK, PREEMPTED, Items, VPool
 
-__all__ = ["VirtualRun", "judge_many", "simulate"]
+__all__ = ["VirtualRun", "simulate"]
 
 _ROUNDS = 4  # re-negotiation rounds within one tick for strikes that failed early in it
-_EWMA = 0.2  # pools.TrackRecord's smoothing
-
-
-def judge_many(cost: np.ndarray, elapsed_ms: np.ndarray, ceiling: np.ndarray, target_ms: np.ndarray,
-               hard_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``orchestrator.judge`` over columns: (cost ceiling, latency target, hard deadline) broken.
-    A test holds it to ``judge`` on random strikes."""
-    return cost > ceiling, elapsed_ms > target_ms, elapsed_ms > hard_ms
-
-
-class _Queries:
-    """Per-query outcome columns, grown as queries arrive."""
-
-    def __init__(self, expect: int) -> None:
-        n = max(1024, expect)
-        self.n = 0
-        self.t = np.zeros(n)
-        self.cls = np.zeros(n, dtype=np.int16)
-        self.lat = np.zeros(n, dtype=np.float32)  # ms, the slowest fragment so far
-        self.cost = np.zeros(n)
-        self.left = np.zeros(n, dtype=np.int16)  # fragments not finished
-        self.err = np.zeros(n, dtype=np.int8)  # index into ERROR_KINDS; 0 = none
-        self.fb = np.zeros(n, dtype=bool)
-
-    def add(self, t: np.ndarray, cls: np.ndarray, frags: np.ndarray) -> np.ndarray:
-        k = len(t)
-        while self.n + k > len(self.t):
-            for name in ("t", "cls", "lat", "cost", "left", "err", "fb"):
-                old = getattr(self, name)
-                new = np.zeros(2 * len(old), dtype=old.dtype)
-                new[: len(old)] = old
-                setattr(self, name, new)
-        idx = np.arange(self.n, self.n + k)
-        self.t[idx], self.cls[idx], self.left[idx] = t, cls, frags
-        self.n += k
-        return idx
 
 
 class VirtualRun:
@@ -118,7 +83,7 @@ class VirtualRun:
         self.broken: dict[tuple[int, int], int] = defaultdict(int)  # (class, term) -> fragments
         self.frags_ok = np.zeros(len(scenario.classes), dtype=np.int64)
         expect = int(scenario.arrivals.rate_qps * scenario.duration_s * 1.1) if scenario.arrivals.rate_qps else 0
-        self.q = _Queries(min(expect, scenario.max_queries or expect))
+        self.q = Queries(min(expect, scenario.max_queries or expect))
         self.waiting = Items.empty()
         self.ledger = 0.0
         self.tokens_in = self.tokens_out = 0
@@ -334,11 +299,7 @@ class VirtualRun:
         rec.total += len(f)
         rec.kept += int(kept.sum())
         if ok.any():
-            lat_ok = elapsed_ms[ok][np.argsort(f["end"][ok], kind="stable")]
-            w = _EWMA * (1 - _EWMA) ** np.arange(len(lat_ok) - 1, -1, -1, dtype=np.float64)
-            prev = rec.latency_ewma_ms
-            rec.latency_ewma_ms = float(np.dot(w, lat_ok) + ((1 - _EWMA) ** len(lat_ok)) * (
-                prev if prev is not None else lat_ok[0]))
+            rec.latency_ewma_ms = ewma(rec.latency_ewma_ms, elapsed_ms[ok][np.argsort(f["end"][ok], kind="stable")])
             p.state.warm.update(self.coh_model[c] for c in np.unique(coh[ok]).tolist())
         # Answered fragments.
         q = f["q"][ok]

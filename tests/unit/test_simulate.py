@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from homeskillet.orchestrator import judge
+from homeskillet.replay.outcomes import ewma, judge_many
 from homeskillet.replay.policies import POLICIES, policy
 from homeskillet.replay.report import build_report, markdown
 from homeskillet.replay.scenario import load_scenario, shorten
-from homeskillet.replay.simulate import VirtualRun, judge_many, simulate
+from homeskillet.replay.simulate import VirtualRun, simulate
 from homeskillet.replay.vtime import VPool
 from homeskillet.scoring import Ranked
 from homeskillet.wire import Bid, Covenant, Offer, Resources, StrikeOk
@@ -55,6 +56,20 @@ def test_judge_many_is_judge():
         got = [t for t, m in zip(("cost.max_usd_per_request", "qos.latency_target_ms", "qos.hard_deadline_ms"),
                                  masks, strict=True) if m[i]]
         assert got == want
+
+
+def test_batched_ewma_is_the_track_records_one_at_a_time():
+    from homeskillet.pools import TrackRecord
+    from homeskillet.wire import Verdict
+
+    values = np.random.default_rng(3).uniform(10, 900, 40)
+    for prev in (None, 250.0):
+        rec = TrackRecord()
+        rec.latency_ewma_ms = prev
+        for v in values:
+            rec.add(Verdict(strike_id="s", query_id="q", tenant="t", pool="p", covenant_id="c", kept=True,
+                            latency_ms=float(v)))
+        assert ewma(prev, values) == pytest.approx(rec.latency_ewma_ms)
 
 
 def _fifo(capacity: int, busy: list[float], arrivals: list[float], service: list[float]) -> list[float]:
