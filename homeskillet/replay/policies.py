@@ -42,6 +42,7 @@ class Policy:
 
     def __init__(self) -> None:
         self._turn = 0
+        self._relaxed: dict[str, Covenant] = {}  # by covenant_id: the same covenant every tick
 
     def chain(self, cov: Covenant) -> list[Step]:
         return _ANY if self.naive else fallback_chain(cov)
@@ -50,7 +51,10 @@ class Policy:
                    max_tokens: int, exclude: Iterable[str], allow_degrade: bool,
                    now: int) -> tuple[list[Ranked], dict[str, str]]:
         """The naive candidates, and for each the covenant term it breaks (if any)."""
-        relaxed, excluded = _relaxed(cov), set(exclude)
+        relaxed = self._relaxed.get(cov.covenant_id)
+        if relaxed is None:
+            relaxed = self._relaxed[cov.covenant_id] = _relaxed(cov)
+        excluded = set(exclude)
         bids, broken = [], {}
         for q in quotes:
             if q.expires_at_ms < now or q.offer.pool in excluded or not admits(step, q.offer):

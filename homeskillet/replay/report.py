@@ -41,6 +41,12 @@ class Series:
     def add_cost(self, t: np.ndarray, usd: np.ndarray) -> None:
         self.cost += np.bincount(self.bucket(t), weights=usd, minlength=len(self.cost))
 
+    def add_busy_many(self, pool: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
+        """``add_busy`` for strikes of several pools at once (``pool``: each strike's pool index)."""
+        nb = len(self.cost)
+        flat = np.bincount(pool * nb + self.bucket(start), weights=end - start, minlength=self.busy.size)
+        self.busy += flat.reshape(self.busy.shape)
+
     def add_busy(self, pool: int, start: np.ndarray, end: np.ndarray) -> None:
         # Attributed to the bucket the strike started in (strikes are short next to a bucket).
         self.busy[pool] += np.bincount(self.bucket(start), weights=end - start, minlength=len(self.cost))

@@ -55,6 +55,11 @@ class VirtualRun:
         overhead = scenario.stack.overhead_ms / 1000.0
         self.pools = [VPool(i, fp, np.random.default_rng([scenario.seed, 2, i]), overhead)
                       for i, fp in enumerate(scenario.pools)]
+        self.overhead_s = overhead
+        self.p_in = np.array([p.spec.usd_per_mtok_in for p in self.pools])
+        self.p_out = np.array([p.spec.usd_per_mtok_out for p in self.pools])
+        self.p_hour = np.array([p.spec.usd_per_hour for p in self.pools])  # per slot
+        self.p_bit = np.array([p.bit for p in self.pools], dtype=np.uint64)
         self.arrivals = ArrivalStream(scenario)
         self.cohorts = CohortTable(scenario)
         # Per (class, template): the covenant a query of it is resolved to, as the gateway would.
@@ -264,43 +269,58 @@ class VirtualRun:
     # --- strikes ending -------------------------------------------------------------------------
 
     def _complete(self, horizon: float) -> None:
+        """Every strike that ended before ``horizon``, all pools at once."""
+        parts, idx = [], []
         for p in self.pools:
             f = p.done(horizon)
-            if not len(f):
-                continue
-            self._settle(p, f)
+            if len(f):
+                parts.append(f)
+                idx.append(np.full(len(f), p.index, dtype=np.int64))
+        if parts:
+            self._settle(Items.concat(parts), np.concatenate(idx))
 
-    def _settle(self, p: VPool, f: Items) -> None:
+    def _settle(self, f: Items, pidx: np.ndarray) -> None:
+        """Settle, judge and record what ended (orchestrator.execute's after-strike half); the
+        failed, preempted and lost go back to be struck elsewhere."""
+        npools = len(self.pools)
         out, coh = f["out"], f["coh"]
         elapsed = f["end"] - f["ready"]
         cls = self.coh_cls[coh]
         tok_in, tok_out = self.coh_tokens[coh], self.coh_max[coh]
-        spec = p.spec
-        per_token = (tok_in * spec.usd_per_mtok_in + tok_out * spec.usd_per_mtok_out) / 1e6
-        admitted = f["end"] - f["ready"] - p.overhead_s
-        cost = per_token + spec.usd_per_hour * np.maximum(0.0, admitted) / 3600.0
-        if spec.usd_per_hour == 0:
-            cost = np.minimum(cost, f["price"])  # never charge above the awarded price
+        hour = self.p_hour[pidx]
+        per_token = (tok_in * self.p_in[pidx] + tok_out * self.p_out[pidx]) / 1e6
+        held = np.maximum(0.0, elapsed - self.overhead_s) / 3600.0  # hours the strike held a slot
+        cost = per_token + hour * held
+        cost = np.where(hour == 0, np.minimum(cost, f["price"]), cost)  # never above the awarded price
         ok = out == OK
-        billed = np.where(ok, cost, np.where(out == PREEMPTED, spec.usd_per_hour * np.maximum(0.0, admitted) / 3600.0,
-                                             0.0))
+        billed = np.where(ok, cost, np.where(out == PREEMPTED, hour * held, 0.0))
         self.ledger += float(billed.sum())
-        p.cost_usd += float(billed.sum())
+        for i, usd in enumerate(np.bincount(pidx, weights=billed, minlength=npools).tolist()):
+            self.pools[i].cost_usd += usd
         self.series.add_cost(f["end"], billed)
-        self.series.add_busy(p.index, f["start"], f["end"])
+        self.series.add_busy_many(pidx, f["start"], f["end"])
         if self.spent.size:
             np.add.at(self.spent, f["ten"], billed - f["price"])  # settle the hold to what was billed
-        # Verdicts feed the agent's track record (pools.TrackRecord), in completion order.
+        # Verdicts feed each agent's track record (pools.TrackRecord), in completion order.
         elapsed_ms = elapsed * 1000.0
         broken_cost, broken_lat, broken_hard = judge_many(cost, elapsed_ms, self.coh_ceiling[coh],
                                                           self.coh_target[coh], self.coh_deadline[coh] * 1000.0)
         kept = ok & ~broken_cost & ~broken_lat & ~broken_hard & (f["broke"] == 0)
-        rec = p.state.record
-        rec.total += len(f)
-        rec.kept += int(kept.sum())
+        totals = np.bincount(pidx, minlength=npools).tolist()
+        kepts = np.bincount(pidx[kept], minlength=npools).tolist()
+        for i in np.flatnonzero(totals).tolist():
+            rec = self.pools[i].state.record
+            rec.total += totals[i]
+            rec.kept += kepts[i]
         if ok.any():
-            rec.latency_ewma_ms = ewma(rec.latency_ewma_ms, elapsed_ms[ok][np.argsort(f["end"][ok], kind="stable")])
-            p.state.warm.update(self.coh_model[c] for c in np.unique(coh[ok]).tolist())
+            okp, okend, okms, okcoh = pidx[ok], f["end"][ok], elapsed_ms[ok], coh[ok]
+            order = np.lexsort((okend, okp))
+            okp, okms, okcoh = okp[order], okms[order], okcoh[order]
+            bounds = np.flatnonzero(np.diff(okp)) + 1
+            for lo, hi in itertools.pairwise([0, *bounds.tolist(), len(okp)]):
+                state = self.pools[int(okp[lo])].state
+                state.record.latency_ewma_ms = ewma(state.record.latency_ewma_ms, okms[lo:hi])
+                state.warm.update(self.coh_model[c] for c in np.unique(okcoh[lo:hi]).tolist())
         # Answered fragments.
         q = f["q"][ok]
         if len(q):
@@ -324,16 +344,18 @@ class VirtualRun:
         late = out == LATE
         if late.any():
             self._fail(f.take(late), "deadline_exceeded")
-        retry = (out == FAILED) | (out == PREEMPTED) | (out == LOST)
-        p.failures += int(np.count_nonzero(out == FAILED))
-        p.preemptions += int(np.count_nonzero(out == PREEMPTED))
-        p.lost += int(np.count_nonzero(out == LOST))
-        if np.any((out == FAILED) | (out == LOST)):
-            self.down.add(p.index)  # mark_down: out of the book until it quotes again
+        failed, preempted, lost = out == FAILED, out == PREEMPTED, out == LOST
+        for attr, mask in (("failures", failed), ("preemptions", preempted), ("lost", lost)):
+            if mask.any():
+                for i, n in enumerate(np.bincount(pidx[mask], minlength=npools).tolist()):
+                    setattr(self.pools[i], attr, getattr(self.pools[i], attr) + n)
+        # mark_down: a pool that failed a strike is out of the book until it quotes again.
+        self.down.update(np.unique(pidx[failed | lost]).tolist())
+        retry = failed | preempted | lost
         if retry.any():
             again = f.take(retry).waiting()
             again.c["ready"] = f["end"][retry]
-            again.c["excl"] = again["excl"] | p.bit
+            again.c["excl"] = again["excl"] | self.p_bit[pidx[retry]]
             again.c["fb"] = np.ones(len(again), dtype=np.int8)
             self.waiting = Items.concat([self.waiting, again])
 
