@@ -159,7 +159,9 @@ def fuse(strategy: str, fragments: Sequence[Fragment], texts: Sequence[str]) -> 
 def reduce_prompt(instruction: str, pieces: Sequence[Piece]) -> str:
     """The prompt of the fragment that combines the others: the ask, then each partial answer."""
     ask = instruction.strip() or "Combine the partial answers below into one complete answer."
-    body = "\n\n".join(f"[answer {i + 1}] {p.prompt.strip()[:200]}\n{p.text}" for i, p in enumerate(pieces))
+    # A short prompt (a question) labels its answer; a long one (a chunk) would only repeat the text.
+    body = "\n\n".join(f"[answer {i + 1}]{' ' + p.prompt.strip() if len(p.prompt) <= 160 else ''}\n{p.text}"
+                       for i, p in enumerate(pieces))
     return f"{ask}\n\nCombine these {len(pieces)} partial answers into one answer:\n\n{body}"
 
 

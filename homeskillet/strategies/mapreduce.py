@@ -13,6 +13,7 @@ import msgspec
 from ..analyze import Analysis, make_fragment
 from ..broker import admits
 from ..covenant import fallback_chain, parse_step
+from ..errors import CovenantError
 from ..fuse import Piece, reduce_groups, reduce_prompt
 from ..scoring import serves
 from ..wire import Covenant, Fragment, FragmentOutcome, Offer
@@ -25,20 +26,23 @@ ServeOne = Callable[[Fragment], Awaitable[Served]]
 
 def chunk_budget(cov: Covenant, offers: Sequence[Offer]) -> int:
     """Prompt tokens one fragment may carry: the covenant's ``chunk_tokens``, else the smallest
-    context window among quoting pools that could serve the covenant (any step it names), less
-    the completion it reserves. 0: no window is known, so nothing is chunked."""
+    context window among the quoting pools of the covenant's first step (so any of them can take
+    any chunk, and chunks spread over them), else among the pools of any step it names; less the
+    completion it reserves. 0: no window is known, so nothing is chunked."""
     mr = cov.strategy.map_reduce
     if mr.chunk_tokens:
         return mr.chunk_tokens
     st = cov.strategy
-    steps = [s for s in fallback_chain(cov) if s.kind not in ("queue", "fail")]
-    steps += [parse_step(t) for t in (*st.cascade.tiers, *st.ensemble.members)]
+    chain = [s for s in fallback_chain(cov) if s.kind not in ("queue", "fail")]
+    first = [parse_step(t) for t in st.cascade.tiers[:1]] if st.serve == "cascade" else chain[:1]
+    every = chain + [parse_step(t) for t in (*st.cascade.tiers, *st.ensemble.members)]
     models = [cov.resources.model, *cov.fallback.degrade_to]
-    windows = [o.context_tokens for o in offers if o.context_tokens > 0
-               and any(admits(s, o) for s in steps) and any(serves(o, m) for m in models)]
-    if not windows:
-        return 0
-    return max(32, min(windows) - cov.max_tokens)
+    for steps in (first, every):
+        windows = [o.context_tokens for o in offers if o.context_tokens > 0
+                   and any(admits(s, o) for s in steps) and any(serves(o, m) for m in models)]
+        if windows:
+            return max(32, min(windows) - cov.max_tokens)
+    return 0
 
 
 async def map_reduce(a: Analysis, part_index: int, instruction: str, chunks: Sequence[Fragment],
@@ -56,7 +60,10 @@ async def map_reduce(a: Analysis, part_index: int, instruction: str, chunks: Seq
     while True:
         groups = reduce_groups(pieces, budget, instruction)
         if len(groups) == len(pieces) and len(pieces) > 1:
-            groups = [list(range(len(pieces)))]  # no group of two fits: one reduce, pools may refuse it
+            raise CovenantError(
+                f"map → reduce cannot combine the partial answers: two of them do not fit one {budget}-token "
+                f"reduce prompt; lower max_tokens (now {a.max_tokens}) or raise strategy.map_reduce.chunk_tokens",
+                term="max_tokens")
         frags = [make_fragment(a, f"{a.query_id}.{part_index}.r{level}.{g}", index + g, part_index,
                                reduce_prompt(instruction, [pieces[i] for i in group]), "reduce")
                  for g, group in enumerate(groups)]
