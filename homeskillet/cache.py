@@ -26,9 +26,10 @@ import numpy as np
 from .telemetry import CACHE_LOOKUPS
 from .wire import CachePolicy, Fragment, FragmentOutcome
 
-__all__ = ["CacheHit", "Embedder", "HashingEmbedder", "ResultCache", "key_terms"]
+__all__ = ["DEFAULT_THRESHOLD", "CacheHit", "Embedder", "HashingEmbedder", "ResultCache", "key_terms", "make_cache"]
 
 Embedder = Callable[[Sequence[str]], np.ndarray]  # texts -> (n, d) rows, L2-normalised
+DEFAULT_THRESHOLD = 0.85  # for an embedder that states no calibrated threshold of its own
 
 _WORD = re.compile(r"[\w']+")
 _STOP = frozenset(
@@ -42,6 +43,10 @@ class HashingEmbedder:
     """Feature hashing of content words, word bigrams and character 4-grams into ``dim`` signed
     buckets, sublinear term frequency, L2-normalised. Deterministic, no training, no download;
     it captures shared wording, not synonyms."""
+
+    # Calibrated on tests/fixtures/paraphrases.json: the lowest threshold with no false hit on
+    # the distinct questions (hit rate there 0.61; see docs/benchmarks.md).
+    threshold = 0.73
 
     def __init__(self, dim: int = 2048) -> None:
         self.dim = dim
@@ -71,14 +76,17 @@ class HashingEmbedder:
 
 
 def key_terms(text: str) -> frozenset[str]:
-    """Numbers and proper names (capitalised words not opening a sentence), case-folded: a
-    semantic hit needs both texts to share all of them."""
+    """Numbers and proper names (capitalised words not opening a sentence; acronyms such as GPU
+    or CSS are vocabulary, not names), case-folded: a semantic hit needs both texts to share all
+    of them."""
     terms = set()
     for sentence in re.split(r"(?<=[.!?:;])\s+", text.strip()):
         words = _WORD.findall(sentence)
         for i, w in enumerate(words):
             w = w.removesuffix("'s")
-            if any(c.isdigit() for c in w) or (i > 0 and w[:1].isupper() and w.casefold() not in _STOP):
+            digit = any(c.isdigit() for c in w)
+            name = i > 0 and w[:1].isupper() and not w.isupper() and w.casefold() not in _STOP
+            if digit or name:
                 terms.add(w.casefold())
     return frozenset(terms)
 
@@ -116,6 +124,7 @@ class ResultCache:
             raise ValueError(f"max_entries must be ≥ 1, got {max_entries}")
         self.max_entries = max_entries
         self.embed: Embedder = embed or HashingEmbedder()
+        self.threshold = float(getattr(self.embed, "threshold", DEFAULT_THRESHOLD))
         self.clock = clock
         self._lru: OrderedDict[tuple[str, str, str], _Entry] = OrderedDict()  # (tenant, covenant, hash)
         self._by_ns: dict[tuple[str, str, str], dict[str, _Entry]] = {}  # semantic index, by hash
@@ -143,7 +152,8 @@ class ResultCache:
             CACHE_LOOKUPS.labels(mode=policy.mode, result="exact").inc()
             return CacheHit(kind="exact", text=entry.text, source=entry.outcome, prompt=entry.prompt)
         if policy.mode == "semantic":
-            hit = self._nearest(self._ns(tenant, covenant_id, frag), frag, policy.threshold, now)
+            threshold = policy.threshold if policy.threshold is not None else self.threshold
+            hit = self._nearest(self._ns(tenant, covenant_id, frag), frag, threshold, now)
             if hit is not None:
                 CACHE_LOOKUPS.labels(mode=policy.mode, result="semantic").inc()
                 return hit
@@ -197,3 +207,15 @@ class ResultCache:
             self._matrix.pop(entry.ns, None)
             if not index:
                 del self._by_ns[entry.ns]
+
+
+def make_cache(embedder: str = "hashing", max_entries: int = 10_000) -> ResultCache:
+    """The cache a deployment configures by name: ``hashing`` (default) or ``minilm`` (the
+    optional numpy MiniLM, homeskillet/embeddings.py)."""
+    if embedder == "hashing":
+        return ResultCache(max_entries=max_entries)
+    if embedder == "minilm":
+        from .embeddings import MiniLMEmbedder
+
+        return ResultCache(max_entries=max_entries, embed=MiniLMEmbedder())
+    raise ValueError(f"unknown cache embedder {embedder!r}; use 'hashing' or 'minilm'")

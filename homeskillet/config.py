@@ -53,6 +53,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     silence_ms: int = 1500  # a strike silent this long is taken as lost
     max_prompt_bytes: int = 1 << 20
     max_fragments: int = 16
+    cache_embedder: str = "hashing"  # semantic cache embedding: "hashing" or "minilm" (the [embed] extra)
+    cache_max_entries: int = 10_000
 
 
 def default_pools(echo_delay_ms: float = 0.0) -> list[PoolSpec]:

@@ -180,7 +180,7 @@ def _validate_strategy(cov: Covenant, bad: Callable[[str, str], CovenantError]) 
         if not r.covenant.strip():
             raise bad(f"strategy.route[{i}].covenant", "must name a covenant template")
         last = r.min_complexity
-    if not 0.0 < cache.threshold <= 1.0:
+    if cache.threshold is not None and not 0.0 < cache.threshold <= 1.0:
         raise bad("cache.threshold", f"{cache.threshold} is outside (0, 1]")
     if cache.ttl_s <= 0:
         raise bad("cache.ttl_s", "must be > 0")

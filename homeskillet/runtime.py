@@ -16,6 +16,7 @@ import nats
 from nats.aio.client import Client as NATS
 
 from .broker import BookView, BrokerActor, BrokerState, Negotiator
+from .cache import make_cache
 from .config import PoolSpec, Settings
 from .covenant import CovenantBook
 from .errors import HomeskilletError
@@ -81,7 +82,8 @@ class Runtime:
         if self.serve_queries:
             covenants = CovenantBook.load(s.covenants_dir or None)
             self.orchestrator = Orchestrator(self.nc, self.subjects, covenants, self.negotiator, self.dispatcher,
-                                             self.ledger, max_fragments=s.max_fragments)
+                                             self.ledger, max_fragments=s.max_fragments,
+                                             cache=make_cache(s.cache_embedder, s.cache_max_entries))
             self.gateway = Gateway(self.orchestrator, max_prompt_bytes=s.max_prompt_bytes)
             self.ingress = NatsIngress(self.nc, self.subjects, self.gateway)
             await self.ingress.start()

@@ -151,7 +151,7 @@ class Hedge(Term, kw_only=True):
     """A duplicate strike to the next-best pool when the first is late past a percentile of its record."""
 
     enabled: bool = False
-    percentile: Literal[50, 90, 95, 99] = 95
+    percentile: Literal[50, 90, 95, 99] = 90  # p95 sits on the edge of a ~5 % tail: see docs/benchmarks.md
     min_samples: int = 20  # fewer verdicts than this: hedge after the covenant's latency target
 
 
@@ -185,7 +185,7 @@ class CachePolicy(Term, kw_only=True):
     """The fragment result cache: per tenant, exact by hash, semantic by embedding similarity."""
 
     mode: Literal["off", "exact", "semantic"] = "off"
-    threshold: float = 0.8  # cosine similarity a semantic hit needs
+    threshold: float | None = None  # cosine similarity a semantic hit needs; None: the embedder's calibrated one
     ttl_s: float = 3600.0
 
 

@@ -62,8 +62,9 @@ async def cascade(run: Run, frag: Fragment, policy: Cascade) -> Served:
     skipped: list[str] = []
     for k, tier in enumerate(policy.tiers):
         last = k == len(policy.tiers) - 1
+        # The last tier's answer is kept whatever its confidence: one strike there, not samples.
         got = await _tier(run, msgspec.structs.replace(frag, fragment_id=f"{frag.fragment_id}.c{k}"), tier,
-                          policy.samples)
+                          1 if last else policy.samples)
         if got is None:
             skipped.append(tier)
             continue
