@@ -50,11 +50,12 @@ class Result(msgspec.Struct, kw_only=True):
 
 
 def plan(query: Query, book: CovenantBook, offers: Sequence[Offer], *, max_fragments: int = 16) -> Plan:
-    """Covenant (routed by complexity when the query names none), then the decomposition."""
+    """Covenant (routed by complexity when its template has routes and the query named no model;
+    one hop: the routed covenant's own routes are not followed), then the decomposition."""
     cov = book.resolve(query)
     assessment = assess(query)
     routed_from = ""
-    if not (query.covenant or query.model) and cov.strategy.route:
+    if not query.model and cov.strategy.route:
         name = choose_covenant(cov.strategy.route, assessment.complexity)
         if name is not None and name != cov.name:
             routed_from = cov.name
