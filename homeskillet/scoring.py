@@ -69,6 +69,9 @@ def make_bid(
             return refuse("resources.gpu_models", f"offers {offer.gpu_model or 'no GPU'}, allowed {r.gpu_models}")
     if offer.preemptible and not q.preemptible:
         return refuse("qos.preemptible", "capacity is preemptible; the covenant forbids it")
+    if offer.context_tokens and prompt_tokens + max_tokens > offer.context_tokens:
+        return refuse("context_tokens", f"window {offer.context_tokens} tokens; the fragment needs "
+                                        f"{prompt_tokens} + {max_tokens}")
     if offer.free_slots <= 0 and offer.queue_depth <= 0:
         return refuse("capacity", "no free capacity")
     start, total = predicted_ms(offer, max_tokens)
