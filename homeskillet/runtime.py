@@ -46,7 +46,11 @@ log = get_logger("homeskillet.runtime")
 
 
 def make_connector(spec: PoolSpec) -> Connector:
-    return connector_class(spec.provider)(**spec.options)
+    cls = connector_class(spec.provider)
+    try:
+        return cls(**spec.options)
+    except TypeError as exc:  # an option the connector does not take: name the pool and the option
+        raise HomeskilletError(f"pool {spec.name}: bad options for the {spec.provider!r} connector: {exc}") from None
 
 
 class Runtime:
