@@ -22,7 +22,8 @@ def test_demo_prints_its_table_and_exits_0():
     assert "one row per fragment" in out.lower()
     # A fragment row of the table: its pool column, then a step and a cost (the fleet table has neither).
     for provider in ("hostedai", "vastai", "openrouter", "ollama", "mlx"):
-        assert re.search(rf"^│[ .\d]*│ {provider}/\S+\s*│[^│]+│ +\d+\.\d{{7}} │", out, re.M), f"{provider} served nothing"
+        row = rf"^│[ .\d]*│ {provider}/\S+\s*│[^│]+│ +\d+\.\d{{7}} │"
+        assert re.search(row, out, re.M), f"no fragment row served by {provider}"
     assert "failover: hostedai/preemptible-us-east was evicted mid-inference (billed $0.0000" in out
     assert "re-struck on vastai/rtx4090-spot" in out
     assert "degraded: covenant mistral-7b served by mlx/local with hs-tiny" in out
