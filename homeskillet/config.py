@@ -1,8 +1,8 @@
 """Settings for one Homeskillet process, from defaults, a strict TOML file and the environment.
 
-``pools`` lists the pools this process hosts (agent + strike workers). The defaults give the
-embedded demo a small fleet: echo pools posing as hosted.ai's four tiers and a marketplace GPU,
-plus real local MLX inference.
+``pools`` lists the pools this process hosts (agent + strike workers). The defaults give an
+embedded ``homeskillet up`` or ``ask`` a small fleet: echo pools posing as hosted.ai's four tiers and
+a marketplace GPU, plus real local MLX inference. (``homeskillet demo`` brings its own: demo_fleet.)
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class PoolSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     usd_per_hour: float = 0.0
     start_ms: float = 1.0  # what the agent predicts before its track record says otherwise
     ms_per_token: float = 0.05
+    context_tokens: int = 0  # the served model's context window (prompt + completion); 0 = unknown
     capacity: int = 16  # strikes run at once
     queue_limit: int = 256  # strikes accepted beyond capacity, waiting for a slot
     options: dict[str, Any] = msgspec.field(default_factory=dict)  # passed to the connector
@@ -123,6 +124,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nats_auth: NatsAuth = msgspec.field(default_factory=NatsAuth)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     tenants: dict[str, TenantSettings] = msgspec.field(default_factory=dict)
+    cache_embedder: str = "hashing"  # semantic cache embedding: "hashing" or "minilm" (the [embed] extra)
+    cache_max_entries: int = 10_000
 
 
 def default_pools(echo_delay_ms: float = 0.0) -> list[PoolSpec]:

@@ -7,6 +7,7 @@ the query side switched off.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from nats.aio.client import Client as NATS
 
 from .broker import BookView, BrokerActor, BrokerState, Negotiator
 from .budgets import Budgets
+from .cache import make_cache
 from .config import PoolSpec, Settings
 from .covenant import CovenantBook
 from .errors import HomeskilletError
@@ -45,7 +47,11 @@ log = get_logger("homeskillet.runtime")
 
 
 def make_connector(spec: PoolSpec) -> Connector:
-    return connector_class(spec.provider)(**spec.options)
+    cls = connector_class(spec.provider)
+    try:
+        return cls(**spec.options)
+    except TypeError as exc:  # an option the connector does not take: name the pool and the option
+        raise HomeskilletError(f"pool {spec.name}: bad options for the {spec.provider!r} connector: {exc}") from None
 
 
 class Runtime:
@@ -70,6 +76,16 @@ class Runtime:
         return list(self.settings.nats) or ([self.natsd.url] if self.natsd else [])
 
     async def start(self) -> Runtime:
+        """Start everything; a failure part-way stops what had started (actor threads included)
+        before the error propagates, so a bad start never leaves a hung process."""
+        try:
+            return await self._start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.stop()
+            raise
+
+    async def _start(self) -> Runtime:
         s = self.settings
         if not s.nats:
             data = None if self.ephemeral else Path(s.data_dir) if s.data_dir else default_data_dir()
@@ -95,7 +111,8 @@ class Runtime:
             limits = await RateLimiter.open(self.nc.jetstream(), s.prefix, s.tenants) if s.tenants else None
             self.orchestrator = Orchestrator(self.nc, self.subjects, covenants, self.negotiator, self.dispatcher,
                                              self.ledger, max_fragments=s.max_fragments, budgets=budgets,
-                                             parking=self.parking)
+                                             parking=self.parking,
+                                             cache=make_cache(s.cache_embedder, s.cache_max_entries))
             self.reservations = Reservations(self.nc, self.subjects, lambda: self.negotiator.view.quotes)
             self.gateway = Gateway(self.orchestrator, self.reservations, max_prompt_bytes=s.max_prompt_bytes,
                                    limits=limits)
@@ -153,19 +170,20 @@ class Runtime:
         return await self.ledger.call(Report(tenant))  # type: ignore[no-any-return]
 
     async def stop(self) -> None:
+        """Stop whatever has started (also after a partial start)."""
         if self.http is not None:
             await self.http.stop()
-        if self.serve_queries and self.gateway is not None:
-            await self.parking.stop()
-            await self.ingress.stop()
-            await self.reservation_ingress.stop()
-            await self.reservations.close()
+        for part in ("parking", "ingress", "reservation_ingress"):
+            if (obj := getattr(self, part, None)) is not None:
+                await obj.stop()
+        if (reservations := getattr(self, "reservations", None)) is not None:
+            await reservations.close()
         for host in self.hosts.values():
             await host.stop()
-        if self.serve_queries and self.nc is not None:
-            await self.dispatcher.stop()
-            await self.negotiator.stop()
-        if self.nc is not None:
+        for part in ("dispatcher", "negotiator"):
+            if self.nc is not None and (obj := getattr(self, part, None)) is not None:
+                await obj.stop()
+        if self.nc is not None and self.nc.is_connected:
             await self.nc.drain()
         self.supervisor.stop_all()
         if self.natsd is not None:

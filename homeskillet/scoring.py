@@ -61,14 +61,19 @@ def make_bid(
     if not degraded:
         if r.accelerator != "any" and offer.accelerator != r.accelerator:
             return refuse("resources.accelerator", f"offers {offer.accelerator}, needs {r.accelerator}")
-        if offer.vram_mb < r.min_vram_mb:
+        # A hosted model API runs the model on hardware it sizes itself: VRAM and TFLOPS are its concern.
+        hosted = offer.accelerator == "api"
+        if offer.vram_mb < r.min_vram_mb and not hosted:
             return refuse("resources.min_vram_mb", f"offers {offer.vram_mb} MB, needs {r.min_vram_mb} MB")
-        if offer.tflops < r.min_tflops:
+        if offer.tflops < r.min_tflops and not hosted:
             return refuse("resources.min_tflops", f"offers {offer.tflops:g} TFLOPS, needs {r.min_tflops:g}")
         if r.gpu_models and offer.gpu_model not in r.gpu_models:
             return refuse("resources.gpu_models", f"offers {offer.gpu_model or 'no GPU'}, allowed {r.gpu_models}")
     if offer.preemptible and not q.preemptible:
         return refuse("qos.preemptible", "capacity is preemptible; the covenant forbids it")
+    if offer.context_tokens and prompt_tokens + max_tokens > offer.context_tokens:
+        return refuse("context_tokens", f"window {offer.context_tokens} tokens; the fragment needs "
+                                        f"{prompt_tokens} + {max_tokens}")
     if offer.free_slots <= 0 and offer.queue_depth <= 0:
         return refuse("capacity", "no free capacity")
     start, total = predicted_ms(offer, max_tokens)
