@@ -251,8 +251,12 @@ class RentedConnector(Connector):
         self._stats.pop(allocation_id, None)
 
     async def close(self) -> None:
+        held = self.standing.current
         try:
             await self.standing.close()
+        except HomeskilletError as exc:  # as the other connectors do: say what may still bill, stop anyway
+            log.warning("standing_release_failed", provider=self.provider, error=exc.message,
+                        allocation=held.allocation_id if held else None)
         finally:
             if self._own_client:
                 await self.client.aclose()
