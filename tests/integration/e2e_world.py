@@ -52,9 +52,10 @@ def sim_config(*, seed: int = 11, capacity: int = 8, extra: dict[str, Any] | Non
 
 
 @contextmanager
-def hostedai(config: SimConfig | None = None) -> Iterator[tuple[Any, str]]:
+def hostedai(config: SimConfig | None = None, clock: Callable[[], float] | None = None,
+             ) -> Iterator[tuple[Any, str]]:
     """The hosted.ai simulator on a loopback port: (its state, ``HostedAISim``; its URL)."""
-    app = hostedai_app(config or sim_config())
+    app = hostedai_app(config or sim_config(), clock=clock)
     with serve_asgi(app, "/api/v1/pools") as url:  # 401 without a token: the app is up
         yield app.state.sim, url
 
