@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 from e2e_world import (
     MODEL,
+    VAST_OFFERS,
     active_leases,
     book,
     hostedai,
     hostedai_pool,
     local_pool,
     sim_config,
+    vast_hourly,
     vast_pool,
     vastai,
     wait_until,
@@ -65,6 +67,31 @@ async def test_an_eviction_mid_inference_is_restruck_and_charged_as_the_provider
             assert report.spent_usd["acme"] == pytest.approx(answer.cost_usd + evicted.view.billed_usd, abs=1e-12)
             assert sim.counters["inferences"] == 1  # one inference finished: the answer's
 
+
+
+async def test_an_outbid_vastai_instance_is_restruck_and_charged_per_second_at_its_bid(nats_url: str) -> None:
+    """A Vast.ai interruptible rental outbid mid-inference (all three states "stopped"): re-struck
+    on hosted.ai; the evicted part is charged per started second at the instance's rate (the bid
+    plus its disk)."""
+    offer = VAST_OFFERS[0]
+    with vastai(sim_config(preempt_rate=1.0, extra={"offers": VAST_OFFERS})) as (vsim, vurl), \
+            hostedai() as (_, hurl):
+        spot = vast_pool(vurl, name="vastai/rtx4090-spot", pool_class="preemptible", preemptible=True,
+                         options={"interruptible": True})
+        async with start_runtime(nats_url, [spot, hostedai_pool(hurl, "standard")], live_interval_ms=60_000) as rt:
+            answer = await rt.ask(prompt="Outbid me", covenant=MODEL, tenant="acme",
+                                  overrides=chain("standard", "fail", primary="preemptible"))
+            [frag] = answer.fragments
+            assert frag.pool == "hostedai/standard-us-east" and frag.step == "standard"
+            assert any(t.startswith("vastai/rtx4090-spot") and "outbid" in t for t in frag.tried), frag.tried
+            assert (vsim.counters["outbid"], vsim.counters["preempted_inference"]) == (1, 1)
+            assert vsim.instances == {} and vsim.counters["destroyed"] == 1  # the stopped box was destroyed
+            report = await rt.ledger_report("acme")
+            charged, rate = report.by_pool["vastai/rtx4090-spot"], vast_hourly(offer, offer["min_bid"])
+            seconds = charged * 3600 / rate  # whole seconds at the instance's rate: the bid plus its disk
+            assert round(seconds) >= 1 and abs(seconds - round(seconds)) < 1e-6, seconds
+            assert vsim.settled_usd > 0  # Vast's own meter ran for the rental (create to destroy, disk included)
+            assert report.spent_usd["acme"] == pytest.approx(answer.cost_usd + charged, abs=1e-12)
 
 # --- the failover chain: primary → fallback → local → queue → error ----------------------------------
 # Pools predict 1 s per strike, so a pool's bid is its hourly price / 3600: hosted.ai standard

@@ -49,7 +49,7 @@ async def test_standing_quotes_follow_the_providers_prices_within_one_live_inter
                              "the new prices in the book", timeout=10)
             elapsed = time.monotonic() - t0
             # One live refresh, then the next quote; the rest is slack for a loaded machine.
-            assert elapsed < (LIVE_MS + QUOTE_MS) / 1000 + 0.75, elapsed
+            assert elapsed < (LIVE_MS + QUOTE_MS) / 1000 + 1.0, elapsed
             seq_after = {q.offer.pool: q.seq for q in rt.negotiator.view.quotes}
             assert all(seq_after[p] > seq_before[p] for p in (hosted, vast))  # old quotes re-validate
 
