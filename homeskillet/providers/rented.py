@@ -176,8 +176,8 @@ class RentedConnector(Connector):
         held = self.standing.current
         # The box this pool already rents serves its strikes, so it is capacity too, even when the
         # provider has nothing else left to rent (its own offer is "rented" from then on).
-        if held is not None and (not want.model or want.model == held.model) and (want.preemptible
-                                                                                  or not held.preemptible):
+        if (held is not None and want.accelerator == "gpu" and (not want.model or want.model == held.model)
+                and (want.preemptible or not held.preemptible)):
             offers.append(ProviderOffer(
                 offer_id=f"held:{held.allocation_id}", gpu_model=held.gpu_model, count=held.count,
                 vram_mb=int(held.detail.get("vram_mb", 0)), region=held.region, usd_per_hour=held.usd_per_hour,
