@@ -116,6 +116,12 @@ class OllamaConnector(Connector):
         """The name sent to the node for ``model`` (through ``model_map``)."""
         return self.model_map.get(model, model)
 
+    def warm_names(self) -> list[str]:
+        """Warm models as the node names them and as pools and strikes do ("hs-tiny:latest" is
+        also "hs-tiny"; a ``model_map`` target is also its key), so a bid's model matches either."""
+        ours = {canonical(node): mine for mine, node in self.model_map.items()}
+        return sorted({*self.warm, *(ours.get(n, n.removesuffix(":latest")) for n in self.warm)})
+
     def resolve(self, model: str) -> str:
         """The node's name for ``model``, canonical (as ``/api/tags`` and ``/api/ps`` list it)."""
         return canonical(self.node_model(model))
@@ -229,7 +235,7 @@ class OllamaConnector(Connector):
         detail = (f"{len(self.models)} models, {len(self.warm)} warm" if ok
                   else "no models on the node; pull one (ollama pull <model>)")
         return Health(ok=ok, detail=detail, latency_ms=(time.perf_counter() - t0) * 1000.0,
-                      warm_models=sorted(self.warm), active=self.load.active, load=self.load.load)
+                      warm_models=self.warm_names(), active=self.load.active, load=self.load.load)
 
     async def health(self) -> Health:
         try:
@@ -242,7 +248,7 @@ class OllamaConnector(Connector):
         free = max(0, self.parallel - self.load.active)
         return ProviderOffer(offer_id=self.name, accelerator=self.accelerator, gpu_model=self.gpu_model,
                              vram_mb=self.vram_mb, region=self.region, available=free, models=list(self.models),
-                             warm_models=sorted(self.warm))
+                             warm_models=self.warm_names())
 
     def holds(self, model: str) -> bool:
         return self.resolve(model) in self.models

@@ -172,7 +172,17 @@ class RentedConnector(Connector):
         self.active = 0  # strikes in flight on this connector
 
     async def quote(self, want: AllocationRequest) -> list[ProviderOffer]:
-        return await self._quotes.get(want, self._quote)
+        offers = await self._quotes.get(want, self._quote)
+        held = self.standing.current
+        # The box this pool already rents serves its strikes, so it is capacity too, even when the
+        # provider has nothing else left to rent (its own offer is "rented" from then on).
+        if (held is not None and want.accelerator == "gpu" and (not want.model or want.model == held.model)
+                and (want.preemptible or not held.preemptible)):
+            offers.append(ProviderOffer(
+                offer_id=f"held:{held.allocation_id}", gpu_model=held.gpu_model, count=held.count,
+                vram_mb=int(held.detail.get("vram_mb", 0)), region=held.region, usd_per_hour=held.usd_per_hour,
+                preemptible=held.preemptible, available=1, warm_models=[held.model] if held.model else []))
+        return offers
 
     async def _quote(self, want: AllocationRequest) -> list[ProviderOffer]:
         raise NotImplementedError
@@ -241,8 +251,12 @@ class RentedConnector(Connector):
         self._stats.pop(allocation_id, None)
 
     async def close(self) -> None:
+        held = self.standing.current
         try:
             await self.standing.close()
+        except HomeskilletError as exc:  # as the other connectors do: say what may still bill, stop anyway
+            log.warning("standing_release_failed", provider=self.provider, error=exc.message,
+                        allocation=held.allocation_id if held else None)
         finally:
             if self._own_client:
                 await self.client.aclose()

@@ -86,10 +86,10 @@ async def test_health_quote_and_warm_models() -> None:
             assert conn.models == ["hs-tiny:latest", "other:7b"]
             await conn.infer(req("warm up"))
             warm = await conn.health()
-            assert warm.warm_models == ["hs-tiny:latest"]  # from /api/ps, not from our own bookkeeping
+            assert warm.warm_models == ["hs-tiny", "hs-tiny:latest"]  # from /api/ps, not from our own bookkeeping
             [offer] = await conn.quote(AllocationRequest(model="other:7b"))
             assert offer.usd_per_hour == offer.usd_per_mtok_in == offer.usd_per_mtok_out == 0.0
-            assert offer.models == ["hs-tiny:latest", "other:7b"] and offer.warm_models == ["hs-tiny:latest"]
+            assert offer.models == ["hs-tiny:latest", "other:7b"] and offer.warm_models == ["hs-tiny", "hs-tiny:latest"]
             assert offer.available == 2 and offer.region == "lab" and offer.gpu_model == "M2"
             assert await conn.quote(AllocationRequest(model="absent")) == []
         finally:
@@ -278,7 +278,8 @@ async def test_cold_load_is_noted_and_stats_are_ollamas() -> None:
         assert done.tokens_per_s == pytest.approx(259 / 4.232710)
         assert conn.cold_loads == 1  # 6.3 s of load_duration: a cold start
         health = await conn.health()
-        assert conn.models == ["llama3.2:latest", "codellama:13b"] and health.warm_models == ["llama3.2:latest"]
+        assert conn.models == ["llama3.2:latest", "codellama:13b"]
+        assert health.warm_models == ["llama3.2", "llama3.2:latest"]
     finally:
         await conn.close()
 

@@ -172,7 +172,7 @@ async def test_health_and_quote_show_warm_models_per_node(sshd: Sshd, ssh_config
             assert all(h.ok and h.warm_models == [] for h in before.values())
             await conn.infer(req("warm it"))
             health = await conn.health()
-            assert health.ok and health.warm_models == ["hs-tiny:latest"] and health.active == 0
+            assert health.ok and health.warm_models == ["hs-tiny", "hs-tiny:latest"] and health.active == 0
             assert "node-a: 2 models, 1 warm" in health.detail
             offers = await conn.quote(AllocationRequest(model="other:7b"))
             assert [o.offer_id for o in offers] == ["node-a", "node-b"]

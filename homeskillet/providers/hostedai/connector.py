@@ -203,11 +203,16 @@ class HostedAIConnector(Connector):
         if self.options.pool_id:
             pools = [p for p in pools if p.id == self.options.pool_id]
         standing = self._standing.current
-        return [
-            offer_from(p, warm=sorted(self._warm) if standing and standing.detail.get("pool_id") == p.id else [],
-                       rate_limited=limited)
-            for p in pools if misfit(p, want) is None
-        ]  # fmt: skip
+        offers = []
+        for p in pools:
+            if misfit(p, want) is not None:
+                continue
+            held = standing is not None and standing.detail.get("pool_id") == p.id
+            offer = offer_from(p, warm=sorted(self._warm) if held else [], rate_limited=limited)
+            if held and not limited:  # our standing allocation's vGPU serves strikes: it is capacity too
+                offer = msgspec.structs.replace(offer, available=offer.available + 1)
+            offers.append(offer)
+        return offers
 
     # -- allocations -------------------------------------------------------------------------------
     async def allocate(self, want: AllocationRequest) -> Allocation:
