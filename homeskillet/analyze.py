@@ -62,17 +62,51 @@ def fragment_hash(content: str, model: str) -> str:
 
 
 _BITS = np.uint64(1) << np.arange(64, dtype=np.uint64)
+_ALL = (1 << 64) - 1
+_NUMPY_FROM = 64  # shingles; below this numpy's per-call overhead costs more than the voting itself
+
+
+def _majority_bitsliced(hashes: list[int]) -> int:
+    """The bits set in more than half of ``hashes``, all 64 positions at once: the per-position
+    counts are kept bit-sliced (``planes[k]`` holds bit k of every count) and grown by ripple-carry
+    addition, then compared with the threshold from the top bit down. No per-bit Python loop."""
+    planes: list[int] = []
+    for h in hashes:
+        carry = h
+        for k, p in enumerate(planes):
+            planes[k] = p ^ carry
+            carry &= p
+            if not carry:
+                break
+        else:
+            if carry:
+                planes.append(carry)
+    need = len(hashes) // 2 + 1  # count * 2 > n  <=>  count >= n // 2 + 1
+    greater, equal = 0, _ALL
+    for k in range(max(len(planes), need.bit_length()) - 1, -1, -1):
+        p = planes[k] if k < len(planes) else 0
+        if need >> k & 1:
+            equal &= p
+        else:
+            greater |= equal & p
+            equal &= ~p
+    return greater | equal
+
+
+def _majority_numpy(hashes: list[int]) -> int:
+    arr = np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
+    votes = ((arr[:, None] & _BITS) != 0).sum(axis=0) * 2 > len(hashes)
+    return int(_BITS[votes].sum())
 
 
 def fingerprint(content: str) -> int:
     """64-bit simhash over word 3-shingles: near-identical prompts get near-identical sketches.
-    Vectorised: one hash per shingle in Python, the bit voting in numpy."""
+    One hash per shingle in Python; the bit voting bit-sliced on ints for short prompts (the
+    common case, where numpy's call overhead dominated the analysis), in numpy for long ones."""
     words = content.lower().split()
     shingles = [" ".join(words[i : i + 3]) for i in range(max(1, len(words) - 2))] or [""]
-    hashes = np.fromiter((int.from_bytes(hashlib.blake2b(sh.encode(), digest_size=8).digest(), "big")
-                          for sh in shingles), dtype=np.uint64, count=len(shingles))
-    votes = ((hashes[:, None] & _BITS) != 0).sum(axis=0) * 2 > len(shingles)
-    return int(_BITS[votes].sum())
+    hashes = [int.from_bytes(hashlib.blake2b(sh.encode(), digest_size=8).digest(), "big") for sh in shingles]
+    return _majority_numpy(hashes) if len(hashes) >= _NUMPY_FROM else _majority_bitsliced(hashes)
 
 
 def analyze(query: Query, cov: Covenant, *, pipeline: Sequence[Step] = DEFAULT_PIPELINE,

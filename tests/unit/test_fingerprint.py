@@ -1,0 +1,27 @@
+"""The simhash's two voting paths (bit-sliced ints for short prompts, numpy for long) agree."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from homeskillet.analyze import _majority_bitsliced, _majority_numpy, fingerprint
+
+u64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
+
+
+@given(st.lists(u64, min_size=1, max_size=150))
+def test_bitsliced_majority_equals_numpy_vote(hashes: list[int]) -> None:
+    assert _majority_bitsliced(hashes) == _majority_numpy(hashes)
+
+
+def test_majority_is_strict_more_than_half() -> None:
+    assert _majority_bitsliced([0b11, 0b01]) == 0b01  # bit 1 is set in exactly half: not a majority
+    assert _majority_bitsliced([0b11, 0b01, 0b10]) == 0b11
+    assert _majority_bitsliced([1 << 63]) == 1 << 63
+
+
+@given(st.text(alphabet=st.sampled_from(["a", "b", "c", " "]), max_size=400))
+def test_fingerprint_is_stable_across_the_path_switch(text: str) -> None:
+    assert 0 <= fingerprint(text) < 1 << 64
+    assert fingerprint(text) == fingerprint(text.upper())
