@@ -61,6 +61,8 @@ __all__ = [
     "StrikeResult",
     "Term",
     "Verdict",
+    "VerdictMsg",
+    "Verdicts",
     "Wire",
     "decode_agent_msg",
     "decode_agent_reply",
@@ -68,6 +70,7 @@ __all__ = [
     "decode_query",
     "decode_strike",
     "decode_strike_result",
+    "decode_verdicts",
     "encode",
 ]
 
@@ -471,6 +474,16 @@ class Verdict(Wire, tag="verdict", kw_only=True):
     failed: bool = False
 
 
+class Verdicts(Wire, tag="verdicts", kw_only=True):
+    """Several verdicts for one pool, published as one message (wire version 1 peers that only
+    know ``Verdict`` still get single verdicts as before)."""
+
+    verdicts: list[Verdict]
+
+
+VerdictMsg = Verdict | Verdicts
+
+
 # --- answers -------------------------------------------------------------------------------------
 
 
@@ -523,6 +536,7 @@ _strike_result = msgspec.json.Decoder(StrikeResult)
 _bid_reply = msgspec.json.Decoder(Bid | Refusal)
 _agent_msg = msgspec.json.Decoder(CallForProposals | Award | Rejection | Reserve | FreeAllocation | MetricsAsk)
 _agent_reply = msgspec.json.Decoder(Lease | Allocated | Freed | MetricsReply | ErrorReply)
+_verdicts = msgspec.json.Decoder(VerdictMsg)
 
 
 def encode(msg: msgspec.Struct) -> bytes:
@@ -540,6 +554,12 @@ def decode_strike(data: bytes) -> Strike:
 def decode_strike_result(data: bytes) -> StrikeResult:
     result: StrikeResult = _strike_result.decode(data)
     return result
+
+
+def decode_verdicts(data: bytes) -> list[Verdict]:
+    """A ``Verdict`` or a ``Verdicts`` message, as a list."""
+    msg: VerdictMsg = _verdicts.decode(data)
+    return msg.verdicts if isinstance(msg, Verdicts) else [msg]
 
 
 def decode_bid_reply(data: bytes) -> Bid | Refusal:

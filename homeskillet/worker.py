@@ -53,9 +53,9 @@ from .wire import (
     StrikeOk,
     StrikePreemption,
     StrikeResult,
-    Verdict,
     decode_agent_msg,
     decode_strike,
+    decode_verdicts,
     encode,
 )
 
@@ -208,7 +208,7 @@ class PoolHost:
         if msg.reply:
             await self.nc.publish(msg.reply, encode(result))
         if isinstance(result, StrikeOk) and strike.lease_id is None:
-            self.agent.tell(Served(result.model))  # after the reply: the record is not on the hot path
+            self.agent.tell_soon(Served(result.model))  # after the reply: the record is not on the hot path
 
     async def _run(self, strike: Any) -> StrikeResult:
         pool, sid = self.spec.name, strike.strike_id
@@ -324,4 +324,5 @@ class PoolHost:
 
     async def _on_verdict(self, msg: Msg) -> None:
         with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-            self.agent.tell(msgspec.json.decode(msg.data, type=Verdict))
+            for verdict in decode_verdicts(msg.data):  # one Verdict, or a pool's Verdicts batch
+                self.agent.tell_soon(verdict)
