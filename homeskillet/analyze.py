@@ -40,6 +40,13 @@ _QUESTION = re.compile(r"[^?]*\?")
 
 def split_questions(a: Analysis) -> Analysis:
     """Numbered or bulleted items, or several sentences that each end in '?', are separate."""
+    if a.prompt.count("?") < 2 and len(a.prompt.splitlines()) < 2:
+        # One line with at most one question (most prompts) cannot split: skip the regexes.
+        return msgspec.structs.replace(a, parts=[a.prompt.strip()])
+    return _split(a)
+
+
+def _split(a: Analysis) -> Analysis:
     lines = [ln for ln in a.prompt.splitlines() if ln.strip()]
     items = [m.group(1) for ln in lines if (m := _NUMBERED.match(ln))]
     if len(items) >= 2 and len(items) == len(lines):

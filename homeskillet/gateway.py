@@ -89,7 +89,9 @@ class Gateway:
         if not query.query_id:
             query.query_id = new_id()
         t0 = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(query_id=query.query_id, tenant=query.tenant):
+        # bind + reset by token: bound_contextvars copies the whole context on entry (hot path)
+        tokens = structlog.contextvars.bind_contextvars(query_id=query.query_id, tenant=query.tenant)
+        try:
             try:
                 answer = await self.orchestrator.serve(query, reply)
             except HomeskilletError as exc:
@@ -101,3 +103,5 @@ class Gateway:
             log.debug("query_answered", cost_usd=answer.cost_usd, latency_ms=round(answer.latency_ms, 2),
                       pools=[f.pool for f in answer.fragments])
             return answer
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)

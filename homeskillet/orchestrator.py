@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -53,6 +55,7 @@ from .wire import (
 __all__ = ["Orchestrator", "judge"]
 
 log = get_logger("homeskillet.orchestrator")
+T = TypeVar("T")
 
 
 def judge(cov: Covenant, ok: StrikeOk, elapsed_ms: float) -> list[str]:
@@ -65,6 +68,16 @@ def judge(cov: Covenant, ok: StrikeOk, elapsed_ms: float) -> list[str]:
     if elapsed_ms > cov.qos.hard_deadline_ms:
         broken.append("qos.hard_deadline_ms")
     return broken
+
+
+async def _gather(coros: list[Coroutine[Any, Any, T]]) -> list[T | BaseException]:
+    """``gather(..., return_exceptions=True)``, without a task for a lone coroutine (most queries)."""
+    if len(coros) == 1:
+        try:
+            return [await coros[0]]
+        except Exception as exc:
+            return [exc]
+    return await asyncio.gather(*coros, return_exceptions=True)
 
 
 class Orchestrator:
@@ -101,8 +114,7 @@ class Orchestrator:
         cov = self.covenants.resolve(query)
         fragments = analyze(query, cov, max_fragments=self.max_fragments)
         deadline = t0 + cov.qos.hard_deadline_ms / 1000.0
-        results = await asyncio.gather(*(self._serve_fragment(query, cov, f, deadline) for f in fragments),
-                                       return_exceptions=True)
+        results = await _gather([self._serve_fragment(query, cov, f, deadline) for f in fragments])
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             err = failures[0]

@@ -45,7 +45,9 @@ def configure_logging(*, json: bool = False, level: str = "INFO") -> None:
         processors=[*processors, structlog.processors.format_exc_info, renderer] if json else [*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
+        # Resolving a module logger's configuration on every call showed up on the query path;
+        # configure_logging runs once, before anything logs, so caching is safe.
+        cache_logger_on_first_use=True,
     )
 
 

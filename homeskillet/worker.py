@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import OrderedDict
 from typing import Any
@@ -66,21 +67,46 @@ HEARTBEAT_HEADER = "Hs-Heartbeat"
 _RESULTS_KEPT = 50_000
 
 
-class _Heartbeat:
-    """Says "alive" to the dispatcher while a strike runs. A timer, not a task: most strikes
-    finish before it first fires, and a timer costs almost nothing to cancel."""
+class _Heartbeats:
+    """Says "alive" to the dispatcher for every strike running longer than the heartbeat interval
+    (its first beat comes within two intervals). One timer per host while strikes run, not one per
+    strike: most strikes finish before the first beat."""
 
-    def __init__(self, host: PoolHost, reply: str) -> None:
-        self.host, self.reply = host, reply
+    def __init__(self, host: PoolHost) -> None:
+        self.host = host
         self.interval = host.settings.heartbeat_ms / 1000.0
-        self.handle = asyncio.get_running_loop().call_later(self.interval, self._beat)
+        self.running: dict[int, tuple[str, float]] = {}  # key -> (reply subject, started)
+        self._keys = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
 
-    def _beat(self) -> None:
-        self.host._spawn(self.host.nc.publish(self.reply, b"", headers={HEARTBEAT_HEADER: "1"}))
-        self.handle = asyncio.get_running_loop().call_later(self.interval, self._beat)
+    def start(self, reply: str) -> int:
+        key = next(self._keys)
+        self.running[key] = (reply, time.monotonic())
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
+        return key
+
+    def stop(self, key: int) -> None:
+        self.running.pop(key, None)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if not self.running:
+            return
+        since = time.monotonic() - self.interval
+        replies = [reply for reply, started in self.running.values() if started <= since]
+        if replies:
+            self.host._spawn(self._send(replies))
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
+
+    async def _send(self, replies: list[str]) -> None:
+        for reply in replies:
+            await self.host.nc.publish(reply, b"", headers={HEARTBEAT_HEADER: "1"})
 
     def cancel(self) -> None:
-        self.handle.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class PoolHost:
@@ -97,6 +123,7 @@ class PoolHost:
         self._live: asyncio.Task[None] | None = None
         self.live: LiveState | None = None  # the provider's price and capacity, as last polled
         self.active = 0  # strikes admitted here and not finished: the loop is the admission authority
+        self.heartbeats = _Heartbeats(self)
 
     async def start(self) -> None:
         s = self.subjects
@@ -113,6 +140,7 @@ class PoolHost:
         self._quoter = asyncio.create_task(self._quote_loop(), name=f"quotes:{self.spec.name}")
 
     async def stop(self) -> None:
+        self.heartbeats.cancel()
         for loop_task in (self._quoter, self._live):
             if loop_task:
                 loop_task.cancel()
@@ -195,12 +223,12 @@ class PoolHost:
         self.results[sid] = fut
         while len(self.results) > _RESULTS_KEPT:
             self.results.popitem(last=False)
-        beat = _Heartbeat(self, msg.reply) if msg.reply else None
+        beat = self.heartbeats.start(msg.reply) if msg.reply else None
         try:
             result = await self._run(strike)
         finally:
-            if beat:
-                beat.cancel()
+            if beat is not None:
+                self.heartbeats.stop(beat)
         if isinstance(result, StrikeFailure) and result.code == "lease_rejected":
             self.results.pop(sid, None)  # nothing ran: a later delivery may try again
         fut.set_result(result)

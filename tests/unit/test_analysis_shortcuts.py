@@ -1,11 +1,11 @@
-"""The simhash's two voting paths (bit-sliced ints for short prompts, numpy for long) agree."""
+"""Analysis shortcuts agree with the full path: simhash voting (bit-sliced or numpy), question splitting."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from homeskillet.analyze import _majority_bitsliced, _majority_numpy, fingerprint
+from homeskillet.analyze import Analysis, _majority_bitsliced, _majority_numpy, _split, fingerprint, split_questions
 
 u64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
 
@@ -25,3 +25,9 @@ def test_majority_is_strict_more_than_half() -> None:
 def test_fingerprint_is_stable_across_the_path_switch(text: str) -> None:
     assert 0 <= fingerprint(text) < 1 << 64
     assert fingerprint(text) == fingerprint(text.upper())
+
+
+@given(st.text(alphabet=st.sampled_from(["a", " ", "?", "\n", "\r", "1", ".", "-"]), max_size=60))
+def test_the_single_question_shortcut_splits_exactly_like_the_full_analysis(prompt: str) -> None:
+    a = Analysis(query_id="q", model="m", max_tokens=8, temperature=0.0, prompt=prompt, context=[])
+    assert split_questions(a).parts == _split(a).parts
