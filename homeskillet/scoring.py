@@ -95,12 +95,25 @@ def make_bid(
 
 
 class Ranked:
-    """A bid with its score (lower wins) and a sentence saying why."""
+    """A bid with its score (lower wins) and a sentence saying why. The sentence is written only
+    when asked for: only the winner's is ever read, and formatting it cost more than scoring."""
 
-    __slots__ = ("bid", "score", "why")
+    __slots__ = ("_why", "bid", "cost_x", "late", "score", "warm")
 
-    def __init__(self, bid: Bid, score: float, why: str) -> None:
-        self.bid, self.score, self.why = bid, score, why
+    def __init__(self, bid: Bid, score: float, cost_x: float, late: bool, warm: bool) -> None:
+        self.bid, self.score, self.cost_x, self.late, self.warm = bid, score, cost_x, late, warm
+        self._why: str | None = None
+
+    @property
+    def why(self) -> str:
+        if self._why is None:
+            b = self.bid
+            self._why = (
+                f"score {self.score:.2f}: ${b.price_usd:.6f} ({self.cost_x:.2f}x cheapest), "
+                f"{b.predicted_total_ms:.0f} ms predicted ({'past' if self.late else 'within'} target), "
+                f"reliability {b.offer.reliability:.2f}{', warm' if self.warm else ''}"
+            )
+        return self._why
 
 
 def rank(bids: Sequence[Bid], cov: Covenant) -> list[Ranked]:
@@ -123,11 +136,6 @@ def rank(bids: Sequence[Bid], cov: Covenant) -> list[Ranked]:
         score += 1.0 if late else 0.0
         warm = b.model in b.offer.warm_models
         score -= 0.05 if warm else 0.0
-        why = (
-            f"score {score:.2f}: ${b.price_usd:.6f} ({cost_x:.2f}x cheapest), "
-            f"{b.predicted_total_ms:.0f} ms predicted ({'past' if late else 'within'} target), "
-            f"reliability {b.offer.reliability:.2f}{', warm' if warm else ''}"
-        )
-        out.append(Ranked(b, score, why))
+        out.append(Ranked(b, score, cost_x, late, warm))
     out.sort(key=lambda r: (r.score, r.bid.pool))
     return out
