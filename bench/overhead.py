@@ -187,7 +187,8 @@ async def main() -> None:
           f"  CPU µs/query @64 (per process)")
     ratios: dict[str, dict[str, float]] = {}
     for name, r in results.items():
-        x = {"p50": r["p50_us"] / raw["p50_us"], "p99": r["p99_us"] / raw["p99_us"], "rps_64": r["rps_64"] / raw["rps_64"]}
+        x = {"p50": r["p50_us"] / raw["p50_us"], "p99": r["p99_us"] / raw["p99_us"],
+             "rps_64": r["rps_64"] / raw["rps_64"]}
         ratios[name] = x
         cpu = " + ".join(f"{c:.0f}" for c in r["cpu_us_per_query"])
         print(f"{name:<28}{r['p50_us']:>9.0f}{r['p99_us']:>9.0f}{r['rps_64']:>11.0f}{x['p50']:>7.2f}x{x['p99']:>7.2f}x"

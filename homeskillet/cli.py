@@ -1,4 +1,4 @@
-"""``homeskillet``: up, ask, demo, covenant check, pool serve, sim, node."""
+"""``homeskillet``: up, ask, demo, token, covenant check, pool serve, sim, node."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         s = msgspec.structs.replace(s, nats=[u.strip() for u in args.nats.split(",") if u.strip()])
     if getattr(args, "data_dir", None):
         s = msgspec.structs.replace(s, data_dir=args.data_dir)
+    if getattr(args, "http", None):
+        s = msgspec.structs.replace(s, http=msgspec.structs.replace(s.http, listen=args.http))
+    if getattr(args, "auth", False):
+        s = msgspec.structs.replace(s, auth=msgspec.structs.replace(s.auth, enabled=True))
     return s
 
 
@@ -161,10 +165,23 @@ async def _serve(args: argparse.Namespace, serve_queries: bool) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    http = f"; HTTP on {rt.http.url} (auth {'on' if settings.auth.enabled else 'off'})" if rt.http else ""
     print(f"homeskillet {'serving' if serve_queries else 'pool host'} on {', '.join(rt.nats_urls)} "
-          f"(pools: {', '.join(rt.hosts) or 'none'})", flush=True)
+          f"(pools: {', '.join(rt.hosts) or 'none'}){http}", flush=True)
     await stop.wait()
     await rt.stop()
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from .auth import mint_token
+
+    a = _settings(args).auth
+    secret = args.secret or ("" if args.key else a.secret)
+    print(mint_token(tenant=args.tenant, secret=secret, private_key=args.key or "",
+                     ttl_s=args.ttl, issuer=args.issuer if args.issuer is not None else a.issuer,
+                     audience=args.audience if args.audience is not None else a.audience,
+                     subject=args.subject or "", scopes=args.scope or (), tenant_claim=a.tenant_claim))
     return 0
 
 
@@ -219,6 +236,19 @@ def _parser() -> argparse.ArgumentParser:
     common(up)
     up.add_argument("--port", type=int, default=4222, help="embedded NATS client port")
     up.add_argument("--data-dir", help="embedded JetStream directory")
+    up.add_argument("--http", metavar="HOST:PORT", help="also serve the HTTP API (OpenAI-compatible, /api/v1, MCP)")
+    up.add_argument("--auth", action="store_true",
+                    help="require JWT bearer tokens on HTTP and MCP (key from JWT_SECRET / JWT_PUBLIC_KEY or config)")
+    tok = sub.add_parser("token", help="mint a development JWT for a tenant")
+    tok.add_argument("--config", help="settings TOML file (its [auth] table gives secret, issuer, audience)")
+    tok.add_argument("--tenant", required=True)
+    tok.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds (default 3600)")
+    tok.add_argument("--secret", help="HS256 secret (default: JWT_SECRET or the config's auth.secret)")
+    tok.add_argument("--key", help="RS256/ES256 private key PEM file")
+    tok.add_argument("--issuer", help="'iss' claim (default: the config's auth.issuer)")
+    tok.add_argument("--audience", help="'aud' claim (default: the config's auth.audience)")
+    tok.add_argument("--subject", help="'sub' claim (default: the tenant)")
+    tok.add_argument("--scope", action="append", help="a scope to grant; repeatable")
     ask = sub.add_parser("ask", help="one query: the answer and the covenant, pool, cost and latency")
     common(ask)
     ask.add_argument("prompt")
@@ -253,7 +283,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    quiet = args.cmd in ("demo", "ask", "covenant")
+    quiet = args.cmd in ("demo", "ask", "covenant", "token")
     configure_logging(json=args.log_json, level=args.log_level or ("WARNING" if quiet else "INFO"))
     try:
         match args.cmd:
@@ -267,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                 return asyncio.run(_serve(args, serve_queries=False))
             case "covenant":
                 return _covenant_check(args)
+            case "token":
+                return _token(args)
             case "sim":
                 return _sim(args)
             case "node":

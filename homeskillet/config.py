@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
-from .strict import convert_strict, load_toml
+from .auth import AuthSettings, auth_settings_from_env
+from .errors import HomeskilletError
+from .secrets import resolve_secret
+from .strict import StrictError, convert_strict, load_toml
 
-__all__ = ["PoolSpec", "Settings", "default_pools", "load_settings"]
+__all__ = ["HttpSettings", "NatsAuth", "PoolSpec", "Settings", "TenantSettings", "default_pools", "load_settings"]
 
 
 class PoolSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -39,6 +42,68 @@ class PoolSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     options: dict[str, Any] = msgspec.field(default_factory=dict)  # passed to the connector
 
 
+class TenantSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """``[tenants.<name>]`` (``[tenants."*"]``: every tenant not named). Unset = no limit.
+
+    Budgets and rate limits are shared by every orchestrator on the NATS server (JetStream KV)."""
+
+    daily_usd: Annotated[float, msgspec.Meta(ge=0)] | None = None  # UTC day
+    monthly_usd: Annotated[float, msgspec.Meta(ge=0)] | None = None  # UTC calendar month
+    requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    tokens_per_minute: Annotated[int, msgspec.Meta(ge=0)] | None = None  # prompt + completion tokens
+
+
+class NatsAuth(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How this process authenticates to NATS: one of user/password, token, nkey seed, creds file.
+    Each secret may also come from a file (``*_file``) or the environment (HOMESKILLET_NATS_USER,
+    HOMESKILLET_NATS_PASSWORD, HOMESKILLET_NATS_TOKEN, HOMESKILLET_NATS_NKEY_SEED_FILE)."""
+
+    user: str = ""
+    password: str = ""
+    password_file: str = ""
+    token: str = ""
+    token_file: str = ""
+    nkey_seed_file: str = ""  # an "SU…" user seed, as written by `nsc` or `nk -gen user`
+    creds_file: str = ""  # a decentralised-auth .creds file (JWT + seed)
+
+    def __repr__(self) -> str:  # keep secrets out of logs
+        return (f"NatsAuth(user={self.user!r}, password={'****' if self.password else ''}, "
+                f"token={'****' if self.token else ''}, nkey_seed_file={self.nkey_seed_file!r}, "
+                f"creds_file={self.creds_file!r})")
+
+    def connect_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect``; a file that cannot be read is a clear error."""
+        opts: dict[str, Any] = {}
+        user = self.user or os.environ.get("HOMESKILLET_NATS_USER", "")
+        password = resolve_secret("NATS password", value=self.password, file=self.password_file or None,
+                                  env="HOMESKILLET_NATS_PASSWORD", required=False)
+        token = resolve_secret("NATS token", value=self.token, file=self.token_file or None,
+                               env="HOMESKILLET_NATS_TOKEN", required=False)
+        seed = self.nkey_seed_file or os.environ.get("HOMESKILLET_NATS_NKEY_SEED_FILE", "")
+        if user:
+            if password is None:
+                raise HomeskilletError(f"NATS user {user!r} has no password: set nats_auth.password(_file) "
+                                       "or $HOMESKILLET_NATS_PASSWORD")
+            opts.update(user=user, password=password.reveal())
+        if token is not None:
+            opts["token"] = token.reveal()
+        for path, what, key in ((seed, "nkey seed", "nkeys_seed"), (self.creds_file, "creds", "user_credentials")):
+            if path:
+                if not Path(path).expanduser().is_file():
+                    raise HomeskilletError(f"NATS {what} file {path} does not exist")
+                opts[key] = str(Path(path).expanduser())
+        if len({"user", "token", "nkeys_seed", "user_credentials"} & opts.keys()) > 1:
+            raise HomeskilletError(f"NATS auth: use one of user/password, token, nkey seed or creds file, "
+                                   f"not {sorted({'user', 'token', 'nkeys_seed', 'user_credentials'} & opts.keys())}")
+        return opts
+
+
+class HttpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    listen: str = ""  # "HOST:PORT"; "" = no HTTP server
+    max_body_bytes: int = 2 << 20  # a larger request body gets 413 before it is read whole
+    public_url: str = ""  # advertised in /openapi.json servers; "" = relative
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nats: list[str] = msgspec.field(default_factory=list)  # empty: start an embedded server
     data_dir: str = ""  # embedded server's JetStream directory; "" = the user's state dir
@@ -54,6 +119,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_prompt_bytes: int = 1 << 20
     max_fragments: int = 16
     parked_claim_ttl_s: float = 10.0  # a parked query whose owner is silent this long is taken over
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)  # JWT on HTTP and MCP
+    nats_auth: NatsAuth = msgspec.field(default_factory=NatsAuth)
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    tenants: dict[str, TenantSettings] = msgspec.field(default_factory=dict)
 
 
 def default_pools(echo_delay_ms: float = 0.0) -> list[PoolSpec]:
@@ -81,11 +150,20 @@ def default_pools(echo_delay_ms: float = 0.0) -> list[PoolSpec]:
 
 
 def load_settings(path: str | Path | None = None) -> Settings:
-    """Defaults, then the TOML file (strict), then HOMESKILLET_NATS_URL (comma-separated URLs)."""
+    """Defaults, then the TOML file (strict), then the environment: HOMESKILLET_NATS_URL
+    (comma-separated URLs) and the JWT_* variables (see ``auth.auth_settings_from_env``)."""
     settings = Settings()
     if path:
-        settings = convert_strict(load_toml(path), Settings, str(path))
+        data = load_toml(path)
+        tenants = data.pop("tenants", {})
+        if not isinstance(tenants, dict):
+            raise StrictError(f"{path}: 'tenants' must be a table of [tenants.<name>] tables")
+        settings = convert_strict(data, Settings, str(path))
+        # Checked one table at a time so an unknown key names its tenant.
+        settings.tenants = {name: convert_strict(t if isinstance(t, dict) else {"": t}, TenantSettings,
+                                                 f"{path} [tenants.{name}]") for name, t in tenants.items()}
     env = os.environ.get("HOMESKILLET_NATS_URL")
     if env and not settings.nats:
         settings = msgspec.structs.replace(settings, nats=[u.strip() for u in env.split(",") if u.strip()])
+    settings.auth = auth_settings_from_env(settings.auth)
     return settings

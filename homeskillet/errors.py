@@ -6,10 +6,12 @@
     ├── BadRequest                   the caller sent something we cannot serve as given (400)
     │   ├── PayloadTooLarge          prompt or body over the limit (413)
     │   ├── UnknownCovenant          no template by that name or model (404)
-    │   └── NotFound                 no such id for this tenant (404; another tenant's id looks the same)
+    │   └── NotFound                 no such allocation/reservation/result for this tenant (404)
+    ├── Unauthorized                 no valid credential: missing, expired, bad signature… (401)
     ├── CovenantError                a covenant file or override is invalid; names file and key (422)
     ├── NoPoolError                  no pool can meet the covenant; names each unmet term (503)
     ├── BudgetExceeded               the tenant's budget cannot cover the hold (402)
+    ├── TenantRateLimited            the tenant is over its requests/tokens per minute (429)
     ├── StrikeFailed                 a strike did not return a result (retryable on fallback)
     │   ├── Preempted                the pool evicted the strike mid-inference
     │   └── ProviderError            a provider's API said no; .provider, .http_status
@@ -43,6 +45,8 @@ __all__ = [
     "ProviderError",
     "RateLimited",
     "StrikeFailed",
+    "TenantRateLimited",
+    "Unauthorized",
     "UnknownCovenant",
     "Unmet",
 ]
@@ -76,8 +80,17 @@ class UnknownCovenant(BadRequest):
 
 
 class NotFound(BadRequest):
+    """Unknown, or another tenant's: both look the same so nothing leaks."""
+
     code = "not_found"
     status = 404
+
+
+class Unauthorized(HomeskilletError):
+    """``term`` says why: missing, malformed, expired, signature, audience, issuer, tenant_claim…"""
+
+    code = "unauthorized"
+    status = 401
 
 
 class CovenantError(HomeskilletError):
@@ -123,6 +136,16 @@ class NoPoolError(HomeskilletError):
 class BudgetExceeded(HomeskilletError):
     code = "budget_exceeded"
     status = 402
+
+
+class TenantRateLimited(HomeskilletError):
+    code = "rate_limit_exceeded"
+    status = 429
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: float, term: str | None = None) -> None:
+        super().__init__(message, term=term)
+        self.retry_after_s = retry_after_s
 
 
 class StrikeFailed(HomeskilletError):

@@ -1,22 +1,31 @@
 """The gateway: the one entry every ingress (NATS, HTTP, MCP) calls.
 
-Adapters decode, call ``Gateway.ask``, encode. Validation happens here, before any state
-changes, so bad input gets a clear error and touches nothing.
+Adapters decode, call ``Gateway.ask`` (or ``quote``, ``reserve`` …), encode. Validation happens
+here, before any state changes, so bad input gets a clear error and touches nothing. An adapter
+that knows who is calling passes the ``Principal``: its tenant replaces any tenant in the query,
+so a tenant cannot act as another. Rate limits are checked here; budget holds sit on the strike
+path (``Orchestrator.execute``).
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 
 import structlog
 
-from .errors import BadRequest, HomeskilletError, PayloadTooLarge
+from .auth import Principal
+from .errors import BadRequest, HomeskilletError, NotFound, PayloadTooLarge
 from .ids import new_id
+from .ledger import LedgerReport, Report
+from .limits import RateLimiter
 from .orchestrator import Orchestrator
 from .providers.base import AllocationMetrics
+from .quoting import quote_query
 from .reservations import Reservations
+from .sims.base import count_tokens
 from .telemetry import QUERIES, QUERY_SECONDS, get_logger
-from .wire import Answer, ErrorReply, Query, Reservation, ReserveRequest
+from .wire import Answer, Covenant, ErrorReply, Query, QuoteReply, Readiness, Reservation, ReserveRequest, TenantUsage
 
 __all__ = ["Gateway", "error_reply", "validate_query"]
 
@@ -52,12 +61,27 @@ def error_reply(exc: HomeskilletError, query_id: str = "") -> ErrorReply:
                       tried=list(exc.tried), retryable=exc.retryable)
 
 
+def _prompt_tokens(q: Query) -> int:
+    return count_tokens(q.prompt) if q.prompt is not None else sum(count_tokens(m.content) for m in q.messages or [])
+
+
 class Gateway:
     def __init__(self, orchestrator: Orchestrator, reservations: Reservations, *,
-                 max_prompt_bytes: int = 1 << 20) -> None:
+                 max_prompt_bytes: int = 1 << 20, limits: RateLimiter | None = None,
+                 max_results: int = 10_000) -> None:
         self.orchestrator = orchestrator
         self.reservations = reservations
         self.max_prompt_bytes = max_prompt_bytes
+        self.limits = limits
+        self.max_results = max_results
+        self.results: OrderedDict[str, Answer] = OrderedDict()  # recent answers, for GET /api/v1/results/{id}
+
+    def _admit(self, query: Query, principal: Principal | None) -> None:
+        if principal is not None:
+            query.tenant = principal.tenant  # the credential's tenant, whatever the body says
+        validate_query(query, max_prompt_bytes=self.max_prompt_bytes)
+        if not query.query_id:
+            query.query_id = new_id()
 
     # --- reservations: the tenant is always the caller's; another tenant's id is NotFound --------
 
@@ -82,22 +106,32 @@ class Gateway:
         validate_query(query, max_prompt_bytes=self.max_prompt_bytes)
         if not query.query_id:
             query.query_id = new_id()
-        return await self.orchestrator.serve_on(query, res)
+        if self.limits is not None:
+            await self.limits.admit(tenant, _prompt_tokens(query))
+        answer = await self.orchestrator.serve_on(query, res)
+        if self.limits is not None:
+            await self.limits.spend(tenant, sum(f.completion_tokens for f in answer.fragments))
+        self._keep(answer)
+        return answer
 
-    async def ask(self, query: Query, reply: str = "") -> Answer:
-        validate_query(query, max_prompt_bytes=self.max_prompt_bytes)
-        if not query.query_id:
-            query.query_id = new_id()
+    async def ask(self, query: Query, principal: Principal | None = None, reply: str = "") -> Answer:
+        """Serve a query; ``reply`` is the caller's NATS inbox (lets a resumed parked query answer it)."""
+        self._admit(query, principal)
         t0 = time.perf_counter()
         # bind + reset by token: bound_contextvars copies the whole context on entry (hot path)
         tokens = structlog.contextvars.bind_contextvars(query_id=query.query_id, tenant=query.tenant)
         try:
             try:
+                if self.limits is not None:
+                    await self.limits.admit(query.tenant, _prompt_tokens(query))
                 answer = await self.orchestrator.serve(query, reply)
+                if self.limits is not None:
+                    await self.limits.spend(query.tenant, sum(f.completion_tokens for f in answer.fragments))
             except HomeskilletError as exc:
                 QUERIES.labels(outcome=exc.code).inc()
                 log.info("query_failed", code=exc.code, error=exc.message)
                 raise
+            self._keep(answer)
             QUERIES.labels(outcome="answered").inc()
             QUERY_SECONDS.observe(time.perf_counter() - t0)
             log.debug("query_answered", cost_usd=answer.cost_usd, latency_ms=round(answer.latency_ms, 2),
@@ -105,3 +139,42 @@ class Gateway:
             return answer
         finally:
             structlog.contextvars.reset_contextvars(**tokens)
+
+    async def quote(self, query: Query, principal: Principal | None = None) -> QuoteReply:
+        """Negotiate without executing: per fragment, the winning bid and the ranked alternatives
+        with their ``why``, and the pools that refused with the term. Nothing is held or charged."""
+        self._admit(query, principal)
+        return await quote_query(self.orchestrator, query)
+
+    def covenants(self) -> list[Covenant]:
+        book = self.orchestrator.covenants
+        return [book.get(name) for name in book.names()]
+
+    def readiness(self) -> Readiness:
+        """Ready: connected to NATS and at least one pool is quoting fresh."""
+        connected = bool(self.orchestrator.nc.is_connected)
+        pools = sorted(o.pool for o in self.orchestrator.negotiator.pools())
+        reasons = ([] if connected else ["not connected to NATS"]) + ([] if pools else ["no pool is quoting"])
+        return Readiness(ready=not reasons, nats_connected=connected, pools_quoting=pools, reasons=reasons)
+
+    # --- what a tenant may read back: its own results and spend ------------------------------------
+
+    def result(self, query_id: str, tenant: str) -> Answer:
+        """A recent answer of this process (the last ``max_results``); another tenant's is NotFound."""
+        answer = self.results.get(query_id)
+        if answer is None or answer.tenant != tenant:
+            raise NotFound(f"no result {query_id!r} for this tenant (results are kept for the last "
+                           f"{self.max_results} queries of this process)", term="query_id")
+        return answer
+
+    def _keep(self, answer: Answer) -> None:
+        self.results[answer.query_id] = answer
+        while len(self.results) > self.max_results:
+            self.results.popitem(last=False)
+
+    async def usage(self, tenant: str) -> TenantUsage:
+        budgets = self.orchestrator.budgets
+        status = await budgets.status(tenant) if budgets is not None and budgets.applies(tenant) else None
+        report: LedgerReport = await self.orchestrator.ledger.call(Report(tenant))
+        return TenantUsage(tenant=tenant, budget=status, process_spent_usd=report.spent_usd.get(tenant, 0.0),
+                           process_held_usd=report.held_usd.get(tenant, 0.0))

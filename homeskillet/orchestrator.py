@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 
 from .analyze import analyze
 from .broker import Negotiator
+from .budgets import Budgets
 from .covenant import CovenantBook, Step, fallback_chain
 from .errors import (
     DeadlineExceeded,
@@ -83,9 +84,10 @@ async def _gather(coros: list[Coroutine[Any, Any, T]]) -> list[T | BaseException
 class Orchestrator:
     def __init__(self, nc: NATS, subjects: Subjects, covenants: CovenantBook, negotiator: Negotiator,
                  dispatcher: Dispatcher, ledger: Supervised, *, max_fragments: int = 16,
-                 parking: ParkingLot | None = None) -> None:
+                 parking: ParkingLot | None = None, budgets: Budgets | None = None) -> None:
         self.nc, self.subjects, self.covenants = nc, subjects, covenants
         self.negotiator, self.dispatcher, self.ledger = negotiator, dispatcher, ledger
+        self.budgets = budgets  # the tenants' shared daily/monthly budgets (JetStream KV)
         self.max_fragments = max_fragments
         self.parking = parking  # durable queue step; None: parked fragments live in memory only
         self.parked: dict[str, Fragment] = {}  # fragments waiting in the queue step, by fragment_id
@@ -280,18 +282,36 @@ class Orchestrator:
     async def execute(self, strike: Strike, cov: Covenant, price_usd: float,
                       deadline: float) -> tuple[StrikeOk, float]:
         """Hold budget → strike → settle → verdict. Settlement is idempotent per strike_id, so a
-        strike executed (or delivered) twice is charged once."""
+        strike executed (or delivered) twice is charged once. Two holds may apply: the covenant's
+        ``tenant_budget_usd`` (ledger actor, this process) and the tenant's shared budget (KV)."""
         budget = cov.cost.tenant_budget_usd
         if budget is not None:
             await self.ledger.call(Hold(strike.tenant, strike.strike_id, price_usd, budget))
+        shared = False
+        try:
+            if self.budgets is not None:
+                shared = await self.budgets.hold(strike.tenant, strike.strike_id, price_usd,
+                                                 ttl_s=max(0.0, deadline - time.monotonic()))
+        except BaseException:
+            if budget is not None:
+                self.ledger.tell(Release(strike.strike_id))
+            raise
         t0 = time.monotonic()
         try:
             result = await self.dispatcher.strike(strike, max(0.001, deadline - time.monotonic()))
         except BaseException:
             if budget is not None:
                 self.ledger.tell_soon(Release(strike.strike_id))
+            if shared and self.budgets is not None:
+                await self.budgets.release(strike.tenant, strike.strike_id)
             raise
         elapsed = (time.monotonic() - t0) * 1000.0
+        if shared and self.budgets is not None:
+            if isinstance(result, StrikeOk | StrikePreemption):
+                await self.budgets.settle(strike.tenant, strike.strike_id,
+                                          result.cost_usd if isinstance(result, StrikeOk) else result.billed_usd)
+            else:
+                await self.budgets.release(strike.tenant, strike.strike_id)
         verdict = Verdict(strike_id=strike.strike_id, query_id=strike.query_id, tenant=strike.tenant,
                           pool=strike.pool, covenant_id=cov.covenant_id, kept=False, latency_ms=elapsed)
         match result:

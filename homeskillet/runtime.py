@@ -17,14 +17,17 @@ import nats
 from nats.aio.client import Client as NATS
 
 from .broker import BookView, BrokerActor, BrokerState, Negotiator
+from .budgets import Budgets
 from .config import PoolSpec, Settings
 from .covenant import CovenantBook
 from .errors import HomeskilletError
 from .gateway import Gateway
 from .ids import new_id
+from .ingress.http_server import HttpServer
 from .ingress.nats import NatsIngress, respond
 from .ingress.reservation import ReservationIngress
 from .ledger import LedgerActor, LedgerReport, LedgerState, Report
+from .limits import RateLimiter
 from .natsd import NatsServer, default_data_dir
 from .orchestrator import Orchestrator
 from .parking import ParkedQuery, ParkingLot
@@ -73,6 +76,7 @@ class Runtime:
         self.disabled: dict[str, str] = {}  # pool -> why it is not served here
         self.gateway: Gateway | None = None
         self.instance = new_id()  # this orchestrator, as the owner of parked queries
+        self.http: HttpServer | None = None  # settings.http.listen: the HTTP API on this loop
 
     @property
     def nats_urls(self) -> list[str]:
@@ -85,7 +89,7 @@ class Runtime:
             self.natsd = NatsServer(port=self.nats_port, data_dir=data)
             await asyncio.to_thread(self.natsd.start)
         self.nc = await nats.connect(servers=self.nats_urls, name="homeskillet", max_reconnect_attempts=-1,
-                                     reconnect_time_wait=0.25, connect_timeout=5)
+                                     reconnect_time_wait=0.25, connect_timeout=5, **s.nats_auth.connect_options())
         if self.serve_queries:
             view = BookView()
             broker = self.supervisor.start("broker", BrokerActor, BrokerState(view))
@@ -99,16 +103,23 @@ class Runtime:
         if self.serve_queries:
             covenants = CovenantBook.load(s.covenants_dir or None)
             self.parking = ParkingLot(self.nc, self.subjects, self.instance, claim_ttl_s=s.parked_claim_ttl_s)
+            # Tenant budgets and rate limits live in JetStream KV, shared with every other instance.
+            budgets = await Budgets.open(self.nc.jetstream(), s.prefix, s.tenants) if s.tenants else None
+            limits = await RateLimiter.open(self.nc.jetstream(), s.prefix, s.tenants) if s.tenants else None
             self.orchestrator = Orchestrator(self.nc, self.subjects, covenants, self.negotiator, self.dispatcher,
-                                             self.ledger, max_fragments=s.max_fragments, parking=self.parking)
+                                             self.ledger, max_fragments=s.max_fragments, budgets=budgets,
+                                             parking=self.parking)
             self.reservations = Reservations(self.nc, self.subjects, lambda: self.negotiator.view.quotes)
-            self.gateway = Gateway(self.orchestrator, self.reservations, max_prompt_bytes=s.max_prompt_bytes)
+            self.gateway = Gateway(self.orchestrator, self.reservations, max_prompt_bytes=s.max_prompt_bytes,
+                                   limits=limits)
             self.ingress = NatsIngress(self.nc, self.subjects, self.gateway)
             await self.ingress.start()
             self.reservation_ingress = ReservationIngress(self.nc, self.subjects, self.gateway)
             await self.reservation_ingress.start()
             await self.wait_for_pools(list(self.hosts))
             await self.parking.start(self._resume)
+            if s.http.listen:
+                self.http = await HttpServer.start(self.gateway, s)
         return self
 
     async def add_pool(self, spec: PoolSpec) -> PoolHost | None:
@@ -140,7 +151,7 @@ class Runtime:
         assert self.gateway is not None and self.nc is not None
         outcome: Answer | HomeskilletError
         try:
-            outcome = await self.gateway.ask(rec.query, rec.reply)
+            outcome = await self.gateway.ask(rec.query, reply=rec.reply)
         except HomeskilletError as exc:
             outcome = exc
         if rec.reply:
@@ -155,6 +166,8 @@ class Runtime:
         return await self.ledger.call(Report(tenant))  # type: ignore[no-any-return]
 
     async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
         if self.serve_queries and self.gateway is not None:
             await self.parking.stop()
             await self.ingress.stop()

@@ -52,7 +52,9 @@ def serve_asgi(app: Any, ready_path: str = "/", *, timeout_s: float = 15.0) -> I
     port in a thread; yield its base URL once ``ready_path`` answers with any status below 500."""
     import uvicorn
 
-    sock = socket.socket()
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP; without it
+    # every small response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen()  # connections queue in the backlog until uvicorn starts accepting
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"

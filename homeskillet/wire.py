@@ -28,6 +28,7 @@ __all__ = [
     "Answer",
     "Award",
     "Bid",
+    "BudgetStatus",
     "CallForProposals",
     "Cost",
     "Covenant",
@@ -35,6 +36,7 @@ __all__ = [
     "Fallback",
     "Fragment",
     "FragmentOutcome",
+    "FragmentQuote",
     "FreeAllocation",
     "Freed",
     "Health",
@@ -47,7 +49,11 @@ __all__ = [
     "Qos",
     "Query",
     "Quote",
+    "QuoteReply",
+    "RankedBid",
+    "Readiness",
     "Refusal",
+    "RefusedBy",
     "Rejection",
     "Release",
     "Reservation",
@@ -59,6 +65,7 @@ __all__ = [
     "StrikeOk",
     "StrikePreemption",
     "StrikeResult",
+    "TenantUsage",
     "Term",
     "Verdict",
     "VerdictMsg",
@@ -525,6 +532,81 @@ class ErrorReply(Wire, tag="error", kw_only=True):
     term: str | None = None
     tried: list[str] = []
     retryable: bool = False
+
+
+# --- quotes without execution (Gateway.quote) and readiness --------------------------------------
+
+
+class RankedBid(Term, kw_only=True):
+    pool: str
+    provider: str
+    pool_class: str
+    model: str
+    price_usd: float
+    predicted_start_ms: float
+    predicted_total_ms: float
+    tokens_per_s: float
+    preemptible: bool = False
+    score: float
+    why: str
+
+
+class RefusedBy(Term, kw_only=True):
+    pool: str
+    term: str  # the covenant term the pool cannot meet
+    detail: str
+
+
+class FragmentQuote(Term, kw_only=True):
+    fragment_id: str
+    index: int
+    step: str  # the fallback step that would serve it ("" when none would)
+    negotiation: Literal["quotes", "cfp"]
+    winner: RankedBid | None = None
+    alternatives: list[RankedBid] = []  # the other admissible bids, best first
+    refused: list[RefusedBy] = []  # pools that cannot meet the covenant, with the term
+    steps_tried: list[str] = []  # earlier steps that offered no admissible bid
+
+
+class QuoteReply(Wire, tag="quote_reply", kw_only=True):
+    """What a query would cost and where it would run; nothing was executed or charged."""
+
+    query_id: str
+    tenant: str
+    covenant: str
+    covenant_id: str
+    fragments: list[FragmentQuote]
+    total_usd: float  # the winners' prices summed
+    servable: bool  # every fragment has a winner now (a queue step may still serve the rest later)
+
+
+class Readiness(Wire, tag="readiness", kw_only=True):
+    ready: bool
+    nats_connected: bool
+    pools_quoting: list[str]
+    reasons: list[str] = []  # why not ready
+
+
+class BudgetStatus(Term, kw_only=True):
+    """A tenant's shared budget now (every orchestrator's spend, from JetStream KV)."""
+
+    tenant: str
+    day: str  # UTC, "2025-06-01"
+    month: str  # "2025-06"
+    spent_day_usd: float
+    spent_month_usd: float
+    held_usd: float  # holds of strikes in flight
+    daily_usd: float | None
+    monthly_usd: float | None
+
+
+class TenantUsage(Wire, tag="usage", kw_only=True):
+    """What one tenant may see of the books: its own spend, never another tenant's."""
+
+    tenant: str
+    budget: BudgetStatus | None = None  # None: no daily/monthly budget is configured for the tenant
+    process_spent_usd: float = 0.0  # settled through this orchestrator process since it started
+    process_held_usd: float = 0.0
 
 
 # --- codecs (built once) -------------------------------------------------------------------------

@@ -1,14 +1,21 @@
-"""NATS ingress: the ``homeskillet`` micro service, endpoint ``hs.query``.
+"""NATS ingress: the ``homeskillet`` micro service, endpoints ``hs.query`` (Query → Answer),
+``hs.quote`` (Query → QuoteReply: negotiated, not executed) and ``hs.reserve`` (ReserveRequest →
+Reservation).
 
 Discoverable through ``$SRV.PING/INFO/STATS``. Errors are service error headers
 (``Nats-Service-Error``, ``Nats-Service-Error-Code`` = the HTTP-like status) with an ErrorReply
 JSON body. The adapter only decodes, calls the gateway, encodes.
+
+Who may publish here is the NATS server's business (accounts, users, permissions); the tenant in
+the message is trusted, so give each tenant its own NATS user with publish rights only to the
+subjects it may use, or front it with the HTTP/MCP ingresses, which take the tenant from a JWT.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -21,17 +28,27 @@ from ..errors import BadRequest, HomeskilletError
 from ..gateway import Gateway, error_reply
 from ..subjects import Subjects
 from ..telemetry import get_logger
-from ..wire import Answer, Query, decode_query, encode
+from ..wire import Answer, Query, ReserveRequest, decode_query, encode
 
 __all__ = ["NatsIngress", "respond"]
 
 log = get_logger("homeskillet.ingress.nats")
 
+T = TypeVar("T")
+_reserve_request = msgspec.json.Decoder(ReserveRequest)
 
-def _decode_error(exc: Exception) -> BadRequest:
+
+def _decode_error(exc: Exception, what: str = "query") -> BadRequest:
     if isinstance(exc, msgspec.ValidationError):
-        return BadRequest(f"the query does not fit the schema: {exc}", term="query")
-    return BadRequest(f"the query is not valid JSON: {exc}", term="query")
+        return BadRequest(f"the {what} does not fit the schema: {exc}", term=what)
+    return BadRequest(f"the {what} is not valid JSON: {exc}", term=what)
+
+
+def _decode(decode: Callable[[bytes], T], data: bytes, what: str) -> T:
+    try:
+        return decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _decode_error(exc, what) from None
 
 
 async def respond(nc: NATS, reply: str, outcome: Answer | HomeskilletError, query_id: str = "") -> None:
@@ -56,8 +73,11 @@ class NatsIngress:
             description="Covenant-driven fusion and strike scheduling: send a Query, get an Answer",
             queue_group="homeskillet",
         )
-        await self.service.add_endpoint(EndpointConfig(name="query", subject=self.subjects.query,
-                                                       handler=self._on_query))
+        p = self.subjects.prefix
+        for name, subject, handler in (("query", self.subjects.query, self._on_query),
+                                       ("quote", f"{p}.quote", self._on_quote),
+                                       ("reserve", f"{p}.reserve", self._on_reserve)):
+            await self.service.add_endpoint(EndpointConfig(name=name, subject=subject, handler=handler))
 
     async def stop(self) -> None:
         if self.service is not None:
@@ -65,11 +85,34 @@ class NatsIngress:
         for t in list(self._tasks):
             t.cancel()
 
-    async def _on_query(self, req: Request) -> None:
-        # The micro endpoint awaits handlers one at a time: serve each query in its own task.
-        task = asyncio.create_task(self._serve(req))
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        # The micro endpoint awaits handlers one at a time: serve each request in its own task.
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _on_query(self, req: Request) -> None:
+        self._spawn(self._serve(req))
+
+    async def _on_quote(self, req: Request) -> None:
+        async def quote(data: bytes) -> bytes:
+            return encode(await self.gateway.quote(_decode(decode_query, data, "query")))
+        self._spawn(self._call(req, quote))
+
+    async def _on_reserve(self, req: Request) -> None:
+        async def reserve(data: bytes) -> bytes:
+            return encode(await self.gateway.reserve(_decode(_reserve_request.decode, data, "reservation request")))
+        self._spawn(self._call(req, reserve))
+
+    async def _call(self, req: Request, handler: Callable[[bytes], Awaitable[bytes]]) -> None:
+        try:
+            await req.respond(await handler(req.data))
+        except HomeskilletError as exc:
+            await req.respond_error(str(exc.status), exc.message, data=encode(error_reply(exc)))
+        except Exception as exc:  # never leave a caller without an answer
+            log.exception("request_crashed", subject=req.subject)
+            err = HomeskilletError(f"internal error: {exc!r}")
+            await req.respond_error("500", err.message, data=encode(error_reply(err)))
 
     async def _serve(self, req: Request) -> None:
         query: Query | None = None
@@ -78,7 +121,7 @@ class NatsIngress:
                 query = decode_query(req.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise _decode_error(exc) from None
-            answer = await self.gateway.ask(query, req._msg.reply or "")
+            answer = await self.gateway.ask(query, reply=req._msg.reply or "")
             await req.respond(encode(answer))
         except HomeskilletError as exc:
             reply = error_reply(exc, query.query_id if query else "")

@@ -1,16 +1,20 @@
 """Pieces several simulators share: a simulated clock, the OpenAI chat request a rented
-instance's server accepts, and a msgspec JSON response."""
+instance's server accepts (JSON or, with ``stream: true``, server-sent events as vLLM sends them),
+and a msgspec JSON response."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Protocol
 
 import msgspec
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
-__all__ = ["DEFAULT_EPOCH", "JSON", "ChatMessage", "ChatRequest", "Clock", "SimClock", "as_clock"]
+from homeskillet.sims.base import SimRandom, count_tokens, sim_completion
+
+__all__ = ["DEFAULT_EPOCH", "JSON", "ChatMessage", "ChatRequest", "Clock", "SimClock", "as_clock", "bounded_completion",
+           "chat_stream"]
 
 DEFAULT_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z: a frozen clock starts here so runs repeat
 
@@ -60,6 +64,7 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     messages: list[ChatMessage]
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
     max_completion_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    stream: bool = False
 
 
 class JSON(Response):
@@ -69,3 +74,42 @@ class JSON(Response):
 
     def render(self, content: Any) -> bytes:
         return msgspec.json.encode(content)
+
+
+def bounded_completion(model: str, prompt: str, max_tokens: int) -> str:
+    """``sim_completion`` cut to ``max_tokens`` as counted by ``count_tokens``: a server never
+    returns more tokens than asked for, however long the model name it echoes."""
+    words = sim_completion(model, prompt, max_tokens).split(" ")
+    while len(words) > 1 and count_tokens(" ".join(words)) > max_tokens:
+        words.pop()
+    text = " ".join(words)
+    return text if count_tokens(text) <= max_tokens else text[: max(1, max_tokens * 4 - 3)]
+
+
+def chat_stream(rnd: SimRandom, *, completion_id: str, created: int, model: str, text: str, latency_ms: float,
+                cut: Callable[[], None] | None = None) -> StreamingResponse:
+    """``text`` as vLLM streams it: one ``chat.completion.chunk`` per word, then ``data: [DONE]``.
+
+    With ``cut`` the box dies halfway: ``cut()`` runs (the simulator stops the instance) and the
+    body ends there, with no finish_reason and no ``[DONE]``, as a client sees a dropped upstream.
+    """
+    words = text.split(" ")
+    stop = len(words) if cut is None else max(1, len(words) // 2)
+
+    def chunk(delta: dict[str, str], finish: str | None) -> bytes:
+        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return b"data: " + msgspec.json.encode(body) + b"\n\n"
+
+    async def body() -> AsyncIterator[bytes]:
+        yield chunk({"role": "assistant", "content": ""}, None)
+        for i, word in enumerate(words[:stop]):
+            await rnd.sleep_ms(latency_ms / len(words))
+            yield chunk({"content": word if i == 0 else " " + word}, None)
+        if cut is not None:
+            cut()
+            return
+        yield chunk({}, "stop")
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"x-sim-latency-ms": f"{latency_ms:.3f}"})

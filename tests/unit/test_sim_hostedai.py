@@ -313,3 +313,13 @@ async def test_arbitrary_post_bodies_never_5xx(path_body: tuple[str, Any]) -> No
 @given(path=st.sampled_from(_PATHS), raw=st.binary(max_size=40))
 async def test_arbitrary_post_bytes_never_5xx(path: str, raw: bytes) -> None:
     await _post(path, content=raw)
+
+
+async def test_idempotency_key_replays_the_first_create(sim: Sim) -> None:
+    headers = {**sim.headers, "Idempotency-Key": "k-1"}
+    first = await sim.http.post("/api/v1/allocations", json=ALLOC, headers=headers)
+    again = await sim.http.post("/api/v1/allocations", json=ALLOC, headers=headers)
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json()["id"] == first.json()["id"] and sim.state.counters["allocations_created"] == 1
+    other = await sim.call("POST", "/allocations", ALLOC)  # no key: a new allocation
+    assert other.status_code == 201 and other.json()["id"] != first.json()["id"]

@@ -1,6 +1,7 @@
 """hosted.ai simulator over HTTP: thin handlers that decode, call ``HostedAISim``, encode.
 
-Paths (``provider-apis.md`` §9) under ``/api/v1``: ``POST auth/token``, ``POST allocations``,
+Paths (``provider-apis.md`` §9) under ``/api/v1``: ``POST auth/token``, ``POST allocations`` (an
+``Idempotency-Key`` header replays the first create),
 ``GET|DELETE allocations/{id}``, ``GET allocations/{id}/metrics``, ``POST inference/{id}``, and our
 own ``GET pools``. Every error, including an unknown path, is ``{"error": {"code", "message"}}``.
 """
@@ -66,7 +67,14 @@ async def _pools(request: Request) -> Response:
 
 async def _allocate(request: Request) -> Response:
     sim = await _enter(request)
+    # Our addition, not in §9: an ``Idempotency-Key`` header makes a retried create return the
+    # allocation the first attempt made, so a client that gave up waiting can find and release it.
+    key = request.headers.get("idempotency-key")
+    if key and key in sim.idempotency:
+        return _json(sim.leases[sim.idempotency[key]].view)
     lease = sim.allocate(await _decode(request, AllocateRequest))
+    if key:
+        sim.idempotency[key] = lease.view.id
     pool = sim.pools[lease.view.pool_id]
     # Slow allocation under load: the delay grows with how full the pool is. The allocation already
     # exists while the client waits, so a client that gives up leaves it behind, billed.

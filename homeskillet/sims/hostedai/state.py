@@ -100,6 +100,7 @@ class HostedAISim:
         self.clock: Callable[[], float] = clock or time.time
         self.pools = {p.id: p for p in _pools(config)}
         self.leases: dict[str, Lease] = {}
+        self.idempotency: dict[str, str] = {}  # Idempotency-Key -> allocation id
         self.billed_usd: defaultdict[str, float] = defaultdict(float)  # per tenant_id
         self.counters: Counter[str] = Counter()
         self.slept_ms = 0.0

@@ -18,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from homeskillet.sims.base import SimRandom, count_tokens, sim_completion
 from homeskillet.sims.ionet.envelope import json_response
 
-__all__ = ["ChatMessage", "ChatRequest", "Completion", "decode_chat", "openai_error", "respond"]
+__all__ = ["ChatMessage", "ChatRequest", "Completion", "decode_chat", "fit_tokens", "openai_error", "respond"]
 
 
 class ChatMessage(msgspec.Struct, kw_only=True):
@@ -43,6 +43,15 @@ class ChatRequest(msgspec.Struct, kw_only=True):
             elif isinstance(m.content, list):
                 parts.extend(str(p.get("text", "")) for p in m.content if isinstance(p, dict))
         return "\n".join(parts)
+
+
+def fit_tokens(text: str, max_tokens: int) -> str:
+    """Cut ``text`` to at most ``max_tokens`` tokens: a server never sends more than it was allowed."""
+    words = text.split(" ")
+    while len(words) > 1 and count_tokens(" ".join(words)) > max_tokens:
+        words.pop()
+    text = " ".join(words)
+    return text if count_tokens(text) <= max_tokens else text[: 4 * max_tokens]
 
 
 def openai_error(status: int, message: str, type_: str, headers: Mapping[str, str] | None = None) -> Response:
@@ -73,7 +82,7 @@ class Completion(msgspec.Struct, kw_only=True):
     def make(cls, rng: SimRandom, request: ChatRequest, *, id: str, created: int) -> Completion:
         max_tokens = request.max_completion_tokens or request.max_tokens or 256
         prompt = request.prompt()
-        text = sim_completion(request.model, prompt, max_tokens)
+        text = fit_tokens(sim_completion(request.model, prompt, max_tokens), max_tokens)
         prompt_tokens, completion_tokens = count_tokens(prompt), count_tokens(text)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens}

@@ -27,6 +27,7 @@ from homeskillet.sims.openrouter.wire import (
     Chunk,
     ChunkChoice,
     Delta,
+    ErrorDetail,
     OpenRouterError,
     Usage,
 )
@@ -72,12 +73,20 @@ async def _chat(request: Request) -> Response:
     choice = Choice(message=ChatMessage(content=run.text), finish_reason=run.finish_reason,
                     native_finish_reason=run.finish_reason)  # fmt: skip
     return _json(ChatCompletion(id=run.id, created=run.created, model=run.model.id, provider=run.host,
-                                choices=[choice], usage=usage))  # fmt: skip
+                                choices=[choice], usage=usage, error=_error(run)))  # fmt: skip
 
 
-def _sse(run: Run, choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
+def _error(run: Run) -> ErrorDetail | msgspec.UnsetType:
+    """After a 200 the HTTP status cannot change: a model failure travels in the body."""
+    if not run.error:
+        return msgspec.UNSET
+    return ErrorDetail(code=502, message=run.error, metadata={"provider_name": run.host})
+
+
+def _sse(run: Run, choices: list[ChunkChoice], usage: Usage | None = None,
+         error: ErrorDetail | msgspec.UnsetType = msgspec.UNSET) -> bytes:
     chunk = Chunk(id=run.id, created=run.created, model=run.model.id, provider=run.host, choices=choices,
-                  usage=usage)  # fmt: skip
+                  usage=usage, error=error)  # fmt: skip
     return b"data: " + msgspec.json.encode(chunk) + b"\n\n"
 
 
@@ -95,7 +104,8 @@ async def _stream(sim: OpenRouterSim, run: Run) -> AsyncGenerator[bytes, None]:
             yield _sse(run, [ChunkChoice(delta=Delta(content=piece))])
         await sim.sleep_ms(step)
         reason = run.finish_reason
-        yield _sse(run, [ChunkChoice(delta=Delta(), finish_reason=reason, native_finish_reason=reason)])
+        yield _sse(run, [ChunkChoice(delta=Delta(content="" if run.error else None), finish_reason=reason,
+                                     native_finish_reason=reason)], error=_error(run))
         usage, billed = sim.charge(run, streamed=True), True
         yield _sse(run, [], usage)  # OpenRouter always reports usage, in a last chunk without choices
         yield b"data: [DONE]\n\n"
@@ -134,8 +144,8 @@ def _models(request: Request) -> Response:
 
 def _render(request: Request, exc: Exception) -> Response:
     if isinstance(exc, OpenRouterError):  # OpenRouter's code is the HTTP status, as a number
-        return _json({"error": {"code": exc.status, "message": exc.message, "metadata": exc.metadata}},
-                     exc.status)  # fmt: skip
+        body = {"error": {"code": exc.status, "message": exc.message, "metadata": exc.metadata}}
+        return Response(msgspec.json.encode(body), exc.status, exc.headers, media_type="application/json")
     assert isinstance(exc, HTTPException)  # unknown path or method, still in the provider's envelope
     return _json({"error": {"code": exc.status_code, "message": exc.detail, "metadata": {}}}, exc.status_code)
 

@@ -98,6 +98,7 @@ class Run:
     completion_tokens: int
     finish_reason: str
     latency_ms: float
+    error: str = ""  # the model failed after the request was accepted (finish_reason "error")
 
 
 class OpenRouterSim:
@@ -134,7 +135,9 @@ class OpenRouterSim:
     def rate_limit(self) -> None:
         """Key-level rate limit: it ends the request, there is no fallback from it."""
         if self.rng.chance(self.config.faults.rate_limit_rate):
-            raise OpenRouterError(429, "Rate limit exceeded: too many requests for this key")
+            wait = self.config.extra.get("retry_after_s", 1)
+            raise OpenRouterError(429, "Rate limit exceeded: too many requests for this key",
+                                  headers={"Retry-After": str(wait)} if wait is not None else None)
 
     async def upstream_faults(self, model: Model) -> None:
         """One attempt's upstream failures; each lets ``models`` fall back to the next model."""
@@ -185,8 +188,8 @@ class OpenRouterSim:
                 why.append(f"{m.id}: {'; '.join(reasons)}")
             else:
                 keep.append(m)
-        if not keep:  # OpenRouter says 404 "No endpoints found ..." for routing, 400 for context length
-            status = 400 if too_long == len(ids) else 404
+        if not keep:  # 503 "no provider meets your routing requirements" (§10), 400 for context length
+            status = 400 if too_long == len(ids) else 503
             raise OpenRouterError(status, "No endpoints found matching your request: " + "; ".join(why))
         return keep
 
@@ -203,12 +206,25 @@ class OpenRouterSim:
                 f"tokens, but can only afford {afford}. To increase, visit {CREDITS_URL}",
             )
 
+    def moderate(self, model: Model, prompt: str) -> None:
+        """403 when a moderated model's input holds one of ``extra["flagged_words"]``."""
+        if not model.top_provider.is_moderated:
+            return
+        lowered = prompt.lower()
+        for word in self.config.extra.get("flagged_words", []):
+            if word.lower() in lowered:
+                raise OpenRouterError(403, f"{model.id} requires moderation on {self.hosts[model.id]}. "
+                                           "Your input was flagged for \"harassment\".",
+                                      {"reasons": ["harassment"], "flagged_input": prompt[:100],
+                                       "provider_name": self.hosts[model.id], "model_slug": model.id})
+
     async def run(self, req: ChatRequest, params: set[str]) -> Run:
         """Route, check credits, try each model in order until one has no upstream fault."""
         prompt = "\n".join(f"{m.role}: {_text(m)}" for m in req.messages)
         prompt_tokens = count_tokens(prompt)
         max_tokens = req.max_tokens or req.max_completion_tokens
         candidates = self.route(req, params, prompt_tokens)
+        self.moderate(candidates[0], prompt)
         self.check_credits(candidates[0], prompt_tokens, max_tokens)
         for i, model in enumerate(candidates):
             try:
@@ -230,6 +246,10 @@ class OpenRouterSim:
         text, completion = " ".join(words), count_tokens(" ".join(words))
         suffix = "".join(self.rng.rng.choices(string.ascii_letters + string.digits, k=20))
         now = int(self.clock())
+        if self.rng.chance(float(self.config.extra.get("error_finish_rate", 0.0))):  # accepted, then failed
+            return Run(id=f"gen-{now}-{suffix}", model=model, host=self.hosts[model.id], created=now, text="",
+                       prompt_tokens=prompt_tokens, completion_tokens=0, finish_reason="error",
+                       latency_ms=self.rng.latency_ms(0, model.id), error="Provider returned error")
         return Run(id=f"gen-{now}-{suffix}", model=model, host=self.hosts[model.id], created=now, text=text,
                    prompt_tokens=prompt_tokens, completion_tokens=completion,
                    finish_reason="stop" if words == full else "length",
@@ -238,7 +258,9 @@ class OpenRouterSim:
     def charge(self, run: Run, *, streamed: bool, completion_tokens: int | None = None) -> Usage:
         """Bill the model that ran and record the generation; a cancelled stream pays what it got."""
         tokens = run.completion_tokens if completion_tokens is None else completion_tokens
-        cost = _cost(run.model.pricing, run.prompt_tokens, tokens)
+        # no charge for a completion that failed with zero tokens (§10)
+        cost = 0.0 if run.finish_reason == "error" and tokens == 0 else _cost(run.model.pricing, run.prompt_tokens,
+                                                                               tokens)
         self.usage_usd += cost
         self.spent_by_model[run.model.id] += cost
         self.counters["completions"] += 1
@@ -250,5 +272,6 @@ class OpenRouterSim:
             cancelled=completion_tokens is not None, finish_reason=run.finish_reason,
             native_finish_reason=run.finish_reason,
         )  # fmt: skip
+        report = self.config.extra.get("report_cost", True)  # false: a gateway that reports no cost
         return Usage(prompt_tokens=run.prompt_tokens, completion_tokens=tokens,
-                     total_tokens=run.prompt_tokens + tokens, cost=cost)  # fmt: skip
+                     total_tokens=run.prompt_tokens + tokens, cost=cost if report else msgspec.UNSET)  # fmt: skip

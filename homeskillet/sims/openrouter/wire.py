@@ -16,6 +16,7 @@ __all__ = [
     "Chunk",
     "ChunkChoice",
     "Delta",
+    "ErrorDetail",
     "Generation",
     "MaxPrice",
     "Message",
@@ -132,7 +133,7 @@ class Usage(msgspec.Struct, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    cost: float = 0.0  # OpenRouter's usage accounting: USD charged for this request
+    cost: float | msgspec.UnsetType = msgspec.UNSET  # USD charged; absent when ``extra["report_cost"]`` is false
 
 
 class ChatMessage(msgspec.Struct, kw_only=True):
@@ -148,6 +149,12 @@ class Choice(msgspec.Struct, kw_only=True):
     logprobs: None = None
 
 
+class ErrorDetail(msgspec.Struct, kw_only=True):
+    code: int
+    message: str
+    metadata: dict[str, Any] = {}
+
+
 class ChatCompletion(msgspec.Struct, kw_only=True):
     id: str
     object: str = "chat.completion"
@@ -157,6 +164,7 @@ class ChatCompletion(msgspec.Struct, kw_only=True):
     choices: list[Choice]
     usage: Usage
     system_fingerprint: str | None = None
+    error: ErrorDetail | msgspec.UnsetType = msgspec.UNSET  # the model failed after the request was accepted
 
 
 class Delta(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -179,6 +187,7 @@ class Chunk(msgspec.Struct, kw_only=True):
     provider: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
+    error: ErrorDetail | msgspec.UnsetType = msgspec.UNSET  # a mid-stream failure, finish_reason "error"
 
 
 class Generation(msgspec.Struct, kw_only=True):
@@ -207,6 +216,7 @@ class Generation(msgspec.Struct, kw_only=True):
 class OpenRouterError(Exception):
     """Rendered as ``{"error": {"code": <http status>, "message", "metadata"}}``."""
 
-    def __init__(self, status: int, message: str, metadata: dict[str, Any] | None = None) -> None:
+    def __init__(self, status: int, message: str, metadata: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.metadata = status, message, metadata or {}
+        self.status, self.message, self.metadata, self.headers = status, message, metadata or {}, headers

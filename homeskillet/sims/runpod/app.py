@@ -6,7 +6,7 @@ Paths served:
                                         podRentInterruptable, podStop, podResume, podBidResume, podTerminate
   POST/GET /v1/pods, GET/DELETE /v1/pods/{podId}, POST /v1/pods/{podId}/stop|start
                                         ``https://rest.runpod.io/v1`` (deprecated: ``Deprecation``/``Sunset``)
-  POST /proxy/{podId}-{port}/v1/chat/completions, GET /proxy/{podId}-{port}/health
+  POST /proxy/{podId}-{port}/v1/chat/completions (JSON, or SSE with ``stream``), GET /proxy/{podId}-{port}/health
                                         really ``https://{podId}-{port}.proxy.runpod.net/...``
   POST /_sim/clock/advance, POST /_sim/pods/{podId}/preempt, GET /_sim/state   simulator controls
 Auth is ``Authorization: Bearer <key>`` or ``?api_key=`` (runpod-python's way). GraphQL refusals are
@@ -26,8 +26,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeskillet.sims.base import SimConfig, count_tokens, sim_completion
-from homeskillet.sims.common import JSON, ChatRequest
+from homeskillet.sims.base import SimConfig, count_tokens
+from homeskillet.sims.common import JSON, ChatRequest, bounded_completion, chat_stream
 from homeskillet.sims.runpod.catalog import GpuType
 from homeskillet.sims.runpod.graphql import GraphQLError, Resolver, execute, parse
 from homeskillet.sims.runpod.state import Clock, RunPodError, RunPodState, SimClock
@@ -210,10 +210,13 @@ class _Api:
         prompt = "\n".join(m.content if isinstance(m.content, str) else "".join(
             p["text"] for p in m.content or [] if isinstance(p, dict) and isinstance(p.get("text"), str))
             for m in body.messages)
-        text = sim_completion(body.model, prompt, body.max_tokens or body.max_completion_tokens or 256)
+        text = bounded_completion(body.model, prompt, body.max_tokens or body.max_completion_tokens or 256)
         out_tokens, in_tokens = count_tokens(text), count_tokens(prompt)
         ms = sim.rnd.latency_ms(out_tokens, body.model)
-        if pod.spec.interruptible and sim.rnd.chance(sim.config.faults.preempt_rate):
+        evict = pod.spec.interruptible and sim.rnd.chance(sim.config.faults.preempt_rate)
+        if body.stream:
+            return self._stream(pod.id, body.model, text, ms, evict)
+        if evict:
             await sim.rnd.sleep_ms(ms / 2)
             sim.preempt(pod.id)  # evicted mid-generation: the proxy loses its upstream
         else:
@@ -230,6 +233,18 @@ class _Api:
             "usage": {"prompt_tokens": in_tokens, "completion_tokens": out_tokens,
                       "total_tokens": in_tokens + out_tokens},
         }, headers={"x-sim-latency-ms": f"{ms:.3f}"})
+
+    def _stream(self, pod_id: str, model: str, text: str, ms: float, evict: bool) -> Response:
+        sim = self.sim
+
+        def cut() -> None:  # outbid mid-generation: the proxy loses its upstream where the pod stopped
+            sim.preempt(pod_id)
+            sim.count("preempted_inference")
+
+        sim.count("inferences" if not evict else "streams_cut")
+        return chat_stream(sim.rnd, completion_id=f"chatcmpl-{sim.rnd.rng.getrandbits(64):016x}",
+                           created=int(sim.clock.now()), model=model, text=text, latency_ms=ms,
+                           cut=cut if evict else None)
 
     async def health(self, request: Request) -> Response:
         return Response(status_code=200) if self._target(request)[1] else _gateway("pod is not running")

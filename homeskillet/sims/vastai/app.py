@@ -10,8 +10,9 @@ Paths served (real base ``https://console.vast.ai``):
   DELETE /api/v0/instances/{id}/            destroy
   PUT  /api/v0/instances/bid_price/{id}/    ``{"client_id": "me", "price": x}``
   GET  /api/v1/instances/ (also /api/v0/api/v1/instances/)  paginated listing
-  POST /instance/{id}/v1/chat/completions   the rented box's OpenAI server; really ``http://{public_ipaddr}:
-                                            {ports["8000/tcp"][0]["HostPort"]}``, here on the same app
+  POST /instance/{id}/v1/chat/completions   the rented box's OpenAI server (JSON, or SSE with ``stream``); really
+                                            ``http://{public_ipaddr}:{ports["8000/tcp"][0]["HostPort"]}``, here
+                                            on the same app
   GET  /instance/{id}/health                that server's readiness probe
   POST /_sim/clock/advance, POST /_sim/instances/{id}/outbid, GET /_sim/state   simulator controls
 Every path also answers without its trailing slash (httpx does not follow Starlette's redirect).
@@ -29,7 +30,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeskillet.sims.base import SimConfig, count_tokens, sim_completion
+from homeskillet.sims.base import SimConfig, count_tokens
+from homeskillet.sims.common import bounded_completion, chat_stream
 from homeskillet.sims.vastai.market import SearchError, search
 from homeskillet.sims.vastai.state import Clock, SimClock, VastError, VastState
 from homeskillet.sims.vastai.wire import (
@@ -174,10 +176,13 @@ class _Api:
             return JSON({"object": "error", "message": str(exc), "type": "BadRequestError", "param": None,
                          "code": 400}, status_code=400)
         prompt = prompt_of(body.messages)
-        text = sim_completion(body.model, prompt, body.max_tokens or body.max_completion_tokens or 256)
+        text = bounded_completion(body.model, prompt, body.max_tokens or body.max_completion_tokens or 256)
         out_tokens, in_tokens = count_tokens(text), count_tokens(prompt)
         ms = sim.rnd.latency_ms(out_tokens, body.model)
-        if inst.bid is not None and sim.rnd.chance(sim.config.faults.preempt_rate):
+        evict = inst.bid is not None and sim.rnd.chance(sim.config.faults.preempt_rate)
+        if body.stream:
+            return self._stream(iid, body.model, text, ms, evict)
+        if evict:
             await sim.rnd.sleep_ms(ms / 2)
             sim.outbid(iid)  # evicted mid-generation: the socket drops before a byte of the answer
         else:
@@ -194,6 +199,18 @@ class _Api:
             "usage": {"prompt_tokens": in_tokens, "completion_tokens": out_tokens,
                       "total_tokens": in_tokens + out_tokens},
         }, headers={"x-sim-latency-ms": f"{ms:.3f}"})
+
+    def _stream(self, iid: int, model: str, text: str, ms: float, evict: bool) -> Response:
+        sim = self.sim
+
+        def cut() -> None:  # outbid mid-generation: the stream stops where the box did
+            sim.outbid(iid)
+            sim.count("preempted_inference")
+
+        sim.count("inferences" if not evict else "streams_cut")
+        return chat_stream(sim.rnd, completion_id=f"chatcmpl-{sim.rnd.rng.getrandbits(64):016x}",
+                           created=int(sim.clock.now()), model=model, text=text, latency_ms=ms,
+                           cut=cut if evict else None)
 
     async def health(self, request: Request) -> Response:
         if self.sim.serving(request.path_params["id"]) is None:

@@ -1,0 +1,242 @@
+"""The MCP tools: argument and result Structs, their JSON schemas, and one call into the gateway each.
+
+Arguments decode strictly (an unknown or mistyped argument is a tool error naming it); results are
+Structs whose msgspec schema is the tool's ``outputSchema``, returned as ``structuredContent`` and,
+as the spec suggests, as JSON text. The tenant is never an argument: it comes from the caller's
+credential (``Principal``), so one tenant cannot act as another.
+
+Errors: a ``HomeskilletError`` (bad arguments, no pool, another tenant's reservation…) comes back
+as a tool result with ``isError`` and an ``ErrorReply`` as structured content, so a model can read
+it and correct itself; an unknown tool name is a JSON-RPC error (-32602), as the spec says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolResult, TextContent, Tool, ToolAnnotations
+
+from ..auth import Principal
+from ..clock import now_ms
+from ..errors import BadRequest, HomeskilletError
+from ..gateway import Gateway, error_reply
+from ..strict import StrictError, convert_strict
+from ..telemetry import get_logger
+from ..wire import (
+    AllocationMetrics,
+    Answer,
+    FragmentOutcome,
+    Message,
+    Offer,
+    Query,
+    QuoteReply,
+    Reservation,
+    ReserveRequest,
+)
+
+__all__ = ["McpTools", "NoArgs", "PoolRow", "PoolTable", "QueryArgs", "QueryResult", "QuoteArgs", "ReservationRef",
+           "ToolSpec", "object_schema", "tool_error"]
+
+log = get_logger("homeskillet.ingress.mcp")
+
+
+# --- arguments -----------------------------------------------------------------------------------
+
+
+class QuoteArgs(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A query: ``prompt`` or ``messages``; a covenant by name (or picked by ``model``), plus overrides."""
+
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    covenant: str | None = None
+    model: str | None = None
+    overrides: dict[str, Any] | None = None  # e.g. {"qos": {"latency_target_ms": 500}}
+    max_tokens: int | None = None
+    temperature: float = 0.0
+
+    def to_query(self, tenant: str) -> Query:
+        return Query(tenant=tenant, prompt=self.prompt, messages=self.messages, covenant=self.covenant,
+                     model=self.model, overrides=self.overrides, max_tokens=self.max_tokens,
+                     temperature=self.temperature)
+
+
+class QueryArgs(QuoteArgs, kw_only=True, forbid_unknown_fields=True):
+    reservation_id: str | None = None  # run on this reservation of yours instead of negotiating
+
+
+class ReservationRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    reservation_id: str
+
+
+class NoArgs(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+class QueryResult(msgspec.Struct, kw_only=True):
+    query_id: str
+    text: str
+    covenant: str
+    covenant_id: str
+    kept: bool  # every fragment's covenant terms were kept
+    cost_usd: float
+    latency_ms: float
+    pools: list[str]  # the pools that served it, in fragment order, each once
+    fragments: list[FragmentOutcome]  # the verdict per fragment: pool, step, why, kept, broken terms
+
+    @classmethod
+    def of(cls, a: Answer) -> QueryResult:
+        return cls(query_id=a.query_id, text=a.text, covenant=a.covenant, covenant_id=a.covenant_id,
+                   kept=all(f.kept for f in a.fragments), cost_usd=a.cost_usd, latency_ms=a.latency_ms,
+                   pools=list(dict.fromkeys(f.pool for f in a.fragments)), fragments=a.fragments)
+
+
+class PoolRow(msgspec.Struct, kw_only=True):
+    pool: str
+    quote_seq: int
+    quote_age_ms: int
+    expires_in_ms: int
+    offer: Offer
+
+
+class PoolTable(msgspec.Struct, kw_only=True):
+    pools: list[PoolRow]  # pools with a fresh standing quote, by name
+
+
+# --- schemas -------------------------------------------------------------------------------------
+
+
+def object_schema(tp: type[msgspec.Struct], *, hide: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The Struct's JSON schema with the object at the root (MCP wants ``type: object`` there, where
+    msgspec puts a ``$ref``); ``hide`` drops fields the server fills in."""
+    schema = msgspec.json.schema(tp)
+    defs: dict[str, Any] = schema.pop("$defs", {})
+    root = dict(defs.pop(schema["$ref"].rsplit("/", 1)[-1])) if "$ref" in schema else schema
+    if hide:
+        root["properties"] = {k: v for k, v in root["properties"].items() if k not in hide}
+        root["required"] = [k for k in root.get("required", []) if k not in hide]
+    return {**root, "$defs": defs} if defs else root
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+Run = Callable[[Principal, Any], Awaitable[msgspec.Struct]]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    args: type[msgspec.Struct]
+    result: type[msgspec.Struct]
+    run: Run
+    kind: Literal["read", "write", "destructive"] = "read"
+    tenant_arg: bool = False  # the args Struct has a ``tenant`` field the server sets
+
+    def tool(self) -> Tool:
+        hide = frozenset({"tenant"}) if self.tenant_arg else frozenset()
+        return Tool(name=self.name, description=self.description,
+                    input_schema=object_schema(self.args, hide=hide), output_schema=object_schema(self.result),
+                    annotations=ToolAnnotations(read_only_hint=self.kind == "read",
+                                                destructive_hint=self.kind == "destructive",
+                                                idempotent_hint=self.kind != "write", open_world_hint=True))
+
+    def decode(self, arguments: dict[str, Any], principal: Principal) -> Any:
+        if self.tenant_arg:
+            if "tenant" in arguments:
+                raise BadRequest("'tenant' is not an argument: it comes from your credential", term="tenant")
+            arguments = {**arguments, "tenant": principal.tenant}
+        try:
+            return convert_strict(arguments, self.args, f"{self.name} arguments")
+        except StrictError as exc:
+            raise BadRequest(str(exc), term="arguments") from None
+
+
+def tool_error(exc: HomeskilletError) -> CallToolResult:
+    reply = error_reply(exc)
+    return CallToolResult(content=[TextContent(type="text", text=f"{exc.code} ({exc.status}): {exc.message}")],
+                          structured_content=msgspec.to_builtins(reply), is_error=True)
+
+
+class McpTools:
+    """Every tool, bound to one gateway. ``call`` is what the MCP server's ``tools/call`` runs."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        specs = [
+            ToolSpec("query", "Answer a prompt or chat under a covenant: negotiated per fragment with the pools, "
+                     "struck, fused. Returns the answer text, the covenant verdict per fragment (pool, fallback "
+                     "step, terms kept or broken), cost in USD and the pools used. With reservation_id, runs on "
+                     "that reservation of yours.", QueryArgs, QueryResult, self._query, "write"),
+            ToolSpec("quote", "Negotiate a query without executing it: per fragment, the winning bid (pool, price, "
+                     "predicted latency, why it won), the ranked alternatives and the pools that refused with the "
+                     "covenant term they cannot meet. Nothing is held or charged.", QuoteArgs, QuoteReply,
+                     self._quote),
+            ToolSpec("reserve", "Reserve compute ahead of use (GPU/TPU by model, count, duration, cost ceiling, "
+                     "fallback providers). Returns the reservation with its endpoints and the failover steps "
+                     "passed over.", ReserveRequest, Reservation, self._reserve, "write", tenant_arg=True),
+            ToolSpec("reservation", "Look up one of your reservations by id.", ReservationRef, Reservation,
+                     self._reservation),
+            ToolSpec("release", "Release one of your reservations; returns it with its final bill when the "
+                     "provider states one.", ReservationRef, Reservation, self._release, "destructive"),
+            ToolSpec("allocation_metrics", "Live metrics of one of your reservations' allocation: utilisation, "
+                     "memory, inference count, latency, uptime, accrued cost.", ReservationRef, AllocationMetrics,
+                     self._metrics),
+            ToolSpec("pools", "The live pool table: every pool with a fresh standing quote, its offer (capacity, "
+                     "price, predicted latency, reliability) and the quote's age.", NoArgs, PoolTable, self._pools),
+        ]
+        self.specs = {s.name: s for s in specs}
+        self.tools = [s.tool() for s in specs]
+
+    async def call(self, principal: Principal, name: str, arguments: dict[str, Any] | None) -> CallToolResult:
+        spec = self.specs.get(name)
+        if spec is None:
+            raise MCPError(INVALID_PARAMS, f"unknown tool {name!r}; the tools are: {', '.join(self.specs)}")
+        try:
+            result = await spec.run(principal, spec.decode(arguments or {}, principal))
+        except HomeskilletError as exc:
+            log.info("mcp_tool_failed", tool=name, tenant=principal.tenant, code=exc.code, error=exc.message)
+            return tool_error(exc)
+        except Exception as exc:  # a bug must still answer the caller, and must not end the session
+            log.exception("mcp_tool_crashed", tool=name, tenant=principal.tenant)
+            return tool_error(HomeskilletError(f"internal error in tool {name!r}: {type(exc).__name__}"))
+        structured = msgspec.to_builtins(result)
+        return CallToolResult(content=[TextContent(type="text", text=msgspec.json.encode(structured).decode())],
+                              structured_content=structured)
+
+    # --- one gateway call each ---------------------------------------------------------------------
+
+    async def _query(self, p: Principal, args: QueryArgs) -> QueryResult:
+        query = args.to_query(p.tenant)
+        if args.reservation_id is not None:
+            return QueryResult.of(await self.gateway.infer_on(args.reservation_id, p.tenant, query))
+        return QueryResult.of(await self.gateway.ask(query, p))
+
+    async def _quote(self, p: Principal, args: QuoteArgs) -> QuoteReply:
+        return await self.gateway.quote(args.to_query(p.tenant), p)
+
+    async def _reserve(self, p: Principal, req: ReserveRequest) -> Reservation:
+        return await self.gateway.reserve(req)
+
+    async def _reservation(self, p: Principal, ref: ReservationRef) -> Reservation:
+        return await self.gateway.reservation(ref.reservation_id, p.tenant)
+
+    async def _release(self, p: Principal, ref: ReservationRef) -> Reservation:
+        return await self.gateway.release(ref.reservation_id, p.tenant)
+
+    async def _metrics(self, p: Principal, ref: ReservationRef) -> AllocationMetrics:
+        return await self.gateway.reservation_metrics(ref.reservation_id, p.tenant)
+
+    async def _pools(self, p: Principal, _: NoArgs) -> PoolTable:
+        t = now_ms()
+        view = self.gateway.orchestrator.negotiator.view  # the broker's immutable snapshot: no thread hop
+        rows = [PoolRow(pool=q.offer.pool, quote_seq=q.seq, quote_age_ms=max(0, t - q.issued_at_ms),
+                        expires_in_ms=q.expires_at_ms - t, offer=q.offer)
+                for q in view.quotes if q.expires_at_ms >= t]
+        return PoolTable(pools=sorted(rows, key=lambda r: r.pool))

@@ -1,0 +1,143 @@
+"""OpenAI-compatible API: ``POST /v1/chat/completions`` (plain and SSE) and ``GET /v1/models``.
+
+Decode the OpenAI request into a ``Query``, call the gateway, encode the ``Answer`` as an OpenAI
+completion (the cost, pools and verdict ride along in ``homeskillet``). ``model`` names a covenant
+or a model (the covenant book resolves it); ``covenant`` and ``overrides`` may come in the body.
+
+Streaming runs the query to its answer, then sends it as ``chat.completion.chunk`` events ending
+in ``data: [DONE]``: strikes return whole results over NATS today, so the stream carries the
+OpenAI framing, not token-by-token latency. Errors before the first chunk get the status and
+OpenAI's error body, which is what the SDKs raise on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from ..errors import BadRequest, HomeskilletError, TenantRateLimited
+from ..wire import Answer, Message, Query
+from .http_common import context, json, principal, read_body
+from .openai_wire import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatMessage,
+    Choice,
+    ChunkChoice,
+    Delta,
+    ErrorBody,
+    ErrorEnvelope,
+    HomeskilletExtension,
+    Model,
+    ModelList,
+    Usage,
+)
+
+__all__ = ["openai_error", "routes", "to_query"]
+
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
+                403: "permission_error", 404: "invalid_request_error", 409: "conflict_error",
+                413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def openai_error(exc: HomeskilletError) -> Response:
+    code = "model_not_found" if exc.code == "unknown_covenant" else exc.code
+    body = ErrorEnvelope(error=ErrorBody(message=exc.message, type=_ERROR_TYPES.get(exc.status, "server_error"),
+                                         param=exc.term, code=code))
+    headers = {"retry-after": f"{max(1, round(exc.retry_after_s))}"} if isinstance(exc, TenantRateLimited) else {}
+    if exc.status == 401:
+        headers["www-authenticate"] = f'Bearer error="invalid_token", error_description="{exc.term or "invalid"}"'
+    return json(body, exc.status, headers)
+
+
+def _text(m: ChatMessage, i: int) -> str:
+    if m.content is None or isinstance(m.content, str):
+        return m.content or ""
+    parts = []
+    for j, p in enumerate(m.content):
+        if p.type != "text" or p.text is None:
+            raise BadRequest(f"messages[{i}].content[{j}] is a {p.type!r} part; only text parts are served",
+                             term=f"messages[{i}].content[{j}].type")
+        parts.append(p.text)
+    return "\n".join(parts)
+
+
+def to_query(req: ChatCompletionRequest) -> Query:
+    """The OpenAI request as our Query; options we cannot honour are a 400, not silently dropped."""
+    if req.n != 1:
+        raise BadRequest(f"'n' is {req.n}; only one choice (n=1) is served", term="n")
+    if not req.messages:
+        raise BadRequest("'messages' is empty; send at least one user message", term="messages")
+    messages = [Message(role="system" if m.role == "developer" else m.role, content=_text(m, i))
+                for i, m in enumerate(req.messages)]
+    return Query(messages=messages, model=req.model, covenant=req.covenant, overrides=req.overrides,
+                 max_tokens=req.max_completion_tokens or req.max_tokens,
+                 temperature=1.0 if req.temperature is None else req.temperature,
+                 tenant=req.tenant or "default")
+
+
+def _extension(a: Answer) -> HomeskilletExtension:
+    return HomeskilletExtension(query_id=a.query_id, tenant=a.tenant, covenant=a.covenant, covenant_id=a.covenant_id,
+                                cost_usd=a.cost_usd, latency_ms=a.latency_ms, kept=all(f.kept for f in a.fragments),
+                                pools=[f.pool for f in a.fragments], fragments=a.fragments)
+
+
+def _usage(a: Answer) -> Usage:
+    p = sum(f.prompt_tokens for f in a.fragments)
+    c = sum(f.completion_tokens for f in a.fragments)
+    return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
+
+
+async def chat_completions(request: Request) -> Response:
+    req = await read_body(request, ChatCompletionRequest)
+    who = principal(request, req.tenant)
+    answer = await context(request).gateway.ask(to_query(req), who)
+    cid, created = f"chatcmpl-{answer.query_id}", int(time.time())
+    if not req.stream:
+        return json(ChatCompletion(id=cid, created=created, model=req.model, usage=_usage(answer),
+                                   choices=[Choice(message=AssistantMessage(content=answer.text))],
+                                   homeskillet=_extension(answer)))
+    include_usage = req.stream_options is not None and req.stream_options.include_usage
+    return StreamingResponse(_chunks(answer, cid, created, req.model, include_usage),
+                             media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+async def _chunks(a: Answer, cid: str, created: int, model: str, include_usage: bool) -> AsyncIterator[bytes]:
+    enc = msgspec.json.encode
+
+    def event(choices: list[ChunkChoice], **extra: object) -> bytes:
+        chunk = ChatCompletionChunk(id=cid, created=created, model=model, choices=choices, **extra)  # type: ignore[arg-type]
+        return b"data: " + enc(chunk) + b"\n\n"
+
+    yield event([ChunkChoice(delta=Delta(role="assistant", content=""))])
+    words = a.text.split(" ")
+    for i, word in enumerate(words):
+        yield event([ChunkChoice(delta=Delta(content=word if i == len(words) - 1 else word + " "))])
+    yield event([ChunkChoice(delta=Delta(), finish_reason="stop")], homeskillet=_extension(a))
+    if include_usage:
+        yield event([], usage=_usage(a))
+    yield b"data: [DONE]\n\n"
+
+
+async def models(request: Request) -> Response:
+    principal(request)  # listing needs a valid credential too
+    seen: dict[str, Model] = {}
+    for cov in context(request).gateway.covenants():
+        seen[cov.name] = Model(id=cov.name, kind="covenant", model=cov.resources.model)
+    for cov in context(request).gateway.covenants():
+        seen.setdefault(cov.resources.model, Model(id=cov.resources.model, kind="model", model=cov.resources.model))
+    return json(ModelList(data=sorted(seen.values(), key=lambda m: m.id)))
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+    ]

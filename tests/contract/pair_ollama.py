@@ -1,0 +1,19 @@
+"""``ollama`` paired with ``homeskillet node``: the Ollama HTTP API backed by local MLX."""
+
+from __future__ import annotations
+
+from pair import Pair
+
+from homeskillet.node import create_node_app
+from homeskillet.providers.base import AllocationRequest
+from homeskillet.providers.ollama import OllamaConnector
+
+PAIR = Pair(
+    provider="ollama",
+    make_app=lambda: create_node_app(models=["hs-tiny"]),
+    make_connector=lambda url, _key: OllamaConnector(base_url=url),
+    model="hs-tiny",
+    api_key="",  # Ollama takes no credential
+    ready_path="/api/version",
+    want=AllocationRequest(model="hs-tiny"),
+)

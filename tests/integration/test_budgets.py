@@ -1,0 +1,144 @@
+"""Tenant budgets and rate limits under concurrency, on one and on two orchestrators sharing one
+nats-server (JetStream KV). Real HTTP, real NATS, echo pools priced so one query costs a known
+amount: input tokens only, so the hold (the bid) and the settled cost are the same."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+
+import httpx
+import pytest
+
+from homeskillet.budgets import Budgets
+from homeskillet.config import HttpSettings, Settings, TenantSettings
+from homeskillet.errors import BudgetExceeded
+from homeskillet.kvstate import KvCell, bucket_name, open_bucket
+from homeskillet.runtime import Runtime
+from homeskillet.sims.base import count_tokens
+from homeskillet.testing import echo_pool
+
+PROMPT = "charge me exactly this"
+PRICE = count_tokens(PROMPT) * 1.0 / 1e6  # usd_per_mtok_in = 1.0, nothing else priced
+BUDGET = 10.5 * PRICE  # fits 10 queries, not 11
+HTTP = HttpSettings(listen="127.0.0.1:0")
+
+
+def settings(prefix: str, nats_url: str, **tenants: TenantSettings) -> Settings:
+    pool = echo_pool(usd_per_mtok_in=1.0, usd_per_mtok_out=0.0, capacity=64, options={"delay_ms": 5.0})
+    return Settings(nats=[nats_url], prefix=prefix, pools=[pool], http=HTTP, tenants=dict(tenants))
+
+
+async def fire(urls: list[str], n: int, tenant: str) -> Counter[int]:
+    async with httpx.AsyncClient(timeout=30) as h:
+        async def one(i: int) -> httpx.Response:
+            return await h.post(urls[i % len(urls)] + "/api/v1/query", json={"prompt": PROMPT, "model": "gemma-2b"},
+                                headers={"X-Tenant": tenant})
+        replies = await asyncio.gather(*(one(i) for i in range(n)))
+    for r in replies:
+        assert r.status_code in (200, 402), r.text
+        if r.status_code == 402:
+            assert r.json()["code"] == "budget_exceeded" and "daily budget" in r.json()["message"]
+    return Counter(r.status_code for r in replies)
+
+
+async def check_books(rt: Runtime, tenant: str, answered: int) -> None:
+    assert rt.gateway is not None
+    usage = await rt.gateway.usage(tenant)
+    assert usage.budget is not None
+    assert usage.budget.held_usd == 0.0  # every hold settled or released
+    assert usage.budget.spent_day_usd == pytest.approx(answered * PRICE)
+    assert usage.budget.spent_day_usd <= BUDGET  # never below zero left
+    assert BUDGET - usage.budget.spent_day_usd >= 0
+
+
+async def test_fifty_concurrent_against_a_budget_for_ten(nats_url: str) -> None:
+    s = settings(f"t{uuid.uuid4().hex[:10]}", nats_url, acme=TenantSettings(daily_usd=BUDGET))
+    async with Runtime(s) as rt:
+        assert rt.http is not None
+        counts = await fire([rt.http.url], 50, "acme")
+        assert counts[200] == 10 and counts[402] == 40
+        await check_books(rt, "acme", 10)
+        report = await rt.ledger_report("acme")
+        assert report.spent_usd["acme"] == pytest.approx(10 * PRICE)  # the process ledger agrees
+        # Another tenant is not affected by acme's spend.
+        assert (await fire([rt.http.url], 2, "other"))[200] == 2
+
+
+async def test_two_orchestrators_share_one_budget(nats_url: str) -> None:
+    s = settings(f"t{uuid.uuid4().hex[:10]}", nats_url, **{"*": TenantSettings(daily_usd=BUDGET, monthly_usd=1.0)})
+    async with Runtime(s) as a, Runtime(s) as b:
+        assert a.http is not None and b.http is not None
+        counts = await fire([a.http.url, b.http.url], 50, "shared")
+        assert counts[200] == 10 and counts[402] == 40
+        await check_books(a, "shared", 10)
+        # Both processes served some of the ten: the budget really was shared, not per process.
+        spent = [(await rt.ledger_report("shared")).spent_usd.get("shared", 0.0) for rt in (a, b)]
+        assert sum(spent) == pytest.approx(10 * PRICE)
+
+
+async def test_rate_limit_requests_per_minute_across_two_instances(nats_url: str) -> None:
+    s = settings(f"t{uuid.uuid4().hex[:10]}", nats_url, capped=TenantSettings(requests_per_minute=7))
+    async with Runtime(s) as a, Runtime(s) as b:
+        assert a.http is not None and b.http is not None
+        async with httpx.AsyncClient(timeout=30) as h:
+            replies = await asyncio.gather(*(
+                h.post((a.http.url, b.http.url)[i % 2] + "/api/v1/query", json={"prompt": "hi", "model": "gemma-2b"},
+                       headers={"X-Tenant": "capped"}) for i in range(20)))
+    counts = Counter(r.status_code for r in replies)
+    assert counts[200] == 7 and counts[429] == 13
+    limited = next(r for r in replies if r.status_code == 429)
+    assert limited.json()["code"] == "rate_limit_exceeded" and "retry-after" in limited.headers
+
+
+async def test_hold_settle_release_and_expiry(nats_url: str) -> None:
+    """Budgets as plain calls against a real KV bucket: settle is idempotent, release frees the
+    hold, and an expired hold (a crashed instance) stops counting."""
+    import nats
+
+    nc = await nats.connect(nats_url)
+    try:
+        name = bucket_name(f"t{uuid.uuid4().hex[:10]}", "ledger")
+        now = [1_750_000_000.0]
+        budgets = Budgets(KvCell(await open_bucket(nc.jetstream(), name), name),
+                          {"t": TenantSettings(daily_usd=1.0)}, hold_ttl_s=10, clock=lambda: now[0])
+        assert await budgets.hold("t", "h1", 0.6)
+        with pytest.raises(BudgetExceeded) as err:
+            await budgets.hold("t", "h2", 0.6)
+        assert err.value.term == "tenants.daily_usd" and err.value.status == 402
+        await budgets.settle("t", "h1", 0.5)
+        await budgets.settle("t", "h1", 0.5)  # a retried settle charges once
+        assert (await budgets.status("t")).spent_day_usd == pytest.approx(0.5)
+        assert await budgets.hold("t", "h3", 0.5)
+        await budgets.release("t", "h3")
+        assert (await budgets.status("t")).held_usd == 0.0
+        assert await budgets.hold("t", "h4", 0.5)  # never settled: its instance "crashed"
+        now[0] += 11
+        assert (await budgets.status("t")).held_usd == 0.0
+        now[0] += 86_400  # the next UTC day starts from zero
+        assert (await budgets.status("t")).spent_day_usd == 0.0
+        assert not await budgets.hold("unlisted", "h5", 99.0)  # no budget: nothing held, nothing refused
+    finally:
+        await nc.close()
+
+
+def test_tenant_settings_are_strict(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from homeskillet.config import load_settings
+    from homeskillet.strict import StrictError
+
+    monkeypatch.delenv("JWT_ENABLED", raising=False)
+    good = tmp_path / "good.toml"
+    good.write_text('[tenants.acme]\ndaily_usd = 5.0\nrequests_per_minute = 60\n[tenants."*"]\nmonthly_usd = 100.0\n'
+                    '[auth]\nenabled = true\nsecret = "x"\naudience = "hs"\n[http]\nlisten = "127.0.0.1:8080"\n')
+    s = load_settings(good)
+    assert s.tenants["acme"] == TenantSettings(daily_usd=5.0, requests_per_minute=60)
+    assert s.tenants["*"].monthly_usd == 100.0 and s.auth.enabled and s.http.listen == "127.0.0.1:8080"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[tenants.acme]\ndaily_usd = 5.0\nrequests_per_mintue = 60\n")
+    with pytest.raises(StrictError, match=r"\[tenants.acme\].*unknown key 'requests_per_mintue'"):
+        load_settings(bad)
+    for value in ('"lots"', "-1.0"):
+        bad.write_text(f"[tenants.acme]\ndaily_usd = {value}\n")
+        with pytest.raises(StrictError, match=r"tenants\.acme"):
+            load_settings(bad)

@@ -1,0 +1,128 @@
+"""auth.py as pure calls: every rejection reason, both key kinds, the env overlay, auth off."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from homeskillet.auth import Authenticator, AuthSettings, Principal, auth_settings_from_env, mint_token
+from homeskillet.errors import HomeskilletError, Unauthorized
+
+SECRET = "s" * 32
+ON = AuthSettings(enabled=True, secret=SECRET, issuer="hs-test", audience="homeskillet")
+
+
+def _tok(**kw: object) -> str:
+    args: dict[str, object] = {"tenant": "acme", "secret": SECRET, "issuer": "hs-test", "audience": "homeskillet"}
+    args.update(kw)
+    return mint_token(**args)  # type: ignore[arg-type]
+
+
+def _reason(auth: Authenticator, header: str | None) -> str | None:
+    with pytest.raises(Unauthorized) as err:
+        auth.authenticate(header)
+    assert err.value.status == 401
+    return err.value.term
+
+
+def test_valid_token_gives_the_tenant_from_the_claim() -> None:
+    p = Authenticator(ON).authenticate("Bearer " + _tok(scopes=["hs:query", "hs:reserve"], subject="ci"))
+    assert p == Principal(tenant="acme", subject="ci", scopes=("hs:query", "hs:reserve"), authenticated=True)
+
+
+def test_the_claim_beats_the_callers_hint() -> None:
+    p = Authenticator(ON).authenticate("Bearer " + _tok(), tenant_hint="victim")
+    assert p.tenant == "acme"
+
+
+@pytest.mark.parametrize(("header", "reason"), [
+    (None, "missing"),
+    ("", "missing"),
+    ("Basic dXNlcjpwYXNz", "malformed"),
+    ("Bearer ", "malformed"),
+    ("Bearer not.a.jwt", "malformed"),
+])
+def test_bad_headers(header: str | None, reason: str) -> None:
+    assert _reason(Authenticator(ON), header) == reason
+
+
+def test_each_bad_token_names_its_reason() -> None:
+    auth = Authenticator(ON)
+    assert _reason(auth, "Bearer " + _tok(now=time.time() - 7200)) == "expired"
+    assert _reason(auth, "Bearer " + _tok(secret="x" * 32)) == "signature"
+    assert _reason(auth, "Bearer " + _tok(audience="someone-else")) == "audience"
+    assert _reason(auth, "Bearer " + _tok(issuer="evil")) == "issuer"
+    assert _reason(auth, "Bearer " + _tok(audience="")) == "claim"
+    assert _reason(auth, "Bearer " + _tok(tenant_claim="org")) == "tenant_claim"
+    no_exp = jwt.encode({"tenant": "acme", "iss": "hs-test", "aud": "homeskillet"}, SECRET, algorithm="HS256")
+    assert _reason(auth, "Bearer " + no_exp) == "claim"
+    unsigned = jwt.encode({"tenant": "acme", "exp": time.time() + 60}, None, algorithm="none")
+    assert _reason(auth, "Bearer " + unsigned) == "algorithm"
+
+
+def test_leeway_accepts_small_clock_skew() -> None:
+    tok = _tok(ttl_s=1, now=time.time() - 5)
+    assert Authenticator(ON).authenticate("Bearer " + tok).tenant == "acme"
+    assert _reason(Authenticator(AuthSettings(enabled=True, secret=SECRET, leeway_s=0)), "Bearer " + tok) == "expired"
+
+
+def _pems(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> tuple[str, str]:
+    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+    pub = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return priv, pub
+
+
+@pytest.mark.parametrize(("make", "alg"), [
+    (lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256"),
+    (lambda: ec.generate_private_key(ec.SECP256R1()), "ES256"),
+])
+def test_public_key_algorithms(make, alg: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    priv, pub = _pems(make())
+    key_file = tmp_path / "key.pem"
+    key_file.write_text(priv)
+    tok = mint_token(tenant="acme", private_key=str(key_file), audience="homeskillet")
+    assert jwt.get_unverified_header(tok)["alg"] == alg
+    auth = Authenticator(AuthSettings(enabled=True, public_key=pub, audience="homeskillet"))
+    assert auth.authenticate("Bearer " + tok).tenant == "acme"
+    # A token signed by another key of the same kind, and an HS256 token, are both refused.
+    other_priv, _ = _pems(make())
+    assert _reason(auth, "Bearer " + mint_token(tenant="acme", private_key=other_priv, audience="homeskillet")) \
+        == "signature"
+    assert _reason(auth, "Bearer " + mint_token(tenant="acme", secret=SECRET, audience="homeskillet")) == "algorithm"
+
+
+def test_auth_off_trusts_the_hint_or_defaults() -> None:
+    auth = Authenticator(AuthSettings())
+    assert auth.authenticate(None) == Principal(tenant="default")
+    assert auth.authenticate("Bearer whatever", tenant_hint="acme").tenant == "acme"
+
+
+def test_misconfiguration_is_a_clear_error() -> None:
+    with pytest.raises(HomeskilletError, match="neither a secret"):
+        Authenticator(AuthSettings(enabled=True))
+    with pytest.raises(HomeskilletError, match="needs a public key"):
+        Authenticator(AuthSettings(enabled=True, secret=SECRET, algorithm="RS256"))
+    with pytest.raises(HomeskilletError, match="needs a secret"):
+        mint_token(tenant="acme")
+    with pytest.raises(HomeskilletError, match=r"1\.\.128"):
+        mint_token(tenant="", secret=SECRET)
+
+
+def test_env_overlay(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "secret"
+    f.write_text(SECRET + "\n")
+    s = auth_settings_from_env(env={"JWT_ENABLED": "true", "JWT_SECRET_FILE": str(f), "JWT_AUDIENCE": "hs"})
+    assert (s.enabled, s.secret, s.audience) == (True, SECRET, "hs")
+    assert auth_settings_from_env(env={"JWT_ENABLED": "0"}).enabled is False
+    with pytest.raises(HomeskilletError, match="JWT settings"):
+        auth_settings_from_env(env={"JWT_ALGORITHM": "none"})
+
+
+def test_the_secret_stays_out_of_repr() -> None:
+    assert SECRET not in repr(ON) and SECRET not in str(ON)
