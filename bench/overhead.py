@@ -44,6 +44,7 @@ async def main():
     async def echo(msg):
         await msg.respond(msg.data)
     await nc.subscribe("bench.echo", cb=echo)
+    await nc.flush()  # the server has the subscription before we say ready
     print("ready", flush=True)
     await asyncio.Event().wait()
 asyncio.run(main())
