@@ -24,7 +24,7 @@ from .providers.base import AllocationMetrics
 from .quoting import quote_query
 from .reservations import Reservations
 from .sims.base import count_tokens
-from .telemetry import QUERIES, QUERY_SECONDS, get_logger
+from .telemetry import QUERIES, QUERY_SECONDS, get_logger, labelled
 from .wire import Answer, Covenant, ErrorReply, Query, QuoteReply, Readiness, Reservation, ReserveRequest, TenantUsage
 
 __all__ = ["Gateway", "error_reply", "validate_query"]
@@ -132,7 +132,7 @@ class Gateway:
                 log.info("query_failed", code=exc.code, error=exc.message)
                 raise
             self._keep(answer)
-            QUERIES.labels(outcome="answered").inc()
+            labelled(QUERIES, outcome="answered").inc()
             QUERY_SECONDS.observe(time.perf_counter() - t0)
             log.debug("query_answered", cost_usd=answer.cost_usd, latency_ms=round(answer.latency_ms, 2),
                       pools=[f.pool for f in answer.fragments])

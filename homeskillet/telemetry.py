@@ -6,8 +6,10 @@ structlog context does not cross into actor threads, so actor code binds ``query
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+from typing import Any
 
 import structlog
 from prometheus_client import Counter, Histogram
@@ -20,6 +22,7 @@ __all__ = [
     "STRIKES",
     "configure_logging",
     "get_logger",
+    "labelled",
 ]
 
 ACTOR_RESTARTS = Counter("hs_actor_restarts_total", "Actors restarted by their supervisor", ["actor"])
@@ -27,6 +30,13 @@ STRIKES = Counter("hs_strikes_total", "Strikes by pool and outcome", ["pool", "o
 FALLBACKS = Counter("hs_fallbacks_total", "Fragments moved past a fallback step", ["step", "reason"])
 QUERIES = Counter("hs_queries_total", "Queries by outcome", ["outcome"])
 QUERY_SECONDS = Histogram("hs_query_seconds", "End-to-end query latency")
+
+
+@functools.cache
+def labelled(metric: Any, **labels: str) -> Any:
+    """``metric.labels(**labels)``, looked up once per label set: ``labels()`` takes a lock and
+    validates on every call, a few µs on the query path. (Never ``remove`` a cached child.)"""
+    return metric.labels(**labels)
 
 
 def configure_logging(*, json: bool = False, level: str = "INFO") -> None:

@@ -38,7 +38,7 @@ from .providers.base import AllocationRequest, Connector, InferRequest
 from .scoring import price_usd
 from .subjects import Subjects, token
 from .supervisor import Supervised, Supervisor
-from .telemetry import STRIKES, get_logger
+from .telemetry import STRIKES, get_logger, labelled
 from .wire import (
     Allocated,
     Award,
@@ -232,7 +232,7 @@ class PoolHost:
         if isinstance(result, StrikeFailure) and result.code == "lease_rejected":
             self.results.pop(sid, None)  # nothing ran: a later delivery may try again
         fut.set_result(result)
-        STRIKES.labels(pool=self.spec.name, outcome=result.__struct_config__.tag).inc()
+        labelled(STRIKES, pool=self.spec.name, outcome=result.__struct_config__.tag).inc()
         if msg.reply:
             await self.nc.publish(msg.reply, encode(result))
         if isinstance(result, StrikeOk) and strike.lease_id is None:
