@@ -9,10 +9,11 @@ weighs price against predicted latency by the covenant's priority, and the pool'
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from .wire import Bid, Covenant, Offer, Refusal
 
-__all__ = ["Ranked", "make_bid", "predicted_ms", "price_usd", "rank", "serves"]
+__all__ = ["Prices", "Ranked", "make_bid", "predicted_ms", "price_usd", "rank", "serves"]
 
 
 def serves(offer: Offer, model: str) -> bool:
@@ -27,7 +28,18 @@ def predicted_ms(offer: Offer, max_tokens: int) -> tuple[float, float]:
     return start, start + offer.ms_per_token * max_tokens
 
 
-def price_usd(offer: Offer, prompt_tokens: int, completion_tokens: int, seconds: float) -> float:
+class Prices(Protocol):
+    """What a price is made of: an Offer has it, and so has a PoolSpec."""
+
+    @property
+    def usd_per_mtok_in(self) -> float: ...
+    @property
+    def usd_per_mtok_out(self) -> float: ...
+    @property
+    def usd_per_hour(self) -> float: ...
+
+
+def price_usd(offer: Prices, prompt_tokens: int, completion_tokens: int, seconds: float) -> float:
     """Token-priced and time-priced pools in one formula (one of the two terms is usually 0)."""
     per_token = (prompt_tokens * offer.usd_per_mtok_in + completion_tokens * offer.usd_per_mtok_out) / 1e6
     return per_token + offer.usd_per_hour * seconds / 3600.0

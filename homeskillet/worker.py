@@ -285,7 +285,9 @@ class PoolHost:
         if cost is None and strike.allocation is not None:
             cost = 0.0  # a reservation's strikes are covered by its hourly bill, settled at release
         if cost is None:
-            cost = price_usd(self.agent.state.offer(), res.prompt_tokens, res.completion_tokens, elapsed / 1000.0)
+            # Priced from the host's own copy of the live state: the agent's state belongs to its thread.
+            priced = self.live.apply(self.spec) if self.live else self.spec
+            cost = price_usd(priced, res.prompt_tokens, res.completion_tokens, elapsed / 1000.0)
             if offer.usd_per_hour == 0 and strike.max_price_usd > 0:
                 cost = min(cost, strike.max_price_usd)  # never charge above the awarded price
         return StrikeOk(strike_id=sid, pool=pool, model=res.model, text=res.text, prompt_tokens=res.prompt_tokens,
