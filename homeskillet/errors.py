@@ -14,6 +14,7 @@
     ├── TenantRateLimited            the tenant is over its requests/tokens per minute (429)
     ├── StrikeFailed                 a strike did not return a result (retryable on fallback)
     │   ├── Preempted                the pool evicted the strike mid-inference
+    │   ├── Cancelled                we stopped the strike (a hedge lost the race); .billed_usd
     │   └── ProviderError            a provider's API said no; .provider, .http_status
     │       ├── ProviderAuthError    our credential was refused (not retryable)
     │       ├── RateLimited          429; .retry_after_s
@@ -31,6 +32,7 @@ from __future__ import annotations
 __all__ = [
     "BadRequest",
     "BudgetExceeded",
+    "Cancelled",
     "CovenantError",
     "DeadlineExceeded",
     "ExtraMissing",
@@ -206,3 +208,14 @@ class ExtraMissing(HomeskilletError):
 
     def __init__(self, feature: str, extra: str) -> None:
         super().__init__(f"{feature} needs the {extra!r} extra: pip install 'homeskillet[{extra}]'")
+
+
+class Cancelled(StrikeFailed):
+    """We cancelled the strike (the loser of a hedged race); ``billed_usd`` is what its provider
+    bills for the part that ran."""
+
+    code = "cancelled"
+
+    def __init__(self, message: str, *, billed_usd: float = 0.0) -> None:
+        super().__init__(message)
+        self.billed_usd = billed_usd

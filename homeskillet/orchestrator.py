@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
-from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -20,8 +18,10 @@ from nats.aio.client import Client as NATS
 from .analyze import analyze
 from .broker import Negotiator
 from .budgets import Budgets
+from .cache import ResultCache
 from .covenant import CovenantBook, Step, fallback_chain
 from .errors import (
+    Cancelled,
     DeadlineExceeded,
     HomeskilletError,
     LeaseRejected,
@@ -35,28 +35,32 @@ from .ids import new_id
 from .ledger import Hold, Release, Settle
 from .parking import ParkingLot
 from .scoring import Ranked
+from .strategies import Served, backup_for, from_logprob, hedge_delay_ms, hedged_execute, plan, serve_plan
 from .strike import Dispatcher
 from .subjects import Subjects
 from .supervisor import Supervised
 from .telemetry import FALLBACKS, get_logger
 from .wire import (
     Answer,
+    CancelStrike,
     Covenant,
     Fragment,
     FragmentOutcome,
+    Offer,
     Query,
     Reservation,
     Strike,
+    StrikeCancelled,
     StrikeFailure,
     StrikeOk,
     StrikePreemption,
     Verdict,
+    encode,
 )
 
 __all__ = ["Orchestrator", "judge"]
 
 log = get_logger("homeskillet.orchestrator")
-T = TypeVar("T")
 
 
 def judge(cov: Covenant, ok: StrikeOk, elapsed_ms: float) -> list[str]:
@@ -71,25 +75,17 @@ def judge(cov: Covenant, ok: StrikeOk, elapsed_ms: float) -> list[str]:
     return broken
 
 
-async def _gather(coros: list[Coroutine[Any, Any, T]]) -> list[T | BaseException]:
-    """``gather(..., return_exceptions=True)``, without a task for a lone coroutine (most queries)."""
-    if len(coros) == 1:
-        try:
-            return [await coros[0]]
-        except Exception as exc:
-            return [exc]
-    return await asyncio.gather(*coros, return_exceptions=True)
-
-
 class Orchestrator:
     def __init__(self, nc: NATS, subjects: Subjects, covenants: CovenantBook, negotiator: Negotiator,
                  dispatcher: Dispatcher, ledger: Supervised, *, max_fragments: int = 16,
-                 parking: ParkingLot | None = None, budgets: Budgets | None = None) -> None:
+                 parking: ParkingLot | None = None, budgets: Budgets | None = None,
+                 cache: ResultCache | None = None) -> None:
         self.nc, self.subjects, self.covenants = nc, subjects, covenants
         self.negotiator, self.dispatcher, self.ledger = negotiator, dispatcher, ledger
         self.budgets = budgets  # the tenants' shared daily/monthly budgets (JetStream KV)
         self.max_fragments = max_fragments
         self.parking = parking  # durable queue step; None: parked fragments live in memory only
+        self.cache = cache if cache is not None else ResultCache()
         self.parked: dict[str, Fragment] = {}  # fragments waiting in the queue step, by fragment_id
         self._replies: dict[str, str] = {}  # query_id -> the caller's NATS reply subject, while served
 
@@ -112,23 +108,18 @@ class Orchestrator:
             await self.parking.done(query_id)
 
     async def _serve(self, query: Query) -> Answer:
+        """Plan (covenant, complexity, decomposition; strategies/serving.py), serve the plan
+        through a ``_QueryRun`` (cache, cascade, ensemble, map → reduce), fuse."""
         t0 = time.monotonic()
-        cov = self.covenants.resolve(query)
-        fragments = analyze(query, cov, max_fragments=self.max_fragments)
-        deadline = t0 + cov.qos.hard_deadline_ms / 1000.0
-        results = await _gather([self._serve_fragment(query, cov, f, deadline) for f in fragments])
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            err = failures[0]
-            if not isinstance(err, HomeskilletError):
-                raise HomeskilletError(f"internal error serving query {query.query_id}: {err!r}") from err
-            raise err
-        outcomes = [r[0] for r in results]  # type: ignore[index]
-        texts = [r[1] for r in results]  # type: ignore[index]
+        p = plan(query, self.covenants, self.negotiator.pools(), max_fragments=self.max_fragments)
+        cov = p.cov
+        run = _QueryRun(self, query, cov, t0 + cov.qos.hard_deadline_ms / 1000.0)
+        result = await serve_plan(run, p, self.cache)
         return Answer(
-            query_id=query.query_id, tenant=query.tenant, text=fuse(cov.fusion, fragments, texts),
-            covenant=cov.name, covenant_id=cov.covenant_id, fusion=cov.fusion, fragments=outcomes,
-            cost_usd=sum(o.cost_usd for o in outcomes), latency_ms=(time.monotonic() - t0) * 1000.0,
+            query_id=query.query_id, tenant=query.tenant, text=result.text, covenant=cov.name,
+            covenant_id=cov.covenant_id, fusion=cov.fusion, fragments=result.outcomes,
+            cost_usd=sum(o.cost_usd for o in result.outcomes), latency_ms=(time.monotonic() - t0) * 1000.0,
+            complexity=p.assessment.complexity, strategy=p.strategy,
         )
 
     async def serve_on(self, query: Query, res: Reservation) -> Answer:
@@ -178,8 +169,7 @@ class Orchestrator:
         ranked, unmet, cfp_id = await self.negotiator.contract_net(step, cov, frag, exclude, degrade)
         return ranked, unmet, cfp_id
 
-    async def _serve_fragment(self, query: Query, cov: Covenant, frag: Fragment,
-                              deadline: float) -> tuple[FragmentOutcome, str]:
+    async def _serve_fragment(self, query: Query, cov: Covenant, frag: Fragment, deadline: float) -> Served:
         chain = fallback_chain(cov)
         tried: list[str] = []
         unmet: list[Unmet] = []
@@ -204,7 +194,7 @@ class Orchestrator:
         raise NoPoolError(cov.name, unmet, tuple(tried or steps_tried))
 
     async def _try_step(self, query: Query, cov: Covenant, frag: Fragment, step: Step, degrade: bool,
-                        deadline: float, tried: list[str], unmet: list[Unmet]) -> tuple[FragmentOutcome, str] | None:
+                        deadline: float, tried: list[str], unmet: list[Unmet]) -> Served | None:
         exclude: set[str] = set()
         while time.monotonic() < deadline:
             ranked, refusals, cfp_id = await self._candidates(step, cov, frag, exclude, degrade)
@@ -218,17 +208,19 @@ class Orchestrator:
             pool = choice.bid.pool
             strike_id = new_id()
             lease_id = None
+            losers: list[FragmentOutcome] = []
             try:
                 if cfp_id is not None:
                     lease = await self.negotiator.award(cfp_id, choice, ranked[1:], query.query_id, strike_id)
                     lease_id = lease.lease_id
-                strike = Strike(
-                    strike_id=strike_id, query_id=query.query_id, tenant=query.tenant, covenant_id=cov.covenant_id,
-                    pool=pool, fragment=frag, model=choice.bid.model, lease_id=lease_id,
-                    quote_seq=choice.bid.quote_seq, max_price_usd=choice.bid.price_usd,
-                    deadline_ms=int((time.time() + deadline - time.monotonic()) * 1000), trace_id=query.trace_id,
-                )
-                ok, elapsed = await self.execute(strike, cov, choice.bid.price_usd, deadline)
+                strike = self._strike(query, cov, frag, choice, strike_id, lease_id, deadline)
+                backup = backup_for(cov, ranked, cfp_id is not None)
+                if backup is None:
+                    ok, elapsed = await self.execute(strike, cov, choice.bid.price_usd, deadline)
+                else:
+                    ok, elapsed, choice, strike, losers = await self._hedged(query, cov, frag, strike, choice,
+                                                                             backup, deadline)
+                    pool, strike_id = choice.bid.pool, strike.strike_id
             except (StrikeFailed, LeaseRejected) as exc:
                 tried.append(f"{pool}: {exc.message}")
                 exclude.add(pool)
@@ -244,12 +236,54 @@ class Orchestrator:
                 step=str(step), why=choice.why, cost_usd=ok.cost_usd, latency_ms=elapsed,
                 prompt_tokens=ok.prompt_tokens, completion_tokens=ok.completion_tokens, kept=not broken,
                 broken_terms=broken, tried=list(tried), degraded=ok.model != cov.resources.model,
+                role=frag.role, part=frag.part, confidence=from_logprob(ok.logprob_mean),
             )
-            return outcome, ok.text
+            return Served(outcome=outcome, text=ok.text, others=[
+                msgspec.structs.replace(o, step=str(step), tried=list(tried)) for o in losers])
         return None
 
+    def _strike(self, query: Query, cov: Covenant, frag: Fragment, choice: Ranked, strike_id: str,
+                lease_id: str | None, deadline: float) -> Strike:
+        return Strike(
+            strike_id=strike_id, query_id=query.query_id, tenant=query.tenant, covenant_id=cov.covenant_id,
+            pool=choice.bid.pool, fragment=frag, model=choice.bid.model, lease_id=lease_id,
+            quote_seq=choice.bid.quote_seq, max_price_usd=choice.bid.price_usd,
+            deadline_ms=int((time.time() + deadline - time.monotonic()) * 1000), trace_id=query.trace_id,
+        )
+
+    async def _hedged(self, query: Query, cov: Covenant, frag: Fragment, strike: Strike, choice: Ranked,
+                      backup: Ranked, deadline: float,
+                      ) -> tuple[StrikeOk, float, Ranked, Strike, list[FragmentOutcome]]:
+        """The strike, with a duplicate to ``backup`` if it is late (strategies/hedge.py)."""
+        second = self._strike(query, cov, frag, backup, new_id(), None, deadline)
+        delay = hedge_delay_ms(choice.bid.offer, cov.strategy.hedge, cov)
+
+        async def execute(s: Strike, price: float) -> tuple[StrikeOk, float]:
+            return await self.execute(s, cov, price, deadline)
+
+        async def cancel(s: Strike) -> None:
+            await self.nc.publish(self.subjects.agent(s.pool),
+                                  encode(CancelStrike(strike_id=s.strike_id, pool=s.pool, reason="hedge lost")))
+
+        h = await hedged_execute(execute, cancel, (strike, choice.bid.price_usd),
+                                 (second, backup.bid.price_usd), delay)
+        won, won_strike = (choice, strike) if h.winner == 0 else (backup, second)
+        why = (f"; hedged after {h.fired_after_ms:.0f} ms (p{cov.strategy.hedge.percentile} of "
+               f"{choice.bid.pool}), {'the first pool' if h.winner == 0 else 'the hedge'} won"
+               if h.fired_after_ms is not None else "")
+        won = Ranked(won.bid, won.score, won.why + why)
+        losers = []
+        if h.loser is not None:
+            lo = h.loser
+            losers.append(FragmentOutcome(
+                fragment_id=frag.fragment_id, index=frag.index, pool=lo.pool, strike_id=lo.strike.strike_id,
+                model=lo.strike.model, step="", why="hedged strike", cost_usd=lo.cost_usd,
+                latency_ms=lo.latency_ms, role="hedge", contribution=lo.note, contributed=False, part=frag.part,
+            ))
+        return h.ok, h.elapsed_ms, won, won_strike, losers
+
     async def _queue(self, query: Query, cov: Covenant, frag: Fragment, earlier: list[Step], deadline: float,
-                     tried: list[str], unmet: list[Unmet]) -> tuple[FragmentOutcome, str] | None:
+                     tried: list[str], unmet: list[Unmet]) -> Served | None:
         """Park the fragment until a new quote arrives, then retry the earlier steps."""
         until = min(deadline, time.monotonic() + cov.fallback.queue_max_wait_ms / 1000.0)
         log.info("fragment_parked", query_id=query.query_id, fragment=frag.fragment_id,
@@ -263,7 +297,7 @@ class Orchestrator:
             del self.parked[frag.fragment_id]
 
     async def _wait_parked(self, cov: Covenant, frag: Fragment, earlier: list[Step], until: float,
-                           tried: list[str], query: Query) -> tuple[FragmentOutcome, str] | None:
+                           tried: list[str], query: Query) -> Served | None:
         while (left := until - time.monotonic()) > 0:
             try:
                 await asyncio.wait_for(self.negotiator.book_changed.wait(), left)
@@ -274,8 +308,8 @@ class Orchestrator:
                     continue
                 served = await self._try_step(query, cov, frag, step, j > 0, until, tried, [])
                 if served is not None:
-                    o, text = served
-                    return msgspec.structs.replace(o, step=f"queue→{o.step}"), text
+                    o = served.outcome
+                    return msgspec.structs.replace(served, outcome=msgspec.structs.replace(o, step=f"queue→{o.step}"))
         tried.append(f"queue: no capacity within {cov.fallback.queue_max_wait_ms} ms")
         return None
 
@@ -330,6 +364,13 @@ class Orchestrator:
                 verdict.broken_terms = ["qos.preemptible"] if not cov.qos.preemptible else []
                 self.dispatcher.verdict(verdict)
                 raise Preempted(f"{strike.pool} preempted the strike: {result.message}")
+            case StrikeCancelled():
+                # We stopped it (a hedge lost): charge what the provider bills for the part that ran.
+                self.ledger.tell_soon(Settle(strike.tenant, strike.strike_id, strike.model, strike.pool,
+                                             result.billed_usd))
+                verdict.cancelled, verdict.cost_usd, verdict.kept = True, result.billed_usd, True
+                self.dispatcher.verdict(verdict)
+                raise Cancelled(f"{strike.pool}: {result.message}", billed_usd=result.billed_usd)
             case StrikeFailure():
                 self.ledger.tell_soon(Release(strike.strike_id))
                 verdict.failed = True
@@ -338,3 +379,19 @@ class Orchestrator:
                     raise LeaseRejected(result.message)
                 raise StrikeFailed(f"{strike.pool}: {result.code}: {result.message}")
         raise StrikeFailed(f"{strike.pool}: unexpected reply {type(result).__name__}")
+
+
+class _QueryRun:
+    """One query's side of the strategies' seam (strategies/types.py ``Run``)."""
+
+    def __init__(self, orch: Orchestrator, query: Query, cov: Covenant, deadline: float) -> None:
+        self.orch, self.query, self.cov, self.deadline = orch, query, cov, deadline
+
+    async def serve(self, frag: Fragment) -> Served:
+        return await self.orch._serve_fragment(self.query, self.cov, frag, self.deadline)
+
+    async def serve_on(self, frag: Fragment, step: Step) -> Served | None:
+        return await self.orch._try_step(self.query, self.cov, frag, step, True, self.deadline, [], [])
+
+    def offers(self) -> list[Offer]:
+        return self.orch.negotiator.pools()

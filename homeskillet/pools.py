@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from .clock import now_ms
 from .config import PoolSpec
@@ -23,6 +24,7 @@ from .wire import Award, Bid, CallForProposals, Health, Lease, Offer, ProviderOf
 __all__ = [
     "CommitLease",
     "CurrentQuote",
+    "LatencyWindow",
     "LiveState",
     "PoolAgent",
     "PoolState",
@@ -65,18 +67,48 @@ def revalidate(spec: PoolSpec, strike: Strike) -> str | None:
     return None
 
 
+class LatencyWindow:
+    """Percentiles of the last ``size`` strike latencies: a ring buffer, read when quoting.
+    A window rather than a cumulative sketch, so the percentiles follow a pool whose tail changes."""
+
+    LEVELS = (50, 90, 95, 99)
+
+    def __init__(self, size: int = 512) -> None:
+        self.buf = np.zeros(size, dtype=np.float64)
+        self.n = 0  # samples ever added
+
+    def add(self, ms: float) -> None:
+        self.buf[self.n % len(self.buf)] = ms
+        self.n += 1
+
+    def percentiles(self) -> tuple[float, ...]:
+        """(p50, p90, p95, p99) in ms; zeros while empty."""
+        if self.n == 0:
+            return (0.0,) * len(self.LEVELS)
+        data = self.buf[: min(self.n, len(self.buf))]
+        return tuple(float(x) for x in np.percentile(data, self.LEVELS))
+
+
 class TrackRecord:
-    """What this pool's verdicts say: kept share and an EWMA of observed latency."""
+    """What this pool's verdicts say: kept share, an EWMA of observed latency, and a window of
+    latencies for percentiles (hedged strikes fire past one of them)."""
 
     def __init__(self) -> None:
         self.kept = 0
         self.total = 0
         self.latency_ewma_ms: float | None = None
+        self.latency = LatencyWindow()
 
     def add(self, v: Verdict) -> None:
+        if v.cancelled:
+            # A hedge loser we stopped: not the pool's failure, but its latency was at least this
+            # long (censored), and leaving it out would hide exactly the tail hedging reacts to.
+            self.latency.add(v.latency_ms)
+            return
         self.total += 1
         self.kept += 1 if v.kept else 0
         if not v.failed and not v.preempted:
+            self.latency.add(v.latency_ms)
             a = 0.2
             prev = self.latency_ewma_ms
             self.latency_ewma_ms = v.latency_ms if prev is None else (1 - a) * prev + a * v.latency_ms
@@ -143,6 +175,7 @@ class PoolState:
         if self.record.latency_ewma_ms is not None:
             # Observed latency corrects the static prediction, but never below the spec's floor.
             start = max(s.start_ms, self.record.latency_ewma_ms - s.ms_per_token * 32)
+        p50, p90, p95, p99 = self.record.latency.percentiles()
         return Offer(
             pool=s.name, provider=self.provider, pool_class=s.pool_class, models=list(s.models),
             accelerator=s.accelerator,  # type: ignore[arg-type]
@@ -151,7 +184,9 @@ class PoolState:
             usd_per_hour=s.usd_per_hour, start_ms=start, ms_per_token=s.ms_per_token,
             free_slots=max(0, s.capacity - busy), queue_depth=max(0, busy - s.capacity),
             warm_models=sorted(self.warm | set(self.live.warm_models if self.live else ())),
-            reliability=self.record.reliability,
+            reliability=self.record.reliability, context_tokens=s.context_tokens,
+            latency_samples=self.record.latency.n, latency_p50_ms=p50, latency_p90_ms=p90, latency_p95_ms=p95,
+            latency_p99_ms=p99,
         )
 
     def sold_out(self) -> str | None:

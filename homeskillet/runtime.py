@@ -18,6 +18,7 @@ from nats.aio.client import Client as NATS
 
 from .broker import BookView, BrokerActor, BrokerState, Negotiator
 from .budgets import Budgets
+from .cache import make_cache
 from .config import PoolSpec, Settings
 from .covenant import CovenantBook
 from .errors import HomeskilletError
@@ -58,7 +59,11 @@ def tune_gc_for_serving(gen0_threshold: int = 10_000) -> None:
 
 
 def make_connector(spec: PoolSpec) -> Connector:
-    return connector_class(spec.provider)(**spec.options)
+    cls = connector_class(spec.provider)
+    try:
+        return cls(**spec.options)
+    except TypeError as exc:  # an option the connector does not take: name the pool and the option
+        raise HomeskilletError(f"pool {spec.name}: bad options for the {spec.provider!r} connector: {exc}") from None
 
 
 class Runtime:
@@ -108,7 +113,8 @@ class Runtime:
             limits = await RateLimiter.open(self.nc.jetstream(), s.prefix, s.tenants) if s.tenants else None
             self.orchestrator = Orchestrator(self.nc, self.subjects, covenants, self.negotiator, self.dispatcher,
                                              self.ledger, max_fragments=s.max_fragments, budgets=budgets,
-                                             parking=self.parking)
+                                             parking=self.parking,
+                                             cache=make_cache(s.cache_embedder, s.cache_max_entries))
             self.reservations = Reservations(self.nc, self.subjects, lambda: self.negotiator.view.quotes)
             self.gateway = Gateway(self.orchestrator, self.reservations, max_prompt_bytes=s.max_prompt_bytes,
                                    limits=limits)

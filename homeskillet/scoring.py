@@ -81,6 +81,9 @@ def make_bid(
             return refuse("resources.gpu_models", f"offers {offer.gpu_model or 'no GPU'}, allowed {r.gpu_models}")
     if offer.preemptible and not q.preemptible:
         return refuse("qos.preemptible", "capacity is preemptible; the covenant forbids it")
+    if offer.context_tokens and prompt_tokens + max_tokens > offer.context_tokens:
+        return refuse("context_tokens", f"window {offer.context_tokens} tokens; the fragment needs "
+                                        f"{prompt_tokens} + {max_tokens}")
     if offer.free_slots <= 0 and offer.queue_depth <= 0:
         return refuse("capacity", "no free capacity")
     start, total = predicted_ms(offer, max_tokens)
@@ -112,9 +115,10 @@ class Ranked:
 
     __slots__ = ("_why", "bid", "cost_x", "late", "score", "warm")
 
-    def __init__(self, bid: Bid, score: float, cost_x: float, late: bool, warm: bool) -> None:
+    def __init__(self, bid: Bid, score: float, why: str | None = None, *, cost_x: float = 1.0, late: bool = False,
+                 warm: bool = False) -> None:
         self.bid, self.score, self.cost_x, self.late, self.warm = bid, score, cost_x, late, warm
-        self._why: str | None = None
+        self._why = why  # None: written from the figures on first read
 
     @property
     def why(self) -> str:
@@ -148,6 +152,6 @@ def rank(bids: Sequence[Bid], cov: Covenant) -> list[Ranked]:
         score += 1.0 if late else 0.0
         warm = b.model in b.offer.warm_models
         score -= 0.05 if warm else 0.0
-        out.append(Ranked(b, score, cost_x, late, warm))
+        out.append(Ranked(b, score, cost_x=cost_x, late=late, warm=warm))
     out.sort(key=lambda r: (r.score, r.bid.pool))
     return out

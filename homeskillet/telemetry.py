@@ -16,7 +16,10 @@ from prometheus_client import Counter, Histogram
 
 __all__ = [
     "ACTOR_RESTARTS",
+    "CACHE_LOOKUPS",
+    "CASCADE_STEPS",
     "FALLBACKS",
+    "HEDGES",
     "QUERIES",
     "QUERY_SECONDS",
     "STRIKES",
@@ -28,6 +31,10 @@ __all__ = [
 ACTOR_RESTARTS = Counter("hs_actor_restarts_total", "Actors restarted by their supervisor", ["actor"])
 STRIKES = Counter("hs_strikes_total", "Strikes by pool and outcome", ["pool", "outcome"])
 FALLBACKS = Counter("hs_fallbacks_total", "Fragments moved past a fallback step", ["step", "reason"])
+CACHE_LOOKUPS = Counter("hs_cache_lookups_total", "Result cache lookups by mode and result (exact, semantic, miss)",
+                        ["mode", "result"])
+CASCADE_STEPS = Counter("hs_cascade_total", "Cascade tiers struck, by outcome (kept, escalated)", ["tier", "outcome"])
+HEDGES = Counter("hs_hedges_total", "Hedged strikes by outcome (fired, primary_won, hedge_won)", ["outcome"])
 QUERIES = Counter("hs_queries_total", "Queries by outcome", ["outcome"])
 QUERY_SECONDS = Histogram("hs_query_seconds", "End-to-end query latency")
 

@@ -29,9 +29,13 @@ __all__ = [
     "Award",
     "Bid",
     "BudgetStatus",
+    "CachePolicy",
     "CallForProposals",
+    "CancelStrike",
+    "Cascade",
     "Cost",
     "Covenant",
+    "Ensemble",
     "ErrorReply",
     "Fallback",
     "Fragment",
@@ -40,7 +44,9 @@ __all__ = [
     "FreeAllocation",
     "Freed",
     "Health",
+    "Hedge",
     "Lease",
+    "MapReduce",
     "Message",
     "MetricsAsk",
     "MetricsReply",
@@ -60,7 +66,10 @@ __all__ = [
     "Reserve",
     "ReserveRequest",
     "Resources",
+    "Route",
+    "Strategy",
     "Strike",
+    "StrikeCancelled",
     "StrikeFailure",
     "StrikeOk",
     "StrikePreemption",
@@ -149,13 +158,73 @@ class Fallback(Term, kw_only=True):
     degrade_to: list[str] = []  # smaller models a fallback step may serve instead
 
 
+class Ensemble(Term, kw_only=True):
+    """The same fragment to several pools (one per member step), fused by ``fuse``."""
+
+    members: list[str] = []  # fallback-style steps: pool classes, "provider:<x>", "pool:<name>"
+    fuse: Literal["vote", "confidence", "teacher"] = "vote"
+    teacher: str = ""  # with fuse = "teacher": the member step whose answer overrides the rest
+
+
+class Cascade(Term, kw_only=True):
+    """Cheapest tier first; escalate while the answer's confidence is below ``threshold``."""
+
+    tiers: list[str] = []  # steps, cheapest first; the last tier's answer is always kept
+    threshold: float = 0.7  # 0..1, see homeskillet/strategies/confidence.py for what it measures
+    samples: int = 1  # >1: confidence by self-consistency when the pool returns no logprobs
+
+
+class Hedge(Term, kw_only=True):
+    """A duplicate strike to the next-best pool when the first is late past a percentile of its record."""
+
+    enabled: bool = False
+    percentile: Literal[50, 90, 95, 99] = 90  # p95 sits on the edge of a ~5 % tail: see docs/benchmarks.md
+    min_samples: int = 20  # fewer verdicts than this: hedge after the covenant's latency target
+
+
+class MapReduce(Term, kw_only=True):
+    """Long context: chunks that fit the pools' context window, mapped, then reduced by a model."""
+
+    chunk_tokens: int = 0  # 0: from the smallest context window among the pools that could serve
+    max_chunks: int = 64
+
+
+class Route(Term, kw_only=True):
+    """Queries naming no covenant move to ``covenant`` from this complexity (0..1) up."""
+
+    min_complexity: float
+    covenant: str
+
+
+class Strategy(Term, kw_only=True):
+    """How a covenant's queries are decomposed and served (each table is optional in TOML)."""
+
+    decompose: list[str] = msgspec.field(default_factory=lambda: ["questions", "long_context"])
+    serve: Literal["single", "ensemble", "cascade"] = "single"
+    ensemble: Ensemble = msgspec.field(default_factory=Ensemble)
+    cascade: Cascade = msgspec.field(default_factory=Cascade)
+    hedge: Hedge = msgspec.field(default_factory=Hedge)
+    map_reduce: MapReduce = msgspec.field(default_factory=MapReduce)
+    route: list[Route] = []
+
+
+class CachePolicy(Term, kw_only=True):
+    """The fragment result cache: per tenant, exact by hash, semantic by embedding similarity."""
+
+    mode: Literal["off", "exact", "semantic"] = "off"
+    threshold: float | None = None  # cosine similarity a semantic hit needs; None: the embedder's calibrated one
+    ttl_s: float = 3600.0
+
+
 class Covenant(Term, kw_only=True):
     name: str
     resources: Resources
     qos: Qos = msgspec.field(default_factory=Qos)
     cost: Cost = msgspec.field(default_factory=Cost)
     fallback: Fallback = msgspec.field(default_factory=Fallback)
-    fusion: str = "ordered"
+    fusion: str = "ordered"  # how parts become one answer: "ordered" or "reduce" (a model combines them)
+    strategy: Strategy = msgspec.field(default_factory=Strategy)
+    cache: CachePolicy = msgspec.field(default_factory=CachePolicy)
     max_tokens: int = 256
     negotiation: Literal["quotes", "cfp"] = "quotes"  # standing quotes (hot path) or full Contract Net
     covenant_id: str = ""  # name + digest of the terms, set by covenant.resolve()
@@ -176,6 +245,8 @@ class Fragment(Term, kw_only=True):
     prompt_tokens: int
     max_tokens: int
     temperature: float = 0.0
+    role: str = "whole"  # whole | question | chunk | reduce: what the analysis made it
+    part: int = -1  # the query part it serves (-1: same as index)
 
 
 class Offer(Term, kw_only=True):
@@ -200,6 +271,13 @@ class Offer(Term, kw_only=True):
     queue_depth: int = 0
     warm_models: list[str] = []
     reliability: float = 1.0  # from the track record: share of verdicts kept
+    context_tokens: int = 0  # the model's context window here (prompt + completion); 0 = unknown
+    # Observed strike latency percentiles from the track record (0 = not enough verdicts yet).
+    latency_samples: int = 0
+    latency_p50_ms: float = 0.0
+    latency_p90_ms: float = 0.0
+    latency_p95_ms: float = 0.0
+    latency_p99_ms: float = 0.0
 
 
 class Quote(Wire, tag="quote", kw_only=True):
@@ -446,6 +524,7 @@ class StrikeOk(Wire, tag="strike_ok", kw_only=True):
     cost_usd: float
     latency_ms: float
     duplicate: bool = False  # this reply is the cached result of an earlier delivery
+    logprob_mean: float | None = None  # mean token log-probability, when the provider returns logprobs
 
 
 class StrikeFailure(Wire, tag="strike_failed", kw_only=True):
@@ -463,7 +542,25 @@ class StrikePreemption(Wire, tag="strike_preempted", kw_only=True):
     billed_usd: float = 0.0  # what the provider bills for the evicted part
 
 
-StrikeResult = StrikeOk | StrikeFailure | StrikePreemption
+class StrikeCancelled(Wire, tag="strike_cancelled", kw_only=True):
+    """The strike was cancelled mid-run (a hedge lost the race); billed is what the provider bills."""
+
+    strike_id: str
+    pool: str
+    message: str = ""
+    billed_usd: float = 0.0
+
+
+class CancelStrike(Wire, tag="cancel_strike", kw_only=True):
+    """Stop a running strike (sent on the pool's agent subject; the host running it answers the
+    strike's own reply inbox with StrikeCancelled)."""
+
+    strike_id: str
+    pool: str
+    reason: str = ""
+
+
+StrikeResult = StrikeOk | StrikeFailure | StrikePreemption | StrikeCancelled
 
 
 class Verdict(Wire, tag="verdict", kw_only=True):
@@ -479,6 +576,7 @@ class Verdict(Wire, tag="verdict", kw_only=True):
     predicted_ms: float = 0.0
     preempted: bool = False
     failed: bool = False
+    cancelled: bool = False  # a hedge loser: latency_ms is a lower bound (censored)
 
 
 class Verdicts(Wire, tag="verdicts", kw_only=True):
@@ -510,6 +608,14 @@ class FragmentOutcome(Term, kw_only=True):
     broken_terms: list[str] = []
     tried: list[str] = []  # pools or steps tried before, with the reason each failed
     degraded: bool = False
+    # How this fragment counted in the answer. role: what it was struck as (question, chunk, reduce,
+    # ensemble, cascade, hedge, whole); contribution: a sentence, e.g. "won the vote 2/3".
+    role: str = "whole"
+    contribution: str = "answer"
+    contributed: bool = True  # False: struck (and charged) but its text is not in the answer
+    part: int = -1  # the query part it served
+    confidence: float | None = None  # 0..1 when the strike gave evidence; see strategies/confidence.py
+    cached: str = ""  # "exact" | "semantic" when served from the result cache (cost 0)
 
 
 class Answer(Wire, tag="answer", kw_only=True):
@@ -522,6 +628,8 @@ class Answer(Wire, tag="answer", kw_only=True):
     fragments: list[FragmentOutcome]
     cost_usd: float
     latency_ms: float
+    complexity: float | None = None  # the analyzer's 0..1 score
+    strategy: str = ""  # how it was served, e.g. "questions+cascade" or "long_context+single+hedge"
 
 
 class ErrorReply(Wire, tag="error", kw_only=True):
@@ -616,7 +724,8 @@ _query = msgspec.json.Decoder(Query)
 _strike = msgspec.json.Decoder(Strike)
 _strike_result = msgspec.json.Decoder(StrikeResult)
 _bid_reply = msgspec.json.Decoder(Bid | Refusal)
-_agent_msg = msgspec.json.Decoder(CallForProposals | Award | Rejection | Reserve | FreeAllocation | MetricsAsk)
+_agent_msg = msgspec.json.Decoder(
+    CallForProposals | Award | Rejection | Reserve | FreeAllocation | MetricsAsk | CancelStrike)
 _agent_reply = msgspec.json.Decoder(Lease | Allocated | Freed | MetricsReply | ErrorReply)
 _verdicts = msgspec.json.Decoder(VerdictMsg)
 
@@ -649,7 +758,7 @@ def decode_bid_reply(data: bytes) -> Bid | Refusal:
     return reply
 
 
-AgentMsg = CallForProposals | Award | Rejection | Reserve | FreeAllocation | MetricsAsk
+AgentMsg = CallForProposals | Award | Rejection | Reserve | FreeAllocation | MetricsAsk | CancelStrike
 AgentReply = Lease | Allocated | Freed | MetricsReply | ErrorReply
 
 

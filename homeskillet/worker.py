@@ -43,6 +43,7 @@ from .wire import (
     Allocated,
     Award,
     CallForProposals,
+    CancelStrike,
     ErrorReply,
     FreeAllocation,
     Freed,
@@ -50,6 +51,7 @@ from .wire import (
     MetricsReply,
     Rejection,
     Reserve,
+    StrikeCancelled,
     StrikeFailure,
     StrikeOk,
     StrikePreemption,
@@ -60,11 +62,18 @@ from .wire import (
     encode,
 )
 
-__all__ = ["HEARTBEAT_HEADER", "PoolHost"]
+__all__ = ["HEARTBEAT_HEADER", "PoolHost", "billed_on_cancel"]
 
 log = get_logger("homeskillet.worker")
 HEARTBEAT_HEADER = "Hs-Heartbeat"
 _RESULTS_KEPT = 50_000
+
+
+def billed_on_cancel(spec: PoolSpec, prompt_tokens: int, seconds: float) -> float:
+    """What a provider bills for a strike stopped mid-run: the prompt it has processed, and the
+    time for time-priced pools. (Tokens streamed before the stop are not counted: echo and the
+    simulators generate the whole text at the end.)"""
+    return prompt_tokens * spec.usd_per_mtok_in / 1e6 + spec.usd_per_hour * seconds / 3600.0
 
 
 class _Heartbeats:
@@ -124,6 +133,8 @@ class PoolHost:
         self.live: LiveState | None = None  # the provider's price and capacity, as last polled
         self.active = 0  # strikes admitted here and not finished: the loop is the admission authority
         self.heartbeats = _Heartbeats(self)
+        self.running: dict[str, asyncio.Task[Any]] = {}  # strike_id -> the task running it (for cancels)
+        self.cancels: OrderedDict[str, None] = OrderedDict()  # cancel requests, possibly ahead of their strike
 
     async def start(self) -> None:
         s = self.subjects
@@ -256,15 +267,27 @@ class PoolHost:
             if why is not None:
                 return StrikeFailure(strike_id=sid, pool=pool, code="lease_rejected", message=why)
             lease_id = None  # the host, not the agent, accounts for it
+        if sid in self.cancels:  # cancelled before it started: nothing ran, nothing billed
+            return StrikeCancelled(strike_id=sid, pool=pool, message="cancelled before it started")
         self.active += 1
         f = strike.fragment
         req = InferRequest(strike_id=sid, model=strike.model, prompt=f.prompt, context=f.context,
                            max_tokens=f.max_tokens, temperature=f.temperature, deadline_ms=strike.deadline_ms,
                            tenant=strike.tenant, allocation=strike.allocation)
         t0 = time.perf_counter()
+        task = asyncio.current_task()
+        if task is not None:
+            self.running[sid] = task
         try:
             async with self.slots:
                 res = await self.connector.infer(req)
+        except asyncio.CancelledError:
+            if sid not in self.cancels or task is None:
+                raise
+            task.uncancel()  # our own cancel of this strike, not the host stopping: answer it
+            secs = time.perf_counter() - t0
+            return StrikeCancelled(strike_id=sid, pool=pool, message="cancelled mid-run",
+                                   billed_usd=billed_on_cancel(self.spec, f.prompt_tokens, secs))
         except Preempted as exc:
             secs = time.perf_counter() - t0
             billed = exc.billed_usd if exc.billed_usd is not None else self.spec.usd_per_hour * secs / 3600.0
@@ -277,6 +300,7 @@ class PoolHost:
             return StrikeFailure(strike_id=sid, pool=pool, code="engine_error", message=repr(exc))
         finally:
             self.active -= 1
+            self.running.pop(sid, None)
             if lease_id is not None:
                 self.agent.tell(ReleaseLease(lease_id))
         elapsed = (time.perf_counter() - t0) * 1000.0
@@ -291,7 +315,20 @@ class PoolHost:
             if offer.usd_per_hour == 0 and strike.max_price_usd > 0:
                 cost = min(cost, strike.max_price_usd)  # never charge above the awarded price
         return StrikeOk(strike_id=sid, pool=pool, model=res.model, text=res.text, prompt_tokens=res.prompt_tokens,
-                        completion_tokens=res.completion_tokens, cost_usd=cost, latency_ms=elapsed)
+                        completion_tokens=res.completion_tokens, cost_usd=cost, latency_ms=elapsed,
+                        logprob_mean=res.logprob_mean)
+
+    def cancel(self, strike_id: str) -> bool:
+        """Stop a running strike (its reply becomes StrikeCancelled); remembered if it has not
+        arrived yet. Returns whether a running strike was stopped."""
+        self.cancels[strike_id] = None
+        while len(self.cancels) > _RESULTS_KEPT:
+            self.cancels.popitem(last=False)
+        task = self.running.get(strike_id)
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
 
     # --- negotiation and track record ------------------------------------------------------------
 
@@ -328,6 +365,10 @@ class PoolHost:
                     await self.nc.publish(msg.reply, encode(reply))
             case Rejection():
                 log.debug("bid_rejected", pool=self.spec.name, cfp_id=m.cfp_id, reason=m.reason)
+            case CancelStrike():
+                stopped = self.cancel(m.strike_id)
+                log.debug("strike_cancel", pool=self.spec.name, strike_id=m.strike_id, stopped=stopped,
+                          reason=m.reason)
             case Reserve() | FreeAllocation() | MetricsAsk():
                 if msg.reply:
                     await self.nc.publish(msg.reply, encode(await self._allocation_msg(m)))

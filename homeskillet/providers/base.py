@@ -79,6 +79,7 @@ class InferResult(msgspec.Struct, kw_only=True):
     completion_tokens: int
     latency_ms: float
     billed_usd: float | None = None  # what the provider says it charged, when it says
+    logprob_mean: float | None = None  # mean token log-probability, when the provider returns logprobs
 
 
 class Connector:

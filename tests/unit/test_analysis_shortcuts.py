@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from homeskillet.analyze import Analysis, _majority_bitsliced, _majority_numpy, _split, fingerprint, split_questions
+from homeskillet.analyze import _majority_bitsliced, _majority_numpy, _questions, _questions_full, fingerprint
 
 u64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
 
@@ -29,5 +29,4 @@ def test_fingerprint_is_stable_across_the_path_switch(text: str) -> None:
 
 @given(st.text(alphabet=st.sampled_from(["a", " ", "?", "\n", "\r", "1", ".", "-"]), max_size=60))
 def test_the_single_question_shortcut_splits_exactly_like_the_full_analysis(prompt: str) -> None:
-    a = Analysis(query_id="q", model="m", max_tokens=8, temperature=0.0, prompt=prompt, context=[])
-    assert split_questions(a).parts == _split(a).parts
+    assert _questions(prompt, 16) == _questions_full(prompt, 16)

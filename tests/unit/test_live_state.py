@@ -29,3 +29,13 @@ def test_sold_out_or_unhealthy_providers_do_not_quote() -> None:
     assert state.sold_out() == "the provider has no capacity that fits"
     state.live = LiveState(healthy=False, detail="HTTP 503")
     assert "HTTP 503" in (state.sold_out() or "")
+
+
+def test_a_misspelt_connector_option_is_named() -> None:
+    import pytest
+
+    from homeskillet.errors import HomeskilletError
+    from homeskillet.runtime import make_connector
+
+    with pytest.raises(HomeskilletError, match=r"pool echo/standard: bad options .*'dely_ms'"):
+        make_connector(echo_pool(options={"dely_ms": 1}))
