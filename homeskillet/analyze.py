@@ -110,7 +110,7 @@ _LETTER = re.compile(r"[^\W\d_]")
 
 def features(text: str) -> Features:
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    letters = _LETTER.findall(text)
+    letters = [] if text.isascii() else _LETTER.findall(text)  # ASCII has no letter past U+024F
     code = 1.0 if "```" in text else min(1.0, sum(1 for ln in lines if _CODE_LINE.search(ln)) / 5)
     return Features(
         tokens=count_tokens(text),

@@ -30,3 +30,12 @@ def test_fingerprint_is_stable_across_the_path_switch(text: str) -> None:
 @given(st.text(alphabet=st.sampled_from(["a", " ", "?", "\n", "\r", "1", ".", "-"]), max_size=60))
 def test_the_single_question_shortcut_splits_exactly_like_the_full_analysis(prompt: str) -> None:
     assert _questions(prompt, 16) == _questions_full(prompt, 16)
+
+
+def test_non_latin_share_is_still_counted_once_the_text_is_not_ascii() -> None:
+    from homeskillet.analyze import features
+
+    assert features("plain ascii text, with 1 number").non_latin == 0.0
+    assert features("привет мир").non_latin == 1.0
+    assert features("hello мир").non_latin == 3 / 8
+    assert features("café au lait").non_latin == 0.0  # é is Latin-1: Latin script
