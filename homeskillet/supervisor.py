@@ -95,17 +95,24 @@ class Supervised:
         self._lock = threading.Lock()
         self._soon: list[Any] = []  # told with tell_soon, not yet delivered (loop thread only)
         self._soon_thread = 0
+        self._stopped = False
         self._ref: pykka.ActorRef[Any] = actor_cls.start(state, self)
 
     def tell_soon(self, msg: Any) -> None:
         """Tell ``msg`` at the end of this loop iteration, in one Batch with every other message
-        told to this actor in the same iteration. Call from the I/O loop only."""
+        told to this actor in the same iteration. Call from the I/O loop only. After ``stop`` the
+        message is dropped: a stopped actor handles nothing (a late verdict, say, at shutdown)."""
+        if self._stopped:
+            return
         if not self._soon:
             self._soon_thread = threading.get_ident()
             asyncio.get_running_loop().call_soon(self._flush_soon)
         self._soon.append(msg)
 
     def _flush_soon(self) -> None:
+        if self._stopped:  # stopped with the flush still scheduled: nothing is left to deliver to
+            self._soon.clear()
+            return
         if self._soon:
             batch, self._soon = self._soon, []
             self._tell(batch[0] if len(batch) == 1 else Batch(batch))
@@ -155,6 +162,9 @@ class Supervised:
             self._ref.tell(msg)
 
     def stop(self) -> None:
+        if self._soon and threading.get_ident() == self._soon_thread:
+            self._flush_soon()  # what the loop told last still reaches the actor before it stops
+        self._stopped = True
         if self._ref.is_alive():
             self._ref.stop(block=True, timeout=5)
 

@@ -69,3 +69,15 @@ async def test_a_crash_inside_a_batch_hands_the_rest_to_the_next_incarnation(sup
     got = await actor.call("?")
     assert got == ["x", "y", "z"]
     assert len(actor.restarts) == 1
+
+
+async def test_stop_delivers_what_was_told_soon_and_later_tells_are_dropped_quietly() -> None:
+    sup = Supervisor()
+    state = Seen()
+    actor = sup.start("rec", Recorder, state)
+    actor.tell_soon("last words")
+    sup.stop_all()  # same iteration: the pending batch goes first
+    assert state.msgs == ["last words"]
+    actor.tell_soon("too late")  # no error, no half-second retry loop on the event loop
+    await asyncio.sleep(0)
+    assert state.msgs == ["last words"]
