@@ -6,6 +6,9 @@
     NATS, settlement, verdict, fusion.
 (c) full, pool host apart: the same query to `homeskillet up` with no pool of its own, the echo
     pool served by `homeskillet pool serve` in a third process (how production runs).
+(d) floor: the two NATS hops of (b) and nothing else, in plain nats-py (a responder that answers
+    each request by making a request to a second echo responder in its own process): what the
+    architecture's shape costs before Homeskillet does any work.
 
 All clients run here, all servers in child processes on the same embedded nats-server, so the
 paths differ only by what Homeskillet does. Prints p50/p99 at 1 in flight, throughput at 64 in
@@ -45,6 +48,27 @@ async def main():
         await msg.respond(msg.data)
     await nc.subscribe("bench.echo", cb=echo)
     await nc.flush()  # the server has the subscription before we say ready
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+CHAIN = """
+import asyncio, sys, nats
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    tasks = set()
+    async def echo(msg):
+        await msg.respond(msg.data)
+    async def relay(msg):
+        async def run():
+            reply = await nc.request("bench.chain.b", msg.data, timeout=10)
+            await msg.respond(reply.data)
+        task = asyncio.get_running_loop().create_task(run())  # concurrent, as the ingress is
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await nc.subscribe("bench.chain.b", cb=echo)
+    await nc.subscribe("bench.chain.a", cb=relay)
+    await nc.flush()
     print("ready", flush=True)
     await asyncio.Event().wait()
 asyncio.run(main())
@@ -174,6 +198,13 @@ async def main() -> None:
         finally:
             raw_proc.kill()
             raw_proc.wait()
+        chain_proc = spawn([sys.executable, "-c", CHAIN, server.url], "ready")
+        try:
+            results["floor: two hops, no work"] = await measure(server.url, "bench.chain.a", b"x" * 120, args.n,
+                                                                 lambda m: None, [chain_proc])
+        finally:
+            chain_proc.kill()
+            chain_proc.wait()
         if args.topology in ("both", "one"):
             results["one process"] = await full_path(server, tmp, args.n, split=False)
         if args.topology in ("both", "split"):
