@@ -34,71 +34,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     return s
 
 
-def _answer_table(answers: list[tuple[str, Answer | HomeskilletError | ErrorReply]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=None if sys.stdout.isatty() else 140)
-    table = Table(title="Homeskillet demo: one row per fragment", show_lines=False)
-    for col in ("q", "covenant", "frag", "pool", "step", "cost $", "ms", "terms", "answer"):
-        table.add_column(col, overflow="fold", no_wrap=col in ("cost $", "ms"))
-    notes: list[str] = []
-    for i, (_prompt, a) in enumerate(answers, 1):
-        if not isinstance(a, Answer):
-            table.add_row(str(i), "-", "-", f"[red]error {a.code}[/red]", "-", "-", "-", "-", a.message[:60] + "…")
-            notes.append(f"q{i} error: {a.message}")
-            continue
-        for f in a.fragments:
-            step = f.step + (f" (degraded to {f.model})" if f.degraded else "")
-            terms = "kept" if f.kept else "broke " + ", ".join(f.broken_terms)
-            table.add_row(str(i), a.covenant, str(f.index), f.pool, step, f"{f.cost_usd:.7f}", f"{f.latency_ms:.1f}",
-                          terms, a.text.split("\n")[-1][:40] if len(a.fragments) == 1 else f"{f.index + 1}. …")
-            notes.append(f"q{i}.{f.index} {f.pool}: {f.why}" + (f"; after {'; '.join(f.tried)}" if f.tried else ""))
-    console.print(table)
-    console.print("Why each pool won:")
-    for n in notes:
-        console.print(f"  {n}", overflow="fold")
-
-
 async def _demo(args: argparse.Namespace) -> int:
-    from .runtime import Runtime
+    from .demo import main as demo_main
 
-    batch: list[dict[str, object]] = [
-        {"prompt": "What is a covenant in Homeskillet?"},
-        {"prompt": "What is a strike? How are covenants negotiated? Why fuse the results?", "covenant": "gemma-2b"},
-        {"prompt": "Summarise the design of a 70B model deployment.", "model": "qwen-70b"},
-        {"prompt": "Review this contract clause for risks.", "covenant": "qwen-14b",
-         "overrides": {"negotiation": "cfp"}},
-        {"prompt": "Say hello from the local CPU.", "covenant": "hs-tiny"},
-        {"prompt": "Classify this ticket: printer on fire.", "covenant": "mistral-7b",
-         "overrides": {"resources": {"gpu_models": ["A100 SXM"]}, "max_tokens": 24}},
-        {"prompt": "Translate 'fusion' into French.", "covenant": "gemma-2b", "tenant": "acme",
-         "overrides": {"qos": {"priority": 95}}},
-        {"prompt": "Run a 70B model for almost nothing.", "model": "qwen-70b",
-         "overrides": {"cost": {"max_usd_per_request": 1e-9}, "fallback": {"steps": ["fail"]}}},
-    ]
-    results: list[tuple[str, Answer | HomeskilletError | ErrorReply]] = []
-    async with Runtime(_settings(args)) as rt:
-        if rt.disabled:
-            for pool, why in rt.disabled.items():
-                print(f"note: pool {pool} is disabled: {why}", file=sys.stderr)
-        for item in batch:
-            q = msgspec.convert(item, Query)
-            try:
-                results.append((q.prompt or "", await rt.ask(q)))
-            except HomeskilletError as exc:
-                results.append((q.prompt or "", exc))
-        report = await rt.ledger_report()
-    _answer_table(results)
-    answered = [a for _, a in results if isinstance(a, Answer)]
-    errors = len(results) - len(answered)
-    total = sum(a.cost_usd for a in answered)
-    mean = sum(a.latency_ms for a in answered) / max(1, len(answered))
-    print(f"totals: {len(results)} queries, {len(answered)} answered, {errors} explicit error(s) "
-          f"(expected: the last query's covenant cannot be met), {sum(len(a.fragments) for a in answered)} "
-          f"fragments, ${total:.6f} charged (ledger: ${sum(report.spent_usd.values()):.6f}), "
-          f"mean latency {mean:.1f} ms")
-    return 0 if errors == 1 else 1
+    return await demo_main()
 
 
 async def _ask(args: argparse.Namespace) -> int:
@@ -258,8 +197,8 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-tokens", type=int)
     ask.add_argument("--timeout", type=float, default=60.0)
     ask.add_argument("--json", action="store_true")
-    demo = sub.add_parser("demo", help="start everything embedded, serve a mixed batch, print a table")
-    common(demo)
+    sub.add_parser("demo", help="start NATS, provider simulators and an Ollama node, serve a mixed batch, "
+                                "print which pool served each fragment and why")
     cov = sub.add_parser("covenant", help="covenant templates")
     cov_sub = cov.add_subparsers(dest="covcmd", required=True)
     check = cov_sub.add_parser("check", help="validate covenant files or directories")
@@ -284,7 +223,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     quiet = args.cmd in ("demo", "ask", "covenant", "token")
-    configure_logging(json=args.log_json, level=args.log_level or ("WARNING" if quiet else "INFO"))
+    # The demo's one preemption is deliberate and its table shows it: no warning on stderr for it.
+    default = "ERROR" if args.cmd == "demo" else "WARNING" if quiet else "INFO"
+    configure_logging(json=args.log_json, level=args.log_level or default)
     try:
         match args.cmd:
             case "demo":

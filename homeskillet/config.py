@@ -1,8 +1,8 @@
 """Settings for one Homeskillet process, from defaults, a strict TOML file and the environment.
 
-``pools`` lists the pools this process hosts (agent + strike workers). The defaults give the
-embedded demo a small fleet: echo pools posing as hosted.ai's four tiers and a marketplace GPU,
-plus real local MLX inference.
+``pools`` lists the pools this process hosts (agent + strike workers). The defaults give an
+embedded ``homeskillet up`` or ``ask`` a small fleet: echo pools posing as hosted.ai's four tiers and
+a marketplace GPU, plus real local MLX inference. (``homeskillet demo`` brings its own: demo_fleet.)
 """
 
 from __future__ import annotations

@@ -231,11 +231,13 @@ class Orchestrator:
                             error=exc.message)
                 continue
             broken = judge(cov, ok, elapsed)
+            # Degraded = the bid took a degrade_to model; a provider's own id for the same model
+            # (OpenRouter's "qwen/qwen-2.5-72b-instruct" for qwen-70b) is not a degradation.
             outcome = FragmentOutcome(
                 fragment_id=frag.fragment_id, index=frag.index, pool=pool, strike_id=strike_id, model=ok.model,
                 step=str(step), why=choice.why, cost_usd=ok.cost_usd, latency_ms=elapsed,
                 prompt_tokens=ok.prompt_tokens, completion_tokens=ok.completion_tokens, kept=not broken,
-                broken_terms=broken, tried=list(tried), degraded=ok.model != cov.resources.model,
+                broken_terms=broken, tried=list(tried), degraded=choice.bid.model != cov.resources.model,
                 role=frag.role, part=frag.part, confidence=from_logprob(ok.logprob_mean),
             )
             return Served(outcome=outcome, text=ok.text, others=[

@@ -7,6 +7,7 @@ the query side switched off.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 from pathlib import Path
@@ -88,6 +89,16 @@ class Runtime:
         return list(self.settings.nats) or ([self.natsd.url] if self.natsd else [])
 
     async def start(self) -> Runtime:
+        """Start everything; a failure part-way stops what had started (actor threads included)
+        before the error propagates, so a bad start never leaves a hung process."""
+        try:
+            return await self._start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.stop()
+            raise
+
+    async def _start(self) -> Runtime:
         s = self.settings
         if not s.nats:
             data = None if self.ephemeral else Path(s.data_dir) if s.data_dir else default_data_dir()
@@ -172,19 +183,20 @@ class Runtime:
         return await self.ledger.call(Report(tenant))  # type: ignore[no-any-return]
 
     async def stop(self) -> None:
+        """Stop whatever has started (also after a partial start)."""
         if self.http is not None:
             await self.http.stop()
-        if self.serve_queries and self.gateway is not None:
-            await self.parking.stop()
-            await self.ingress.stop()
-            await self.reservation_ingress.stop()
-            await self.reservations.close()
+        for part in ("parking", "ingress", "reservation_ingress"):
+            if (obj := getattr(self, part, None)) is not None:
+                await obj.stop()
+        if (reservations := getattr(self, "reservations", None)) is not None:
+            await reservations.close()
         for host in self.hosts.values():
             await host.stop()
-        if self.serve_queries and self.nc is not None:
-            await self.dispatcher.stop()
-            await self.negotiator.stop()
-        if self.nc is not None:
+        for part in ("dispatcher", "negotiator"):
+            if self.nc is not None and (obj := getattr(self, part, None)) is not None:
+                await obj.stop()
+        if self.nc is not None and self.nc.is_connected:
             await self.nc.drain()
         self.supervisor.stop_all()
         if self.natsd is not None:

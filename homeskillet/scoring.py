@@ -73,9 +73,11 @@ def make_bid(
     if not degraded:
         if r.accelerator != "any" and offer.accelerator != r.accelerator:
             return refuse("resources.accelerator", f"offers {offer.accelerator}, needs {r.accelerator}")
-        if offer.vram_mb < r.min_vram_mb:
+        # A hosted model API runs the model on hardware it sizes itself: VRAM and TFLOPS are its concern.
+        hosted = offer.accelerator == "api"
+        if offer.vram_mb < r.min_vram_mb and not hosted:
             return refuse("resources.min_vram_mb", f"offers {offer.vram_mb} MB, needs {r.min_vram_mb} MB")
-        if offer.tflops < r.min_tflops:
+        if offer.tflops < r.min_tflops and not hosted:
             return refuse("resources.min_tflops", f"offers {offer.tflops:g} TFLOPS, needs {r.min_tflops:g}")
         if r.gpu_models and offer.gpu_model not in r.gpu_models:
             return refuse("resources.gpu_models", f"offers {offer.gpu_model or 'no GPU'}, allowed {r.gpu_models}")

@@ -256,7 +256,7 @@ class Offer(Term, kw_only=True):
     provider: str
     pool_class: str
     models: list[str]  # ["*"] serves any model name
-    accelerator: Literal["gpu", "tpu", "cpu"] = "gpu"
+    accelerator: Literal["gpu", "tpu", "cpu", "api"] = "gpu"  # api: a hosted model API (OpenRouter)
     gpu_model: str = ""
     vram_mb: int = 0
     tflops: float = 0.0

@@ -39,3 +39,23 @@ def test_a_misspelt_connector_option_is_named() -> None:
 
     with pytest.raises(HomeskilletError, match=r"pool echo/standard: bad options .*'dely_ms'"):
         make_connector(echo_pool(options={"dely_ms": 1}))
+
+
+async def test_a_failed_start_stops_what_had_started(nats_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    import pytest
+
+    from homeskillet.config import Settings
+    from homeskillet.errors import HomeskilletError
+    from homeskillet.runtime import Runtime
+
+    before = {t.ident for t in threading.enumerate()}
+    bad = tmp_path / "covenants"
+    bad.mkdir()
+    (bad / "broken.toml").write_text("[resources]\nmodel = 1\n")  # fails after the actors and pools started
+    rt = Runtime(Settings(nats=[nats_url], prefix="tfailstart", pools=[echo_pool()], covenants_dir=str(bad)))
+    with pytest.raises(HomeskilletError):
+        await rt.start()
+    left = [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    assert not left, f"threads left running after a failed start: {left}"

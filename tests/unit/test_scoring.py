@@ -67,3 +67,10 @@ def test_unreliable_pools_lose_ties():
     bad = bid(offer(pool="bad", reliability=0.5), covenant())
     ranked = rank([bad, good], covenant())
     assert [r.bid.pool for r in ranked] == ["good", "bad"] and "reliability" in ranked[0].why
+
+
+def test_a_hosted_api_meets_resource_minimums_but_not_gpu_or_accelerator_terms():
+    api = offer(accelerator="api", vram_mb=0, tflops=0)
+    assert isinstance(bid(api, covenant()), Bid)  # the API sizes the hardware to the model
+    assert bid(api, covenant(res={"gpu_models": ["H100"]})).term == "resources.gpu_models"
+    assert bid(api, covenant(res={"accelerator": "gpu"})).term == "resources.accelerator"
