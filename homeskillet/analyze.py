@@ -110,7 +110,7 @@ _LETTER = re.compile(r"[^\W\d_]")
 
 def features(text: str) -> Features:
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    letters = _LETTER.findall(text)
+    letters = [] if text.isascii() else _LETTER.findall(text)  # ASCII has no letter past U+024F
     code = 1.0 if "```" in text else min(1.0, sum(1 for ln in lines if _CODE_LINE.search(ln)) / 5)
     return Features(
         tokens=count_tokens(text),
@@ -158,22 +158,31 @@ def split_questions(a: Analysis) -> Analysis:
     parts = a.parts or [Part(text=a.prompt.strip())]
     out: list[Part] = []
     for part in parts:
-        if part.role != "whole":
-            out.append(part)
-            continue
-        lines = [ln for ln in part.text.splitlines() if ln.strip()]
-        items = [m.group(1) for ln in lines if (m := _NUMBERED.match(ln))]
-        if len(items) >= 2 and len(items) == len(lines):
-            texts = items
-        else:
-            questions = [q.strip() for q in _QUESTION.findall(part.text) if q.strip()]
-            rest = _QUESTION.sub("", part.text).strip()
-            texts = questions if len(questions) >= 2 and not rest else []
-        if 2 <= len(texts) <= a.max_fragments:  # more than that: keep the query whole
+        texts = _questions(part.text, a.max_fragments) if part.role == "whole" else []
+        if texts:
             out.extend(Part(text=t, role="question") for t in texts)
         else:
             out.append(part)
     return msgspec.structs.replace(a, parts=out)
+
+
+def _questions(text: str, max_fragments: int) -> list[str]:
+    """The separate questions or items of ``text``; empty when it stays whole."""
+    if text.count("?") < 2 and len(text.splitlines()) < 2:
+        return []  # one line with at most one question (most prompts) cannot split: skip the regexes
+    return _questions_full(text, max_fragments)
+
+
+def _questions_full(text: str, max_fragments: int) -> list[str]:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    items = [m.group(1) for ln in lines if (m := _NUMBERED.match(ln))]
+    if len(items) >= 2 and len(items) == len(lines):
+        texts = items
+    else:
+        questions = [q.strip() for q in _QUESTION.findall(text) if q.strip()]
+        rest = _QUESTION.sub("", text).strip()
+        texts = questions if len(questions) >= 2 and not rest else []
+    return texts if 2 <= len(texts) <= max_fragments else []  # more than that: keep the query whole
 
 
 def chunk_text(text: str, budget: int) -> list[str]:
@@ -249,17 +258,51 @@ def fragment_hash(content: str, model: str, context: Sequence[Message] = ()) -> 
 
 
 _BITS = np.uint64(1) << np.arange(64, dtype=np.uint64)
+_ALL = (1 << 64) - 1
+_NUMPY_FROM = 64  # shingles; below this numpy's per-call overhead costs more than the voting itself
+
+
+def _majority_bitsliced(hashes: list[int]) -> int:
+    """The bits set in more than half of ``hashes``, all 64 positions at once: the per-position
+    counts are kept bit-sliced (``planes[k]`` holds bit k of every count) and grown by ripple-carry
+    addition, then compared with the threshold from the top bit down. No per-bit Python loop."""
+    planes: list[int] = []
+    for h in hashes:
+        carry = h
+        for k, p in enumerate(planes):
+            planes[k] = p ^ carry
+            carry &= p
+            if not carry:
+                break
+        else:
+            if carry:
+                planes.append(carry)
+    need = len(hashes) // 2 + 1  # count * 2 > n  <=>  count >= n // 2 + 1
+    greater, equal = 0, _ALL
+    for k in range(max(len(planes), need.bit_length()) - 1, -1, -1):
+        p = planes[k] if k < len(planes) else 0
+        if need >> k & 1:
+            equal &= p
+        else:
+            greater |= equal & p
+            equal &= ~p
+    return greater | equal
+
+
+def _majority_numpy(hashes: list[int]) -> int:
+    arr = np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
+    votes = ((arr[:, None] & _BITS) != 0).sum(axis=0) * 2 > len(hashes)
+    return int(_BITS[votes].sum())
 
 
 def fingerprint(content: str) -> int:
     """64-bit simhash over word 3-shingles: near-identical prompts get near-identical sketches.
-    Vectorised: one hash per shingle in Python, the bit voting in numpy."""
+    One hash per shingle in Python; the bit voting bit-sliced on ints for short prompts (the
+    common case, where numpy's call overhead dominated the analysis), in numpy for long ones."""
     words = content.lower().split()
     shingles = [" ".join(words[i : i + 3]) for i in range(max(1, len(words) - 2))] or [""]
-    hashes = np.fromiter((int.from_bytes(hashlib.blake2b(sh.encode(), digest_size=8).digest(), "big")
-                          for sh in shingles), dtype=np.uint64, count=len(shingles))
-    votes = ((hashes[:, None] & _BITS) != 0).sum(axis=0) * 2 > len(shingles)
-    return int(_BITS[votes].sum())
+    hashes = [int.from_bytes(hashlib.blake2b(sh.encode(), digest_size=8).digest(), "big") for sh in shingles]
+    return _majority_numpy(hashes) if len(hashes) >= _NUMPY_FROM else _majority_bitsliced(hashes)
 
 
 # --- the whole analysis --------------------------------------------------------------------------

@@ -85,7 +85,7 @@ async def _ask(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, serve_queries: bool) -> int:
-    from .runtime import Runtime
+    from .runtime import Runtime, tune_gc_for_serving
 
     settings = _settings(args)
     if not serve_queries:
@@ -98,6 +98,7 @@ async def _serve(args: argparse.Namespace, serve_queries: bool) -> int:
         settings = msgspec.structs.replace(settings, pools=pools)
     rt = Runtime(settings, serve_queries=serve_queries, nats_port=args.port, ephemeral=False)
     await rt.start()
+    tune_gc_for_serving()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -8,6 +8,7 @@ ordered steps the orchestrator walks: primary pool class, then the fallback step
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Iterable
@@ -80,8 +81,14 @@ def default_pool_class(cov: Covenant) -> str:
 
 def fallback_chain(cov: Covenant) -> list[Step]:
     """Primary pool class, then the fallback steps, without repeats; always ends in fail."""
-    chain: list[Step] = [Step("class", cov.resources.pool_class or default_pool_class(cov))]
-    for text in cov.fallback.steps:
+    return list(_chain(cov.resources.pool_class or default_pool_class(cov), tuple(cov.fallback.steps)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _chain(primary: str, steps: tuple[str, ...]) -> tuple[Step, ...]:
+    # Memoised on exactly what a chain is made of: every query walks one (twice with map/reduce).
+    chain: list[Step] = [Step("class", primary)]
+    for text in steps:
         step = parse_step(text)
         if step not in chain:
             chain.append(step)
@@ -89,7 +96,7 @@ def fallback_chain(cov: Covenant) -> list[Step]:
             break
     if chain[-1].kind != "fail":
         chain.append(Step("fail"))
-    return chain
+    return tuple(chain)
 
 
 def validate(cov: Covenant, source: str) -> Covenant:

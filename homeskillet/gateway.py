@@ -24,7 +24,7 @@ from .providers.base import AllocationMetrics
 from .quoting import quote_query
 from .reservations import Reservations
 from .sims.base import count_tokens
-from .telemetry import QUERIES, QUERY_SECONDS, get_logger
+from .telemetry import QUERIES, QUERY_SECONDS, get_logger, labelled
 from .wire import Answer, Covenant, ErrorReply, Query, QuoteReply, Readiness, Reservation, ReserveRequest, TenantUsage
 
 __all__ = ["Gateway", "error_reply", "validate_query"]
@@ -118,7 +118,9 @@ class Gateway:
         """Serve a query; ``reply`` is the caller's NATS inbox (lets a resumed parked query answer it)."""
         self._admit(query, principal)
         t0 = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(query_id=query.query_id, tenant=query.tenant):
+        # bind + reset by token: bound_contextvars copies the whole context on entry (hot path)
+        tokens = structlog.contextvars.bind_contextvars(query_id=query.query_id, tenant=query.tenant)
+        try:
             try:
                 if self.limits is not None:
                     await self.limits.admit(query.tenant, _prompt_tokens(query))
@@ -130,11 +132,13 @@ class Gateway:
                 log.info("query_failed", code=exc.code, error=exc.message)
                 raise
             self._keep(answer)
-            QUERIES.labels(outcome="answered").inc()
+            labelled(QUERIES, outcome="answered").inc()
             QUERY_SECONDS.observe(time.perf_counter() - t0)
             log.debug("query_answered", cost_usd=answer.cost_usd, latency_ms=round(answer.latency_ms, 2),
                       pools=[f.pool for f in answer.fragments])
             return answer
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
 
     async def quote(self, query: Query, principal: Principal | None = None) -> QuoteReply:
         """Negotiate without executing: per fragment, the winning bid and the ranked alternatives

@@ -345,7 +345,7 @@ class Orchestrator:
             result = await self.dispatcher.strike(strike, max(0.001, deadline - time.monotonic()))
         except BaseException:
             if budget is not None:
-                self.ledger.tell(Release(strike.strike_id))
+                self.ledger.tell_soon(Release(strike.strike_id))
             if shared and self.budgets is not None:
                 await self.budgets.release(strike.tenant, strike.strike_id)
             raise
@@ -360,28 +360,31 @@ class Orchestrator:
                           pool=strike.pool, covenant_id=cov.covenant_id, kept=False, latency_ms=elapsed)
         match result:
             case StrikeOk():
-                self.ledger.tell(Settle(strike.tenant, strike.strike_id, result.model, strike.pool, result.cost_usd))
+                self.ledger.tell_soon(Settle(strike.tenant, strike.strike_id, result.model, strike.pool,
+                                             result.cost_usd))
                 broken = judge(cov, result, elapsed)
                 verdict.kept, verdict.broken_terms, verdict.cost_usd = not broken, broken, result.cost_usd
-                await self.nc.publish(self.subjects.verdict(strike.pool), encode(verdict))
+                self.dispatcher.verdict(verdict)
                 return result, elapsed
             case StrikePreemption():
                 # The provider bills the evicted part under its own rules; the re-strike is separate.
-                self.ledger.tell(Settle(strike.tenant, strike.strike_id, strike.model, strike.pool, result.billed_usd))
+                self.ledger.tell_soon(Settle(strike.tenant, strike.strike_id, strike.model, strike.pool,
+                                             result.billed_usd))
                 verdict.preempted, verdict.cost_usd = True, result.billed_usd
                 verdict.broken_terms = ["qos.preemptible"] if not cov.qos.preemptible else []
-                await self.nc.publish(self.subjects.verdict(strike.pool), encode(verdict))
+                self.dispatcher.verdict(verdict)
                 raise Preempted(f"{strike.pool} preempted the strike: {result.message}")
             case StrikeCancelled():
                 # We stopped it (a hedge lost): charge what the provider bills for the part that ran.
-                self.ledger.tell(Settle(strike.tenant, strike.strike_id, strike.model, strike.pool, result.billed_usd))
+                self.ledger.tell_soon(Settle(strike.tenant, strike.strike_id, strike.model, strike.pool,
+                                             result.billed_usd))
                 verdict.cancelled, verdict.cost_usd, verdict.kept = True, result.billed_usd, True
-                await self.nc.publish(self.subjects.verdict(strike.pool), encode(verdict))
+                self.dispatcher.verdict(verdict)
                 raise Cancelled(f"{strike.pool}: {result.message}", billed_usd=result.billed_usd)
             case StrikeFailure():
-                self.ledger.tell(Release(strike.strike_id))
+                self.ledger.tell_soon(Release(strike.strike_id))
                 verdict.failed = True
-                await self.nc.publish(self.subjects.verdict(strike.pool), encode(verdict))
+                self.dispatcher.verdict(verdict)
                 if result.code == "lease_rejected":
                     raise LeaseRejected(result.message)
                 raise StrikeFailed(f"{strike.pool}: {result.code}: {result.message}")

@@ -9,10 +9,11 @@ weighs price against predicted latency by the covenant's priority, and the pool'
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from .wire import Bid, Covenant, Offer, Refusal
 
-__all__ = ["Ranked", "make_bid", "predicted_ms", "price_usd", "rank", "serves"]
+__all__ = ["Prices", "Ranked", "make_bid", "predicted_ms", "price_usd", "rank", "serves"]
 
 
 def serves(offer: Offer, model: str) -> bool:
@@ -27,7 +28,18 @@ def predicted_ms(offer: Offer, max_tokens: int) -> tuple[float, float]:
     return start, start + offer.ms_per_token * max_tokens
 
 
-def price_usd(offer: Offer, prompt_tokens: int, completion_tokens: int, seconds: float) -> float:
+class Prices(Protocol):
+    """What a price is made of: an Offer has it, and so has a PoolSpec."""
+
+    @property
+    def usd_per_mtok_in(self) -> float: ...
+    @property
+    def usd_per_mtok_out(self) -> float: ...
+    @property
+    def usd_per_hour(self) -> float: ...
+
+
+def price_usd(offer: Prices, prompt_tokens: int, completion_tokens: int, seconds: float) -> float:
     """Token-priced and time-priced pools in one formula (one of the two terms is usually 0)."""
     per_token = (prompt_tokens * offer.usd_per_mtok_in + completion_tokens * offer.usd_per_mtok_out) / 1e6
     return per_token + offer.usd_per_hour * seconds / 3600.0
@@ -100,12 +112,26 @@ def make_bid(
 
 
 class Ranked:
-    """A bid with its score (lower wins) and a sentence saying why."""
+    """A bid with its score (lower wins) and a sentence saying why. The sentence is written only
+    when asked for: only the winner's is ever read, and formatting it cost more than scoring."""
 
-    __slots__ = ("bid", "score", "why")
+    __slots__ = ("_why", "bid", "cost_x", "late", "score", "warm")
 
-    def __init__(self, bid: Bid, score: float, why: str) -> None:
-        self.bid, self.score, self.why = bid, score, why
+    def __init__(self, bid: Bid, score: float, why: str | None = None, *, cost_x: float = 1.0, late: bool = False,
+                 warm: bool = False) -> None:
+        self.bid, self.score, self.cost_x, self.late, self.warm = bid, score, cost_x, late, warm
+        self._why = why  # None: written from the figures on first read
+
+    @property
+    def why(self) -> str:
+        if self._why is None:
+            b = self.bid
+            self._why = (
+                f"score {self.score:.2f}: ${b.price_usd:.6f} ({self.cost_x:.2f}x cheapest), "
+                f"{b.predicted_total_ms:.0f} ms predicted ({'past' if self.late else 'within'} target), "
+                f"reliability {b.offer.reliability:.2f}{', warm' if self.warm else ''}"
+            )
+        return self._why
 
 
 def rank(bids: Sequence[Bid], cov: Covenant) -> list[Ranked]:
@@ -128,11 +154,6 @@ def rank(bids: Sequence[Bid], cov: Covenant) -> list[Ranked]:
         score += 1.0 if late else 0.0
         warm = b.model in b.offer.warm_models
         score -= 0.05 if warm else 0.0
-        why = (
-            f"score {score:.2f}: ${b.price_usd:.6f} ({cost_x:.2f}x cheapest), "
-            f"{b.predicted_total_ms:.0f} ms predicted ({'past' if late else 'within'} target), "
-            f"reliability {b.offer.reliability:.2f}{', warm' if warm else ''}"
-        )
-        out.append(Ranked(b, score, why))
+        out.append(Ranked(b, score, cost_x=cost_x, late=late, warm=warm))
     out.sort(key=lambda r: (r.score, r.bid.pool))
     return out

@@ -6,8 +6,10 @@ structlog context does not cross into actor threads, so actor code binds ``query
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+from typing import Any
 
 import structlog
 from prometheus_client import Counter, Histogram
@@ -23,6 +25,7 @@ __all__ = [
     "STRIKES",
     "configure_logging",
     "get_logger",
+    "labelled",
 ]
 
 ACTOR_RESTARTS = Counter("hs_actor_restarts_total", "Actors restarted by their supervisor", ["actor"])
@@ -34,6 +37,13 @@ CASCADE_STEPS = Counter("hs_cascade_total", "Cascade tiers struck, by outcome (k
 HEDGES = Counter("hs_hedges_total", "Hedged strikes by outcome (fired, primary_won, hedge_won)", ["outcome"])
 QUERIES = Counter("hs_queries_total", "Queries by outcome", ["outcome"])
 QUERY_SECONDS = Histogram("hs_query_seconds", "End-to-end query latency")
+
+
+@functools.cache
+def labelled(metric: Any, **labels: str) -> Any:
+    """``metric.labels(**labels)``, looked up once per label set: ``labels()`` takes a lock and
+    validates on every call, a few µs on the query path. (Never ``remove`` a cached child.)"""
+    return metric.labels(**labels)
 
 
 def configure_logging(*, json: bool = False, level: str = "INFO") -> None:
@@ -52,7 +62,9 @@ def configure_logging(*, json: bool = False, level: str = "INFO") -> None:
         processors=[*processors, structlog.processors.format_exc_info, renderer] if json else [*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
+        # Resolving a module logger's configuration on every call showed up on the query path;
+        # configure_logging runs once, before anything logs, so caching is safe.
+        cache_logger_on_first_use=True,
     )
 
 

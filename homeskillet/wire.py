@@ -77,6 +77,8 @@ __all__ = [
     "TenantUsage",
     "Term",
     "Verdict",
+    "VerdictMsg",
+    "Verdicts",
     "Wire",
     "decode_agent_msg",
     "decode_agent_reply",
@@ -84,6 +86,7 @@ __all__ = [
     "decode_query",
     "decode_strike",
     "decode_strike_result",
+    "decode_verdicts",
     "encode",
 ]
 
@@ -576,6 +579,16 @@ class Verdict(Wire, tag="verdict", kw_only=True):
     cancelled: bool = False  # a hedge loser: latency_ms is a lower bound (censored)
 
 
+class Verdicts(Wire, tag="verdicts", kw_only=True):
+    """Several verdicts for one pool, published as one message (wire version 1 peers that only
+    know ``Verdict`` still get single verdicts as before)."""
+
+    verdicts: list[Verdict]
+
+
+VerdictMsg = Verdict | Verdicts
+
+
 # --- answers -------------------------------------------------------------------------------------
 
 
@@ -714,6 +727,7 @@ _bid_reply = msgspec.json.Decoder(Bid | Refusal)
 _agent_msg = msgspec.json.Decoder(
     CallForProposals | Award | Rejection | Reserve | FreeAllocation | MetricsAsk | CancelStrike)
 _agent_reply = msgspec.json.Decoder(Lease | Allocated | Freed | MetricsReply | ErrorReply)
+_verdicts = msgspec.json.Decoder(VerdictMsg)
 
 
 def encode(msg: msgspec.Struct) -> bytes:
@@ -731,6 +745,12 @@ def decode_strike(data: bytes) -> Strike:
 def decode_strike_result(data: bytes) -> StrikeResult:
     result: StrikeResult = _strike_result.decode(data)
     return result
+
+
+def decode_verdicts(data: bytes) -> list[Verdict]:
+    """A ``Verdict`` or a ``Verdicts`` message, as a list."""
+    msg: VerdictMsg = _verdicts.decode(data)
+    return msg.verdicts if isinstance(msg, Verdicts) else [msg]
 
 
 def decode_bid_reply(data: bytes) -> Bid | Refusal:

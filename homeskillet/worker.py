@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import OrderedDict
 from typing import Any
@@ -37,7 +38,7 @@ from .providers.base import AllocationRequest, Connector, InferRequest
 from .scoring import price_usd
 from .subjects import Subjects, token
 from .supervisor import Supervised, Supervisor
-from .telemetry import STRIKES, get_logger
+from .telemetry import STRIKES, get_logger, labelled
 from .wire import (
     Allocated,
     Award,
@@ -55,9 +56,9 @@ from .wire import (
     StrikeOk,
     StrikePreemption,
     StrikeResult,
-    Verdict,
     decode_agent_msg,
     decode_strike,
+    decode_verdicts,
     encode,
 )
 
@@ -75,21 +76,46 @@ def billed_on_cancel(spec: PoolSpec, prompt_tokens: int, seconds: float) -> floa
     return prompt_tokens * spec.usd_per_mtok_in / 1e6 + spec.usd_per_hour * seconds / 3600.0
 
 
-class _Heartbeat:
-    """Says "alive" to the dispatcher while a strike runs. A timer, not a task: most strikes
-    finish before it first fires, and a timer costs almost nothing to cancel."""
+class _Heartbeats:
+    """Says "alive" to the dispatcher for every strike running longer than the heartbeat interval
+    (its first beat comes within two intervals). One timer per host while strikes run, not one per
+    strike: most strikes finish before the first beat."""
 
-    def __init__(self, host: PoolHost, reply: str) -> None:
-        self.host, self.reply = host, reply
+    def __init__(self, host: PoolHost) -> None:
+        self.host = host
         self.interval = host.settings.heartbeat_ms / 1000.0
-        self.handle = asyncio.get_running_loop().call_later(self.interval, self._beat)
+        self.running: dict[int, tuple[str, float]] = {}  # key -> (reply subject, started)
+        self._keys = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
 
-    def _beat(self) -> None:
-        self.host._spawn(self.host.nc.publish(self.reply, b"", headers={HEARTBEAT_HEADER: "1"}))
-        self.handle = asyncio.get_running_loop().call_later(self.interval, self._beat)
+    def start(self, reply: str) -> int:
+        key = next(self._keys)
+        self.running[key] = (reply, time.monotonic())
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
+        return key
+
+    def stop(self, key: int) -> None:
+        self.running.pop(key, None)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if not self.running:
+            return
+        since = time.monotonic() - self.interval
+        replies = [reply for reply, started in self.running.values() if started <= since]
+        if replies:
+            self.host._spawn(self._send(replies))
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
+
+    async def _send(self, replies: list[str]) -> None:
+        for reply in replies:
+            await self.host.nc.publish(reply, b"", headers={HEARTBEAT_HEADER: "1"})
 
     def cancel(self) -> None:
-        self.handle.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class PoolHost:
@@ -106,6 +132,7 @@ class PoolHost:
         self._live: asyncio.Task[None] | None = None
         self.live: LiveState | None = None  # the provider's price and capacity, as last polled
         self.active = 0  # strikes admitted here and not finished: the loop is the admission authority
+        self.heartbeats = _Heartbeats(self)
         self.running: dict[str, asyncio.Task[Any]] = {}  # strike_id -> the task running it (for cancels)
         self.cancels: OrderedDict[str, None] = OrderedDict()  # cancel requests, possibly ahead of their strike
 
@@ -124,6 +151,7 @@ class PoolHost:
         self._quoter = asyncio.create_task(self._quote_loop(), name=f"quotes:{self.spec.name}")
 
     async def stop(self) -> None:
+        self.heartbeats.cancel()
         for loop_task in (self._quoter, self._live):
             if loop_task:
                 loop_task.cancel()
@@ -206,20 +234,20 @@ class PoolHost:
         self.results[sid] = fut
         while len(self.results) > _RESULTS_KEPT:
             self.results.popitem(last=False)
-        beat = _Heartbeat(self, msg.reply) if msg.reply else None
+        beat = self.heartbeats.start(msg.reply) if msg.reply else None
         try:
             result = await self._run(strike)
         finally:
-            if beat:
-                beat.cancel()
+            if beat is not None:
+                self.heartbeats.stop(beat)
         if isinstance(result, StrikeFailure) and result.code == "lease_rejected":
             self.results.pop(sid, None)  # nothing ran: a later delivery may try again
         fut.set_result(result)
-        STRIKES.labels(pool=self.spec.name, outcome=result.__struct_config__.tag).inc()
+        labelled(STRIKES, pool=self.spec.name, outcome=result.__struct_config__.tag).inc()
         if msg.reply:
             await self.nc.publish(msg.reply, encode(result))
         if isinstance(result, StrikeOk) and strike.lease_id is None:
-            self.agent.tell(Served(result.model))  # after the reply: the record is not on the hot path
+            self.agent.tell_soon(Served(result.model))  # after the reply: the record is not on the hot path
 
     async def _run(self, strike: Any) -> StrikeResult:
         pool, sid = self.spec.name, strike.strike_id
@@ -281,7 +309,9 @@ class PoolHost:
         if cost is None and strike.allocation is not None:
             cost = 0.0  # a reservation's strikes are covered by its hourly bill, settled at release
         if cost is None:
-            cost = price_usd(self.agent.state.offer(), res.prompt_tokens, res.completion_tokens, elapsed / 1000.0)
+            # Priced from the host's own copy of the live state: the agent's state belongs to its thread.
+            priced = self.live.apply(self.spec) if self.live else self.spec
+            cost = price_usd(priced, res.prompt_tokens, res.completion_tokens, elapsed / 1000.0)
             if offer.usd_per_hour == 0 and strike.max_price_usd > 0:
                 cost = min(cost, strike.max_price_usd)  # never charge above the awarded price
         return StrikeOk(strike_id=sid, pool=pool, model=res.model, text=res.text, prompt_tokens=res.prompt_tokens,
@@ -365,4 +395,5 @@ class PoolHost:
 
     async def _on_verdict(self, msg: Msg) -> None:
         with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-            self.agent.tell(msgspec.json.decode(msg.data, type=Verdict))
+            for verdict in decode_verdicts(msg.data):  # one Verdict, or a pool's Verdicts batch
+                self.agent.tell_soon(verdict)

@@ -7,7 +7,8 @@ map → reduce for long parts, then the parts fused (ordered merge, or reduce by
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -23,6 +24,8 @@ from .mapreduce import chunk_budget, map_reduce
 from .types import Run, Served
 
 __all__ = ["Plan", "Result", "plan", "serve_plan"]
+
+T = TypeVar("T")
 
 
 class Plan(msgspec.Struct, kw_only=True):
@@ -103,9 +106,8 @@ async def serve_plan(run: Run, p: Plan, cache: ResultCache) -> Result:
             return await map_reduce(p.analysis, i, part.instruction, frags, serve_cached, serve_mode, p.chunk_tokens)
         return await serve_cached(frags[0])
 
-    results = await asyncio.gather(*(serve_part(i, part, frags) for i, (part, frags)
-                                     in enumerate(zip(p.analysis.parts, p.fragments, strict=True))),
-                                   return_exceptions=True)
+    results = await _gather([serve_part(i, part, frags) for i, (part, frags)
+                             in enumerate(zip(p.analysis.parts, p.fragments, strict=True))])
     for r in results:
         if isinstance(r, BaseException):
             if isinstance(r, HomeskilletError):
@@ -130,6 +132,16 @@ async def serve_plan(run: Run, p: Plan, cache: ResultCache) -> Result:
     for s, note in zip(parts, fused.notes, strict=True):
         outcomes += [*s.others, _note(s.outcome, note) if len(parts) > 1 else s.outcome]
     return Result(text=fused.text, outcomes=outcomes)
+
+
+async def _gather(coros: list[Coroutine[Any, Any, T]]) -> list[T | BaseException]:
+    """``gather(..., return_exceptions=True)``, without a task for a lone coroutine (most queries)."""
+    if len(coros) == 1:
+        try:
+            return [await coros[0]]
+        except Exception as exc:
+            return [exc]
+    return await asyncio.gather(*coros, return_exceptions=True)
 
 
 def _note(o: FragmentOutcome, note: str) -> FragmentOutcome:
