@@ -23,7 +23,17 @@ from .errors import HomeskilletError
 from .gateway import error_reply
 from .runtime import Runtime
 from .subjects import Subjects
-from .wire import Answer, CallForProposals, ErrorReply, Query, Reservation, ReserveRequest, Verdict, decode_agent_msg
+from .wire import (
+    Answer,
+    CallForProposals,
+    ErrorReply,
+    Query,
+    Reservation,
+    ReserveRequest,
+    Verdict,
+    decode_agent_msg,
+    decode_verdicts,
+)
 
 __all__ = ["BATCH", "PROVIDERS", "RESERVATION", "DemoItem", "DemoRun", "Row", "check", "main", "run_demo"]
 
@@ -112,7 +122,7 @@ class _Watch:
             m = decode_agent_msg(data)
             if isinstance(m, CallForProposals):
                 self.cfp_queries.add(m.query_id)
-        self.verdicts += [msgspec.json.decode(data, type=Verdict) for data in await _drain(verdicts)]
+        self.verdicts += [v for data in await _drain(verdicts) for v in decode_verdicts(data)]
 
     async def stop(self) -> None:
         for sub in self._subs:
