@@ -11,8 +11,8 @@ are all held, and each calls ``query`` once more, all at once; then all close.
 Reported: sessions held, queries answered, errors, the server's resident memory (VmRSS sampled
 every 50 ms, and the kernel's high-water mark VmHWM) and the clients' own, the server's open
 file descriptors while all sessions are held (an independent count of the connections it holds)
-and its descriptor limit, and its CPU time per session. Linux only (/proc). The target (≥ 1,000 sessions under 1 GB RSS) is
-about the serving process; the clients are reported beside it.
+and its descriptor limit, and its CPU time per session. Linux only (/proc). The target (≥ 1,000
+sessions under 1 GB RSS) is about the serving process; the clients are reported beside it.
 
 Usage: python bench/mcp_sessions.py [--sessions 1000] [--procs 1] [--json out.json]
 """
