@@ -11,9 +11,10 @@ ten requests so that machine noise falls on all of them alike:
 * openai: the same request through the official `openai` SDK (`AsyncOpenAI`, which also keeps
   its connection alive; adds the SDK's own request building and pydantic parsing).
 
-Reported: p50/p99 per path, the `homeskillet up` process's CPU time per request on each path (all
-its threads, from /proc; a figure the machine's noise barely moves), and the p50 difference and
-ratio of each HTTP path to NATS. The target (≤ 3 ms p50 added) is read on the httpx path. Usage:
+Reported: p50/p99 per path, the CPU time per request on each path of the `homeskillet up` process
+(all its threads, from /proc) and of this client process (figures the machine's noise barely
+moves; the nats-server's share is in neither), and the p50 difference and ratio of each HTTP
+path to NATS. The target (≤ 3 ms p50 added) is read on the httpx path. Usage:
 python bench/http_overhead.py [--n 1000] [--json out.json]
 """
 
@@ -73,24 +74,26 @@ async def paths(nats_url: str, http_url: str, stack: list[Any]) -> dict[str, Cal
 
 
 async def interleaved(calls: dict[str, Callable[[], Awaitable[None]]], n: int, warmup: int, pid: int,
-                      block: int = 10) -> tuple[dict[str, list[float]], dict[str, float]]:
+                      block: int = 10) -> tuple[dict[str, list[float]], dict[str, tuple[float, float]]]:
     """Latency in µs of each path at 1 in flight, the paths taking turns in blocks of ``block``
-    requests (order rotated), and the server process's CPU time per request on each path."""
+    requests (order rotated), and the server's and this process's CPU µs per request on each path."""
     names = list(calls)
     for _ in range(warmup):
         for name in names:
             await calls[name]()
     lat: dict[str, list[float]] = {name: [] for name in names}
     cpu_ns = dict.fromkeys(names, 0)
+    client_ns = dict.fromkeys(names, 0)
     for b in range((n + block - 1) // block):
         for name in names[b % len(names):] + names[:b % len(names)]:
-            before = cpu_time_ns(pid)
+            before, mine = cpu_time_ns(pid), time.process_time_ns()
             for _ in range(min(block, n - b * block)):
                 t = time.perf_counter()
                 await calls[name]()
                 lat[name].append((time.perf_counter() - t) * 1e6)
             cpu_ns[name] += cpu_time_ns(pid) - before
-    return lat, {name: cpu_ns[name] / 1e3 / n for name in names}
+            client_ns[name] += time.process_time_ns() - mine
+    return lat, {name: (cpu_ns[name] / 1e3 / n, client_ns[name] / 1e3 / n) for name in names}
 
 
 async def run(n: int, warmup: int) -> dict[str, Any]:
@@ -98,14 +101,14 @@ async def run(n: int, warmup: int) -> dict[str, Any]:
     closers: list[Any] = []
     try:
         calls = await paths(served.nats_url, served.http_url, closers)
-        lat, cpu_us = await interleaved(calls, n, warmup, served.proc.pid)
+        lat, cpu = await interleaved(calls, n, warmup, served.proc.pid)
         events = served.log_events()
     finally:
         for close in reversed(closers):
             await close()
         served.stop()
-    stats = {name: {"p50_us": statistics.median(xs), "p99_us": pct(xs, 0.99), "server_cpu_us": cpu_us[name]}
-             for name, xs in lat.items()}
+    stats = {name: {"p50_us": statistics.median(xs), "p99_us": pct(xs, 0.99), "server_cpu_us": cpu[name][0],
+                    "client_cpu_us": cpu[name][1]} for name, xs in lat.items()}
     base = stats["nats"]["p50_us"]
     added = {name: {"p50_added_ms": (s["p50_us"] - base) / 1e3, "p50_ratio": s["p50_us"] / base}
              for name, s in stats.items() if name != "nats"}
@@ -114,14 +117,16 @@ async def run(n: int, warmup: int) -> dict[str, Any]:
 
 def report(r: dict[str, Any]) -> None:
     print(f"{r['n']} requests per path at 1 in flight, interleaved, after {r['warmup']} warm-up each")
-    print(f"{'path':<44}{'p50 µs':>10}{'p99 µs':>10}{'server CPU µs':>15}{'p50 added':>12}{'ratio':>8}")
+    print(f"{'path':<44}{'p50 µs':>9}{'p99 µs':>9}{'server CPU µs':>15}{'client CPU µs':>15}{'p50 added':>12}"
+          f"{'ratio':>8}")
     labels = {"nats": "nats-py request on hs.query",
               "httpx": "POST /v1/chat/completions (httpx keep-alive)",
               "openai": "same, official openai SDK"}
     for name, s in r["paths"].items():
         extra = r["vs_nats"].get(name)
         tail = f"{extra['p50_added_ms']:>9.2f} ms{extra['p50_ratio']:>7.2f}×" if extra else ""
-        print(f"{labels[name]:<44}{s['p50_us']:>10.0f}{s['p99_us']:>10.0f}{s['server_cpu_us']:>15.0f}{tail}")
+        print(f"{labels[name]:<44}{s['p50_us']:>9.0f}{s['p99_us']:>9.0f}{s['server_cpu_us']:>15.0f}"
+              f"{s['client_cpu_us']:>15.0f}{tail}")
     added = r["vs_nats"]["httpx"]["p50_added_ms"]
     print(f"target (OpenAI endpoint adds ≤ {TARGET_MS:g} ms p50 over hs.query, httpx path): "
           f"{'met' if added <= TARGET_MS else 'NOT met'} (+{added:.2f} ms)")
