@@ -27,6 +27,7 @@ import os
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,10 @@ async def _session(url: str, i: int, opened: asyncio.Queue[bool], asked: asyncio
             raise RuntimeError(f"query tool error: {res.content[0]}")
         result["latency_ms"][round_ - 1].append((time.perf_counter() - t) * 1e3)
         result["answered"] += 1
+        for frag in (res.structured_content or {}).get("fragments", []):
+            # Which fallback step served it, and whether a pool failed it first (retried).
+            key = f"{frag['step']}{' after a failure' if frag.get('tried') else ''}"
+            result["served_by"][key] = result["served_by"].get(key, 0) + 1
 
     phase = opened  # the queue that hears of this session's end if it fails now
     t0 = time.perf_counter()
@@ -81,7 +86,7 @@ async def client(url: str, count: int, handshakes: int) -> None:
     """One client process: open ``count`` sessions, then follow the parent's lines on stdin."""
     limit = raise_nofile()
     result: dict[str, Any] = {"held": 0, "answered": 0, "errors": 0, "error_samples": {}, "open_ms": [],
-                              "latency_ms": ([], [])}
+                              "latency_ms": ([], []), "served_by": {}}
     opened: asyncio.Queue[bool] = asyncio.Queue()
     asked: asyncio.Queue[bool] = asyncio.Queue()
     go, close = asyncio.Event(), asyncio.Event()
@@ -97,7 +102,8 @@ async def client(url: str, count: int, handshakes: int) -> None:
         await asked.get()
     lat = result["latency_ms"][1]
     _say({"phase": "queried", "held": result["held"], "answered": result["answered"], "errors": result["errors"],
-          "error_samples": result["error_samples"], "round2_p50_ms": statistics.median(lat) if lat else None,
+          "error_samples": result["error_samples"], "served_by": result["served_by"],
+          "round2_p50_ms": statistics.median(lat) if lat else None,
           "round2_p99_ms": pct(lat, 0.99), "round2_s": time.perf_counter() - t, "mem_kib": memory_kib(os.getpid())})
     await asyncio.to_thread(sys.stdin.readline)  # "close"
     close.set()
@@ -176,13 +182,15 @@ async def run(sessions: int, procs: int, handshakes: int) -> dict[str, Any]:
         served.stop()
 
     errors: dict[str, str] = {}
+    served_by: Counter[str] = Counter()
     for q in queried:
         errors.update(q["error_samples"])
+        served_by.update(q["served_by"])
     return {
         "sessions": sessions, "client_procs": procs,
         "opened": sum(o["open"] for o in opened), "held": sum(q["held"] for q in queried),
         "answered": sum(q["answered"] for q in queried), "errors": sum(q["errors"] for q in queried),
-        "error_samples": errors, "server_log_events": events, "open_all_s": open_s,
+        "error_samples": errors, "served_by": dict(served_by), "server_log_events": events, "open_all_s": open_s,
         "open_p50_ms": statistics.median(o["open_p50_ms"] for o in opened if o["open_p50_ms"] is not None),
         "round2_p50_ms": statistics.median(q["round2_p50_ms"] for q in queried if q["round2_p50_ms"] is not None),
         "round2_s": max(q["round2_s"] for q in queried),
@@ -205,6 +213,7 @@ def report(r: dict[str, Any]) -> None:
           f"errors {r['errors']}")
     for name, sample in r["error_samples"].items():
         print(f"  e.g. {name}: {sample}")
+    print(f"fragments served by (fallback step): {r['served_by']}")
     if r["server_log_events"]:
         print(f"server warnings/errors logged: {r['server_log_events']}")
     print(f"open + initialize + first query: all in {r['open_all_s']:.1f} s (p50 per session "
