@@ -31,7 +31,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from harness import cpu_time_ns, machine, memory_kib, nofile_limit, open_files, pct, raise_nofile, serve
+from harness import MODEL, cpu_time_ns, machine, memory_kib, nofile_limit, open_files, pct, raise_nofile, serve
+from mcp import ClientSession
+
+from homeskillet.mcp_ws import websocket_client
 
 PHASE_TIMEOUT_S = 600.0
 
@@ -41,13 +44,9 @@ PHASE_TIMEOUT_S = 600.0
 
 async def _session(url: str, i: int, opened: asyncio.Queue[bool], asked: asyncio.Queue[bool], go: asyncio.Event,
                    close: asyncio.Event, result: dict[str, Any], handshake: asyncio.Semaphore) -> None:
-    from mcp import ClientSession
-
-    from homeskillet.mcp_ws import websocket_client
-
     async def ask(round_: int) -> None:
         t = time.perf_counter()
-        res = await session.call_tool("query", {"prompt": f"What does strike {i}.{round_} cost?", "model": "gemma-2b"})
+        res = await session.call_tool("query", {"prompt": f"What does strike {i}.{round_} cost?", "model": MODEL})
         if res.is_error:
             raise RuntimeError(f"query tool error: {res.content[0]}")
         result["latency_ms"][round_ - 1].append((time.perf_counter() - t) * 1e3)
