@@ -22,7 +22,7 @@ from ..gateway import Gateway
 from ..telemetry import get_logger
 from .http import create_http_app
 
-__all__ = ["HttpServer", "build_app", "parse_listen"]
+__all__ = ["HttpServer", "build_app", "parse_listen", "raise_fd_limit"]
 
 log = get_logger("homeskillet.ingress.http")
 
@@ -50,6 +50,31 @@ def build_app(gateway: Gateway, settings: Settings) -> Starlette:
                            lifespans=[mcp_lifespan])
 
 
+def raise_fd_limit() -> int:
+    """Lift this process's soft limit on open files to its hard limit; return the soft limit now.
+
+    Every HTTP or WebSocket client holds a descriptor, and a shell's usual soft limit (1024) would
+    cap the server near 1,000 sessions: past it uvicorn's accepts fail and clients time out in
+    the handshake (measured with bench/mcp_sessions.py). The hard limit stays the operator's cap.
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX: nothing to raise
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit cannot be the soft one for files (Linux caps it at fs.nr_open).
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("fd_limit_kept", soft=soft, hard=hard, error=str(exc))
+            return soft
+        log.info("fd_limit_raised", soft=target, was=soft)
+        return target
+    return soft
+
+
 class _Server(uvicorn.Server):
     """Leaves signals to the process (``homeskillet up`` stops the whole runtime on SIGINT/SIGTERM)."""
 
@@ -67,6 +92,7 @@ class HttpServer:
     @classmethod
     async def start(cls, gateway: Gateway, settings: Settings) -> HttpServer:
         host, port = parse_listen(settings.http.listen)
+        raise_fd_limit()
         app = build_app(gateway, settings)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only for such sockets;

@@ -123,6 +123,9 @@ async def websocket_server(websocket: WebSocket) -> AsyncIterator[ServerStreams]
         async with write_reader:
             async for out in write_reader:
                 await send(encode_message(out.message))
+                # An idle session must not keep its last reply alive: a tools/list result is ~120 KiB
+                # of Python objects, which 1,000 held sessions would multiply (bench/mcp_sessions.py).
+                del out
 
     gone = (WebSocketDisconnect, OSError, RuntimeError, anyio.ClosedResourceError, anyio.BrokenResourceError)
 
