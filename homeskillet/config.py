@@ -103,6 +103,7 @@ class HttpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     listen: str = ""  # "HOST:PORT"; "" = no HTTP server
     max_body_bytes: int = 2 << 20  # a larger request body gets 413 before it is read whole
     public_url: str = ""  # advertised in /openapi.json servers; "" = relative
+    reservation_ports: list[int] = msgspec.field(default_factory=lambda: [3000, 15000])  # local_port range
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

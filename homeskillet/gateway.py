@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from typing import Protocol
 
 import structlog
 
@@ -65,6 +66,14 @@ def _prompt_tokens(q: Query) -> int:
     return count_tokens(q.prompt) if q.prompt is not None else sum(count_tokens(m.content) for m in q.messages or [])
 
 
+class PortOpener(Protocol):
+    """Serves a reservation on a dedicated local port (``ingress/reservation_port.py``)."""
+
+    async def open(self, res: Reservation) -> int: ...
+
+    async def close(self, reservation_id: str) -> None: ...
+
+
 class Gateway:
     def __init__(self, orchestrator: Orchestrator, reservations: Reservations, *,
                  max_prompt_bytes: int = 1 << 20, limits: RateLimiter | None = None,
@@ -75,6 +84,7 @@ class Gateway:
         self.limits = limits
         self.max_results = max_results
         self.results: OrderedDict[str, Answer] = OrderedDict()  # recent answers, for GET /api/v1/results/{id}
+        self.ports: PortOpener | None = None  # dedicated local ports for reservations (set with the HTTP API)
 
     def _admit(self, query: Query, principal: Principal | None) -> None:
         if principal is not None:
@@ -86,13 +96,26 @@ class Gateway:
     # --- reservations: the tenant is always the caller's; another tenant's id is NotFound --------
 
     async def reserve(self, req: ReserveRequest) -> Reservation:
-        return await self.reservations.reserve(req)
+        if req.local_port and self.ports is None:
+            raise BadRequest("'local_port' needs the HTTP API on (homeskillet up --http HOST:PORT)", term="local_port")
+        res = await self.reservations.reserve(req)
+        if req.local_port and self.ports is not None:
+            try:
+                port = await self.ports.open(res)
+            except HomeskilletError:
+                await self.reservations.release(res.reservation_id, res.tenant)  # nothing half-made is kept
+                raise
+            res = self.reservations.set_port(res.reservation_id, port)
+        return res
 
     async def reservation(self, reservation_id: str, tenant: str) -> Reservation:
         return self.reservations.get(reservation_id, tenant)
 
     async def release(self, reservation_id: str, tenant: str) -> Reservation:
-        return await self.reservations.release(reservation_id, tenant)
+        res = await self.reservations.release(reservation_id, tenant)
+        if self.ports is not None:
+            await self.ports.close(reservation_id)
+        return res
 
     async def reservation_metrics(self, reservation_id: str, tenant: str) -> AllocationMetrics:
         return await self.reservations.metrics(reservation_id, tenant)

@@ -224,6 +224,11 @@ class Reservations:
             raise NotFound(f"no reservation {reservation_id!r}", term="reservation_id")
         return res
 
+    def set_port(self, reservation_id: str, port: int) -> Reservation:
+        res = msgspec.structs.replace(self.table[reservation_id], local_port=port)
+        self.table[reservation_id] = res
+        return res
+
     async def release(self, reservation_id: str, tenant: str) -> Reservation:
         res = self.get(reservation_id, tenant)
         if res.status == "released":

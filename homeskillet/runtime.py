@@ -17,6 +17,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 
+from .auth import Authenticator
 from .broker import BookView, BrokerActor, BrokerState, Negotiator
 from .budgets import Budgets
 from .cache import make_cache
@@ -25,9 +26,10 @@ from .covenant import CovenantBook
 from .errors import HomeskilletError
 from .gateway import Gateway
 from .ids import new_id
-from .ingress.http_server import HttpServer
+from .ingress.http_server import HttpServer, parse_listen
 from .ingress.nats import NatsIngress, respond
 from .ingress.reservation import ReservationIngress
+from .ingress.reservation_port import ReservationPorts
 from .ledger import LedgerActor, LedgerReport, LedgerState, Report
 from .limits import RateLimiter
 from .natsd import NatsServer, default_data_dir
@@ -137,6 +139,11 @@ class Runtime:
             await self.parking.start(self._resume)
             if s.http.listen:
                 self.http = await HttpServer.start(self.gateway, s)
+                if len(s.http.reservation_ports) != 2:
+                    raise HomeskilletError("http.reservation_ports must be [LOW, HIGH], e.g. [3000, 15000]")
+                low, high = s.http.reservation_ports
+                self.gateway.ports = ReservationPorts(self.gateway, Authenticator(s.auth), s.http,
+                                                      host=parse_listen(s.http.listen)[0], low=low, high=high)
         return self
 
     async def add_pool(self, spec: PoolSpec) -> PoolHost | None:
@@ -186,6 +193,8 @@ class Runtime:
         """Stop whatever has started (also after a partial start)."""
         if self.http is not None:
             await self.http.stop()
+        if self.gateway is not None and isinstance(self.gateway.ports, ReservationPorts):
+            await self.gateway.ports.close_all()
         for part in ("parking", "ingress", "reservation_ingress"):
             if (obj := getattr(self, part, None)) is not None:
                 await obj.stop()

@@ -32,7 +32,7 @@ from . import admin_api, openai_api
 from .http_common import HttpContext, context, json
 from .openapi import openapi_document
 
-__all__ = ["Lifespan", "create_http_app"]
+__all__ = ["Lifespan", "create_http_app", "on_error"]
 
 log = get_logger("homeskillet.ingress.http")
 
@@ -45,7 +45,8 @@ def _render(request: Request, exc: HomeskilletError) -> Response:
     return admin_api.admin_error(exc)
 
 
-async def _on_error(request: Request, exc: Exception) -> Response:
+async def on_error(request: Request, exc: Exception) -> Response:
+    """Every error as JSON: the OpenAI error shape on ``/v1``, ours elsewhere."""
     if isinstance(exc, HomeskilletError):
         if exc.status >= 500:
             log.warning("http_error", path=request.url.path, code=exc.code, error=exc.message)
@@ -99,6 +100,6 @@ def create_http_app(gateway: Gateway, *, auth: Authenticator, settings: HttpSett
         *extra_routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HomeskilletError: _on_error, HTTPException: _on_error, Exception: _on_error})
+                    exception_handlers={HomeskilletError: on_error, HTTPException: on_error, Exception: on_error})
     app.state.hs = HttpContext(gateway, auth, max_body_bytes=s.max_body_bytes)
     return app

@@ -40,7 +40,7 @@ from .openai_wire import (
     Usage,
 )
 
-__all__ = ["openai_error", "routes", "to_query"]
+__all__ = ["completion_response", "openai_error", "routes", "to_query"]
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
                 403: "permission_error", 404: "invalid_request_error", 409: "conflict_error",
@@ -98,7 +98,11 @@ def _usage(a: Answer) -> Usage:
 async def chat_completions(request: Request) -> Response:
     req = await read_body(request, ChatCompletionRequest)
     who = principal(request, req.tenant)
-    answer = await context(request).gateway.ask(to_query(req), who)
+    return completion_response(req, await context(request).gateway.ask(to_query(req), who))
+
+
+def completion_response(req: ChatCompletionRequest, answer: Answer) -> Response:
+    """The answer as an OpenAI chat completion, plain or as SSE chunks, as the request asked."""
     cid, created = f"chatcmpl-{answer.query_id}", int(time.time())
     if not req.stream:
         return json(ChatCompletion(id=cid, created=created, model=req.model, usage=_usage(answer),

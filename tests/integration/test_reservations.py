@@ -86,3 +86,35 @@ async def test_cost_ceiling_holds_at_every_step(rt) -> None:  # type: ignore[no-
     with pytest.raises(BadRequest, match="duration_s"):
         await rt.gateway.reserve(ReserveRequest(duration_s=5))
     assert len(rt.reservations.table) == 1  # the refused ones left nothing behind
+
+
+async def test_a_reservation_on_its_own_local_port(nats_url: str) -> None:
+    import httpx
+    from openai import AsyncOpenAI
+
+    from homeskillet.config import HttpSettings
+
+    pools = [echo_pool("echo/h100", usd_per_hour=4.0, gpu_model="H100")]
+    http = HttpSettings(listen="127.0.0.1:0", reservation_ports=[20300, 20400])
+    async with start_runtime(nats_url, pools, http=http) as rt:
+        res = await rt.gateway.reserve(ReserveRequest(tenant="acme", local_port=True))
+        assert res.local_port is not None and 20300 <= res.local_port <= 20400
+        base = f"http://127.0.0.1:{res.local_port}"
+        client = AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", default_headers={"X-Tenant": "acme"})
+        done = await client.chat.completions.create(model="gemma-2b", messages=[{"role": "user", "content": "hi"}])
+        assert done.choices[0].message.content == "echo: hi"
+        async with httpx.AsyncClient(base_url=base) as h:
+            ok = await h.post("/api/v1/inference", json={"prompt": "pinned"}, headers={"X-Tenant": "acme"})
+            assert ok.status_code == 200 and ok.json()["fragments"][0]["pool"] == "echo/h100"
+            other = await h.post("/api/v1/inference", json={"prompt": "x"}, headers={"X-Tenant": "globex"})
+            assert other.status_code == 404  # another tenant's reservation does not exist for it
+        await rt.gateway.release(res.reservation_id, "acme")
+        async with httpx.AsyncClient(base_url=base) as h:
+            with pytest.raises(httpx.ConnectError):
+                await h.post("/api/v1/inference", json={"prompt": "after"})  # the port closed with the release
+
+
+async def test_local_port_needs_the_http_api(rt) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(BadRequest, match="needs the HTTP API"):
+        await rt.gateway.reserve(ReserveRequest(local_port=True))
+    assert rt.reservations.table == {}
