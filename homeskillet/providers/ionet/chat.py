@@ -19,10 +19,11 @@ from httpx_sse import SSEError, aconnect_sse
 
 from ...errors import ProviderError
 from ...sims.base import count_tokens
-from ..base import InferRequest
+from ..base import Allocation, InferRequest, InferResult, StandingAllocation
 from ..http import raise_for_status, retry_after
 
-__all__ = ["ChatCompletion", "chat_body", "complete", "parse_completion", "stream_text", "timeout_for"]
+__all__ = ["BoxStats", "ChatCompletion", "ChatOnBox", "chat_body", "complete", "parse_completion", "stream_text",
+           "timeout_for"]
 
 
 class _Message(msgspec.Struct):
@@ -163,3 +164,70 @@ async def stream_text(client: httpx.AsyncClient, url: str, body: dict[str, Any],
     except SSEError as exc:
         raise ProviderError(f"the instance's server did not stream: {exc}", provider=provider) from None
     raise ProviderError("the stream ended without [DONE]: the server went away mid-answer", provider=provider)
+
+
+class BoxStats:
+    """Inferences served on one allocation and their summed latency (for its metrics)."""
+
+    __slots__ = ("count", "latency_ms")
+
+    def __init__(self) -> None:
+        self.count, self.latency_ms = 0, 0.0
+
+
+class ChatOnBox:
+    """``infer`` and ``stream`` on a rented machine's OpenAI-compatible server, for a connector
+    that supplies the allocation (``_allocation``), the failure diagnosis (``_failed``) and the
+    model id; shared by the io.net and TPU connectors."""
+
+    provider: str
+    _client: httpx.AsyncClient
+    _active: int
+    _stats: dict[str, BoxStats]
+
+    async def _allocation(self, req: InferRequest) -> tuple[Allocation, StandingAllocation | None]:
+        raise NotImplementedError
+
+    async def _failed(self, exc: ProviderError, alloc: Allocation, standing: StandingAllocation | None,
+                      t0: float) -> Exception:
+        raise NotImplementedError
+
+    def _model_id(self, model: str) -> str:
+        raise NotImplementedError
+
+    def _infer_timeout_s(self) -> float:
+        raise NotImplementedError
+
+    async def infer(self, req: InferRequest) -> InferResult:
+        alloc, standing = await self._allocation(req)
+        body = chat_body(req, str(alloc.detail.get("model_id") or self._model_id(req.model)), stream=False)
+        self._active += 1
+        t0 = time.perf_counter()
+        try:
+            done = await complete(self._client, alloc.endpoint, body, provider=self.provider,
+                                  timeout=timeout_for(req, self._infer_timeout_s()))
+        except ProviderError as exc:
+            raise await self._failed(exc, alloc, standing, t0) from None
+        finally:
+            self._active -= 1
+        latency = (time.perf_counter() - t0) * 1000.0
+        stats = self._stats.setdefault(alloc.allocation_id, BoxStats())
+        stats.count, stats.latency_ms = stats.count + 1, stats.latency_ms + latency
+        usage = done.usage
+        assert usage is not None
+        return InferResult(text=done.text, model=req.model, prompt_tokens=usage.prompt_tokens,
+                           completion_tokens=usage.completion_tokens, latency_ms=latency)
+
+    async def stream(self, req: InferRequest) -> AsyncIterator[str]:
+        alloc, standing = await self._allocation(req)
+        body = chat_body(req, str(alloc.detail.get("model_id") or self._model_id(req.model)), stream=True)
+        self._active += 1
+        t0 = time.perf_counter()
+        try:
+            async for piece in stream_text(self._client, alloc.endpoint, body, provider=self.provider,
+                                           timeout=timeout_for(req, self._infer_timeout_s())):
+                yield piece
+        except ProviderError as exc:
+            raise await self._failed(exc, alloc, standing, t0) from None
+        finally:
+            self._active -= 1

@@ -27,7 +27,6 @@ import asyncio
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -44,14 +43,14 @@ from ..base import (
     Connector,
     Health,
     InferRequest,
-    InferResult,
     ProviderOffer,
     Release,
     StandingAllocation,
     register,
 )
 from ..http import make_client, retry_after
-from . import api, chat
+from . import api
+from .chat import BoxStats, ChatOnBox
 from .options import IonetOptions, parse_options, take_secret
 
 __all__ = ["IonetConnector"]
@@ -65,20 +64,13 @@ class _Hardware(msgspec.Struct, frozen=True):
     vram_gb: int
 
 
-class _Stats:
-    __slots__ = ("count", "latency_ms")
-
-    def __init__(self) -> None:
-        self.count, self.latency_ms = 0, 0.0
-
-
 def slug(text: str, size: int = 24) -> str:
     out = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
     return "-".join(filter(None, out.split("-")))[:size] or "model"
 
 
 @register("ionet")
-class IonetConnector(Connector):
+class IonetConnector(ChatOnBox, Connector):
     unsupported = {
         "preemptible": "io.net sells prepaid deployments only; there is no spot or interruptible capacity",
         "bid": "io.net has fixed prepaid prices; there is no bidding",
@@ -90,7 +82,7 @@ class IonetConnector(Connector):
         self._owns_client = client is None
         self._client = make_client(self.opts.base_url, timeout=self.opts.timeout_s, client=client)
         self._standing: dict[str, StandingAllocation] = {}
-        self._stats: dict[str, _Stats] = {}
+        self._stats: dict[str, BoxStats] = {}
         self._active = 0
         ttl_catalog, ttl_live = self.opts.catalog_ttl_s or None, self.opts.quote_ttl_s or None
         self._hardware = alru_cache(maxsize=1, ttl=ttl_catalog)(self._fetch_hardware)
@@ -362,7 +354,7 @@ class IonetConnector(Connector):
 
     async def metrics(self, allocation: Allocation) -> AllocationMetrics:
         details = await self._details(allocation.allocation_id)
-        stats = self._stats.get(allocation.allocation_id) or _Stats()
+        stats = self._stats.get(allocation.allocation_id) or BoxStats()
         hours = int(allocation.detail.get("duration_hours", 0)) or 1
         served_s = details.compute_minutes_served * 60.0
         return AllocationMetrics(
@@ -427,39 +419,8 @@ class IonetConnector(Connector):
         return Preempted(f"io.net deployment {alloc.allocation_id} ended under the strike ({status}); the strike's "
                          "share of prepaid time is all io.net bills for it", billed_usd=billed)
 
-    async def infer(self, req: InferRequest) -> InferResult:
-        alloc, standing = await self._allocation(req)
-        body = chat.chat_body(req, alloc.detail.get("model_id") or self._model_id(req.model), stream=False)
-        self._active += 1
-        t0 = time.perf_counter()
-        try:
-            done = await chat.complete(self._client, alloc.endpoint, body, provider="ionet",
-                                       timeout=chat.timeout_for(req, self.opts.infer_timeout_s))
-        except ProviderError as exc:
-            raise await self._failed(exc, alloc, standing, t0) from None
-        finally:
-            self._active -= 1
-        latency = (time.perf_counter() - t0) * 1000.0
-        stats = self._stats.setdefault(alloc.allocation_id, _Stats())
-        stats.count, stats.latency_ms = stats.count + 1, stats.latency_ms + latency
-        usage = done.usage
-        assert usage is not None
-        return InferResult(text=done.text, model=req.model, prompt_tokens=usage.prompt_tokens,
-                           completion_tokens=usage.completion_tokens, latency_ms=latency)
-
-    async def stream(self, req: InferRequest) -> AsyncIterator[str]:
-        alloc, standing = await self._allocation(req)
-        body = chat.chat_body(req, alloc.detail.get("model_id") or self._model_id(req.model), stream=True)
-        self._active += 1
-        t0 = time.perf_counter()
-        try:
-            async for piece in chat.stream_text(self._client, alloc.endpoint, body, provider="ionet",
-                                                timeout=chat.timeout_for(req, self.opts.infer_timeout_s)):
-                yield piece
-        except ProviderError as exc:
-            raise await self._failed(exc, alloc, standing, t0) from None
-        finally:
-            self._active -= 1
+    def _infer_timeout_s(self) -> float:
+        return self.opts.infer_timeout_s
 
     async def close(self) -> None:
         """Destroy every standing deployment, then close the HTTP client if it is ours."""

@@ -30,7 +30,6 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -45,14 +44,13 @@ from ..base import (
     Connector,
     Health,
     InferRequest,
-    InferResult,
     ProviderOffer,
     Release,
     StandingAllocation,
     register,
 )
 from ..http import make_client, retry_after
-from ..ionet import chat
+from ..ionet.chat import BoxStats, ChatOnBox
 from ..ionet.options import parse_options, take_secret
 from . import google
 from .catalog import TpuOptions
@@ -69,15 +67,8 @@ def _label(text: str, size: int = 24) -> str:
     return out[:size].strip("-") or "model"
 
 
-class _Stats:
-    __slots__ = ("count", "latency_ms")
-
-    def __init__(self) -> None:
-        self.count, self.latency_ms = 0, 0.0
-
-
 @register("tpu")
-class TpuConnector(Connector):
+class TpuConnector(ChatOnBox, Connector):
     unsupported = {"bid": "Cloud TPU sells spot and on-demand capacity at fixed prices; there is no bidding"}
 
     def __init__(self, *, client: httpx.AsyncClient | None = None, **options: Any) -> None:
@@ -92,7 +83,7 @@ class TpuConnector(Connector):
         self._offered = alru_cache(maxsize=1, ttl=self.opts.catalog_ttl_s or None)(self._fetch_offered)
         self._exhausted_until = {False: 0.0, True: 0.0}  # spot? -> monotonic time
         self._standing: dict[str, StandingAllocation] = {}
-        self._stats: dict[str, _Stats] = {}
+        self._stats: dict[str, BoxStats] = {}
         self._lost_at: dict[str, float] = {}  # allocation id -> when we saw it preempted (unix s)
         self._active = 0
 
@@ -387,7 +378,7 @@ class TpuConnector(Connector):
         node: google.Node = await self._get(allocation.allocation_id, google.Node)
         if node.state in google.LOST:
             self._lost_at.setdefault(allocation.allocation_id, time.time())
-        stats = self._stats.get(allocation.allocation_id) or _Stats()
+        stats = self._stats.get(allocation.allocation_id) or BoxStats()
         served = self._served_s(allocation)
         return AllocationMetrics(allocation_id=allocation.allocation_id, status=google.our_status(node.state),
                                  inference_count=stats.count, uptime_s=served,
@@ -441,39 +432,8 @@ class TpuConnector(Connector):
         return Preempted(f"TPU node {alloc.allocation_id} is {state} (Google took it back mid-inference); "
                          "billed per second at the node's rate for the strike's time", billed_usd=billed)
 
-    async def infer(self, req: InferRequest) -> InferResult:
-        alloc, standing = await self._allocation(req)
-        body = chat.chat_body(req, str(alloc.detail.get("model_id") or self._model_id(req.model)), stream=False)
-        self._active += 1
-        t0 = time.perf_counter()
-        try:
-            done = await chat.complete(self._client, alloc.endpoint, body, provider="tpu",
-                                       timeout=chat.timeout_for(req, self.opts.infer_timeout_s))
-        except ProviderError as exc:
-            raise await self._failed(exc, alloc, standing, t0) from None
-        finally:
-            self._active -= 1
-        latency = (time.perf_counter() - t0) * 1000.0
-        stats = self._stats.setdefault(alloc.allocation_id, _Stats())
-        stats.count, stats.latency_ms = stats.count + 1, stats.latency_ms + latency
-        usage = done.usage
-        assert usage is not None
-        return InferResult(text=done.text, model=req.model, prompt_tokens=usage.prompt_tokens,
-                           completion_tokens=usage.completion_tokens, latency_ms=latency)
-
-    async def stream(self, req: InferRequest) -> AsyncIterator[str]:
-        alloc, standing = await self._allocation(req)
-        body = chat.chat_body(req, str(alloc.detail.get("model_id") or self._model_id(req.model)), stream=True)
-        self._active += 1
-        t0 = time.perf_counter()
-        try:
-            async for piece in chat.stream_text(self._client, alloc.endpoint, body, provider="tpu",
-                                                timeout=chat.timeout_for(req, self.opts.infer_timeout_s)):
-                yield piece
-        except ProviderError as exc:
-            raise await self._failed(exc, alloc, standing, t0) from None
-        finally:
-            self._active -= 1
+    def _infer_timeout_s(self) -> float:
+        return self.opts.infer_timeout_s
 
     async def close(self) -> None:
         """Delete every standing node (waiting for Google to confirm), then close our HTTP client."""
