@@ -149,9 +149,10 @@ def add_parsers(sub: Any) -> None:
     common(rp)
     rp.add_argument("--target", choices=["nats", "http", "mcp"], default="nats")
     rp.add_argument("--url", help="a running deployment: NATS URL(s) for --target nats, the HTTP API's base URL "
-                    "for --target http; default: start the embedded stack and fleet")
+                    "(http(s)://host:port) for --target http or mcp; default: start the embedded stack and fleet")
     rp.add_argument("--prefix", default="hs", help="the running deployment's subject prefix")
-    rp.add_argument("--token", help="a bearer token (HTTP API with auth) or NATS token for a running deployment")
+    rp.add_argument("--token", help="a bearer token (HTTP API or MCP with auth; MCP also reads HOMESKILLET_TOKEN) "
+                    "or NATS token for a running deployment")
     rp.add_argument("--policy", choices=POLICIES, default="covenant")
     sp = sub.add_parser("simulate", help="run a scenario in virtual time (capacity planning), then report")
     common(sp)

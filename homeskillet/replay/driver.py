@@ -1,11 +1,12 @@
-"""``homeskillet replay``: drive a scenario's traffic, open loop, against a live Homeskillet over NATS.
+"""``homeskillet replay``: drive a scenario's traffic, open loop, against a live Homeskillet over
+NATS (``hs.query``), the HTTP API (``POST /api/v1/query``) or MCP (the ``query`` tool, ``mcp_target.py``).
 
 Queries go out at the scenario's arrival times whether or not earlier ones were answered (open
-loop: a slow system meets more load, not less), as ``hs.query`` requests, the same way any NATS
-client asks. The run is bounded in count (``max_queries``) and time (the scenario's duration, then
-at most the longest hard deadline for the last answers). Every query ends as an answer, an
-explicit error (an ``ErrorReply`` with the service-error headers), or, if nothing came back in
-time, as *lost*; the report's ledger must balance with nothing lost.
+loop: a slow system meets more load, not less), the same way any client asks. The run is bounded
+in count (``max_queries``) and time (the scenario's duration, then at most the longest hard
+deadline for the last answers). Every query ends as an answer, an explicit error (an
+``ErrorReply``: with the service-error headers, the HTTP status, or as an MCP tool error), or, if
+nothing came back in time, as *lost*; the report's ledger must balance with nothing lost.
 
 Against the embedded stack the fault timeline is enacted on the real parts: an outage, a latency
 spike or a preemption storm on the pool's engine, a worker stopped mid-strike and restarted, a NATS
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +32,7 @@ from ..covenant import CovenantBook, fallback_chain
 from ..errors import HomeskilletError
 from ..wire import Answer, Covenant, ErrorReply, Query, encode
 from .arrivals import ArrivalStream
+from .mcp_target import McpSender
 from .report import ERROR_KINDS, Observations, PoolUsage, Series
 from .scenario import Fault, Scenario, describe
 from .stack import LiveStack
@@ -264,34 +267,39 @@ def _observations(s: Scenario, d: _Driver, stack: LiveStack | None, wall_s: floa
 async def replay(scenario: Scenario, *, target: str = "nats", url: str | None = None, prefix: str = "hs",
                  token: str | None = None, policy: str = "covenant", covenants: CovenantBook | None = None,
                  progress: Callable[[int, int, float], None] | None = None) -> Observations:
-    """Run ``scenario`` live through ``target`` (the NATS service or the HTTP API): against the
-    embedded stack it starts (``url`` None) or a running deployment at ``url``."""
+    """Run ``scenario`` live through ``target`` (the NATS service, the HTTP API or the MCP ``query``
+    tool): against the embedded stack it starts (``url`` None) or a running deployment at ``url``."""
     if target not in TARGETS:
         raise HomeskilletError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    if target == "mcp":
-        raise HomeskilletError("--target mcp is not built yet: replay drives the NATS service (--target nats) or "
-                               "the HTTP API (--target http); MCP tools call the same gateway")
     if policy != "covenant":
         raise HomeskilletError(f"--policy {policy}: live replay runs Homeskillet's own negotiation only; compare "
                                "baselines in virtual time: homeskillet simulate SCENARIO --policy all")
     book = covenants or CovenantBook.load()
     if url is None:
-        async with LiveStack(scenario, http=target == "http") as stack:
+        async with LiveStack(scenario, http=target != "nats") as stack:
             assert stack.query_side is not None
-            async with _sender(target, stack.http_url if target == "http" else stack.url,
+            async with _sender(scenario, target, stack.url if target == "nats" else stack.http_url,
                                stack.query_side.subjects.query, token) as send:
                 d = _Driver(scenario, send, book, progress)
                 wall = await d.run(stack)
             report = await stack.query_side.ledger_report()
             return _observations(scenario, d, stack, wall, sum(report.spent_usd.values()), dict(report.by_pool), policy)
-    async with _sender(target, url, f"{prefix}.query", token) as send:
+    async with _sender(scenario, target, url, f"{prefix}.query", token) as send:
         d = _Driver(scenario, send, book, progress)
         wall = await d.run(None)
     return _observations(scenario, d, None, wall, None, {}, policy)
 
 
 @contextlib.asynccontextmanager
-async def _sender(target: str, url: str, subject: str, token: str | None) -> AsyncIterator[Sender]:
+async def _sender(s: Scenario, target: str, url: str, subject: str, token: str | None) -> AsyncIterator[Sender]:
+    if target == "mcp":
+        mcp = McpSender(url, token or os.environ.get("HOMESKILLET_TOKEN") or None)
+        try:
+            await mcp.start([t for c in s.classes for t in s.tenants(c)])
+            yield mcp
+        finally:
+            await mcp.close()
+        return
     if target == "http":
         http = HttpSender(url, token)
         try:

@@ -63,14 +63,16 @@ def test_cli_simulate_writes_report_and_plots(tmp_path):
     assert "## Baselines (same scenario and seed)" in text and "| round-robin |" in text
 
 
-def test_cli_replay_runs_live_and_refuses_targets_not_built(tmp_path):
-    out = tmp_path / "live"
-    done = _cli("replay", str(ROOT / "scenarios/provider-outage.toml"), "--short", "--duration", "1.5", "--out",
-                str(out), "--quiet", "--no-plots", "--check", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert "nothing lost" in done.stdout and (out / "report.json").exists()
-    mcp = _cli("replay", str(ROOT / "scenarios/provider-outage.toml"), "--target", "mcp", cwd=tmp_path)
-    assert mcp.returncode == 2 and "not built yet" in mcp.stderr
+def test_cli_replay_runs_live_over_nats_and_mcp(tmp_path):
+    for target in ("nats", "mcp"):
+        out = tmp_path / target
+        done = _cli("replay", str(ROOT / "scenarios/provider-outage.toml"), "--short", "--duration", "1.5",
+                    "--target", target, "--out", str(out), "--quiet", "--no-plots", "--check", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "nothing lost" in done.stdout and (out / "report.json").exists()
+    mcp = _cli("replay", str(ROOT / "scenarios/provider-outage.toml"), "--target", "mcp", "--url",
+               "nats://127.0.0.1:4222", cwd=tmp_path)
+    assert mcp.returncode == 2 and "http(s)://host:port" in mcp.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text("speed = 3\n" + (ROOT / "scenarios/provider-outage.toml").read_text())
     refused = _cli("simulate", str(bad), cwd=tmp_path)
