@@ -28,7 +28,7 @@ from .sims.base import count_tokens
 from .telemetry import QUERIES, QUERY_SECONDS, get_logger, labelled
 from .wire import Answer, Covenant, ErrorReply, Query, QuoteReply, Readiness, Reservation, ReserveRequest, TenantUsage
 
-__all__ = ["Gateway", "error_reply", "validate_query"]
+__all__ = ["Gateway", "PortOpener", "error_reply", "validate_query"]
 
 log = get_logger("homeskillet.gateway")
 
