@@ -171,6 +171,14 @@ class RentedConnector(Connector):
         self._stats: dict[str, _Stats] = {}
         self.active = 0  # strikes in flight on this connector
 
+    async def _healthy(self, url: str, timeout_s: float) -> bool:
+        """The box's model server answers ``/health`` with 200 (vLLM's readiness probe)."""
+        try:
+            resp = await self.client.get(f"{url}/health", timeout=timeout_s)
+        except httpx.TransportError:
+            return False
+        return resp.status_code == 200
+
     async def quote(self, want: AllocationRequest) -> list[ProviderOffer]:
         offers = await self._quotes.get(want, self._quote)
         held = self.standing.current

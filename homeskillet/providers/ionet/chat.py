@@ -17,8 +17,9 @@ import httpx
 import msgspec
 from httpx_sse import SSEError, aconnect_sse
 
-from ...errors import ProviderError
+from ...errors import HomeskilletError, ProviderError
 from ...sims.base import count_tokens
+from ...telemetry import get_logger
 from ..base import Allocation, InferRequest, InferResult, StandingAllocation
 from ..http import raise_for_status, retry_after
 
@@ -75,6 +76,9 @@ class _ErrorEnvelope(msgspec.Struct):
 _completion = msgspec.json.Decoder(ChatCompletion)
 _chunk = msgspec.json.Decoder(_Chunk)
 _envelope = msgspec.json.Decoder(_ErrorEnvelope)
+
+
+log = get_logger("homeskillet.providers.box")
 
 
 def chat_body(req: InferRequest, model_id: str, *, stream: bool) -> dict[str, Any]:
@@ -184,6 +188,16 @@ class ChatOnBox:
     _client: httpx.AsyncClient
     _active: int
     _stats: dict[str, BoxStats]
+    _standing: dict[str, StandingAllocation]
+
+    async def _release_standing(self) -> None:
+        """Release every standing allocation; a refusal is logged, not raised, so shutdown goes on."""
+        for standing in list(self._standing.values()):
+            try:
+                await standing.close()
+            except HomeskilletError as exc:
+                log.warning(f"{self.provider}_close_release_failed", error=exc.message)
+        self._standing.clear()
 
     async def _allocation(self, req: InferRequest) -> tuple[Allocation, StandingAllocation | None]:
         raise NotImplementedError

@@ -424,12 +424,7 @@ class IonetConnector(ChatOnBox, Connector):
 
     async def close(self) -> None:
         """Destroy every standing deployment, then close the HTTP client if it is ours."""
-        for standing in list(self._standing.values()):
-            try:
-                await standing.close()
-            except HomeskilletError as exc:
-                log.warning("ionet_close_release_failed", error=exc.message)
-        self._standing.clear()
+        await self._release_standing()
         for cache in (self._hardware, self._price, self._replicas):
             cache.cache_clear()
         if self._owns_client:

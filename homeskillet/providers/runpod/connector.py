@@ -239,19 +239,12 @@ class RunPodConnector(RentedConnector):
             if pod.desiredStatus != "RUNNING":
                 raise NoCapacity(f"pod {pod_id} went {pod.desiredStatus} while starting "
                                  f"({pod.lastStatusChange or 'no reason given'}); terminated it", provider=PROVIDER)
-            if pod.runtime is not None and await self._healthy(url):
+            if pod.runtime is not None and await self._healthy(url, self.api.timeout_s):
                 return pod, url
             if time.monotonic() >= deadline:
                 raise ProviderError(f"pod {pod_id} was not serving within {limit_s:g}s (runtime "
                                     f"{'up' if pod.runtime else 'null'}); terminated it", provider=PROVIDER)
             await asyncio.sleep(self.poll_s)
-
-    async def _healthy(self, url: str) -> bool:
-        try:
-            resp = await self.client.get(f"{url}/health", timeout=self.api.timeout_s)
-        except httpx.TransportError:
-            return False
-        return resp.status_code == 200
 
     # -- after a failed inference ---------------------------------------------------------------
     async def _diagnose(self, alloc: Allocation, detail: str, seconds: float) -> Diagnosis:

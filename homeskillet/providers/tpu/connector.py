@@ -437,12 +437,7 @@ class TpuConnector(ChatOnBox, Connector):
 
     async def close(self) -> None:
         """Delete every standing node (waiting for Google to confirm), then close our HTTP client."""
-        for standing in list(self._standing.values()):
-            try:
-                await standing.close()
-            except HomeskilletError as exc:
-                log.warning("tpu_close_release_failed", error=exc.message)
-        self._standing.clear()
+        await self._release_standing()
         self._offered.cache_clear()
         if self._owns_client:
             await self._client.aclose()

@@ -216,19 +216,12 @@ class VastConnector(RentedConnector):
             ip, port = inst.public_ipaddr, host_port(inst, self.port)
             if state == "running" and ip and port:
                 url = endpoint_url(self.endpoint, self.api.base_url, ip=ip, port=port, id=iid)
-                if await self._healthy(url):
+                if await self._healthy(url, self.api.timeout_s):
                     return inst, url
             if time.monotonic() >= deadline:
                 raise ProviderError(f"instance {iid} was not serving within {limit_s:g}s "
                                     f"({inst.actual_status}: {inst.status_msg}); destroyed it", provider=PROVIDER)
             await asyncio.sleep(self.poll_s)
-
-    async def _healthy(self, url: str) -> bool:
-        try:
-            resp = await self.client.get(f"{url}/health", timeout=self.api.timeout_s)
-        except httpx.TransportError:
-            return False
-        return resp.status_code == 200
 
     # -- after a failed inference ---------------------------------------------------------------
     async def _diagnose(self, alloc: Allocation, detail: str, seconds: float) -> Diagnosis:
