@@ -21,7 +21,9 @@ from homeskillet.wire import Query, Strike, StrikeOk, decode_strike_result, enco
 
 def _settings_toml(path, prefix: str, url: str) -> None:
     slow = echo_pool("echo/doomed", "standard", usd_per_mtok_out=0.01, options={"delay_ms": 30000})
-    doc = Settings(nats=[url], prefix=prefix, pools=[slow])
+    # A long quote life: on a loaded machine the young host may stall past the default 3 s between quotes,
+    # and an expired quote would send the strike straight to the backup, which is not what this test is about.
+    doc = Settings(nats=[url], prefix=prefix, pools=[slow], quote_ttl_ms=60_000)
     path.write_text(msgspec.toml.encode(doc).decode())
 
 
