@@ -6,35 +6,22 @@ things strategies react to, all seeded so a run can be repeated:
 - ``delay_ms``, ``ms_per_token``: a slower pool;
 - ``tail_p``, ``tail_ms``, ``tail_alpha``: a heavy latency tail: with probability ``tail_p`` a
   strike also waits ``tail_ms`` × a Pareto(``tail_alpha``) draw (≥ 1), from a seeded RNG;
-- ``quality``: the share of prompts this pool answers "right" (as a quality-1 pool would); the
-  rest get a wrong answer. Which prompts are right is fixed per (seed, prompt), so a scenario
-  says exactly which queries a cheap pool gets right;
-- ``vary_wrong``: wrong answers differ from one strike to the next (so self-consistency across
-  samples can notice them); right answers never vary;
-- ``logprobs``: report a mean token log-probability whose confidence, exp(mean logprob), is drawn
-  per (seed, prompt) from ``confidence_right`` or ``confidence_wrong`` (ranges that may overlap:
-  how well confidence separates right from wrong is the scenario's choice, stated in the spec).
+- ``quality``, ``vary_wrong``, ``logprobs``, ``confidence_right``, ``confidence_wrong``: how
+  often it answers "right" and how confident it says it is (``homeskillet.sims.answers``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import math
 import random
 import time
 from collections.abc import AsyncIterator
 
+from ..sims.answers import AnswerModel
 from ..sims.base import count_tokens
 from .base import Connector, InferRequest, InferResult, register
 
 __all__ = ["EchoConnector"]
-
-
-def _unit(*parts: object) -> float:
-    """A deterministic draw in [0, 1) from the parts."""
-    digest = hashlib.blake2b("\x00".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
 
 
 @register("echo")
@@ -52,39 +39,29 @@ class EchoConnector(Connector):
                  tail_ms: float = 0.0, tail_alpha: float = 1.5, quality: float = 1.0, vary_wrong: bool = False,
                  logprobs: bool = False, confidence_right: tuple[float, float] = (0.6, 0.99),
                  confidence_wrong: tuple[float, float] = (0.1, 0.55)) -> None:
-        for name, p in (("tail_p", tail_p), ("quality", quality)):
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"echo option {name}={p} is outside 0..1")
-        for name, (lo, hi) in (("confidence_right", confidence_right), ("confidence_wrong", confidence_wrong)):
-            if not 0.0 < lo <= hi <= 1.0:
-                raise ValueError(f"echo option {name}={[lo, hi]} must be [lo, hi] with 0 < lo ≤ hi ≤ 1")
+        if not 0.0 <= tail_p <= 1.0:
+            raise ValueError(f"echo option tail_p={tail_p} is outside 0..1")
         if tail_alpha <= 0:
             raise ValueError(f"echo option tail_alpha={tail_alpha} must be > 0")
+        try:
+            self.answers = AnswerModel(seed=seed, quality=quality, vary_wrong=vary_wrong, logprobs=logprobs,
+                                       confidence_right=tuple(confidence_right),  # type: ignore[arg-type]
+                                       confidence_wrong=tuple(confidence_wrong))  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ValueError(f"echo option {exc}") from None
         self.delay_ms, self.ms_per_token = delay_ms, ms_per_token
         self.seed, self.tail_p, self.tail_ms, self.tail_alpha = seed, tail_p, tail_ms, tail_alpha
-        self.quality, self.vary_wrong, self.logprobs = quality, vary_wrong, logprobs
-        self.confidence_right, self.confidence_wrong = tuple(confidence_right), tuple(confidence_wrong)
         self.rng = random.Random(seed)
         self.executed = 0  # strikes actually run (the idempotency tests count these)
         self.cancelled = 0  # strikes stopped mid-run (hedge losers)
 
     def right(self, prompt: str) -> bool:
         """Whether this pool answers ``prompt`` as a quality-1 pool would."""
-        return self.quality >= 1.0 or _unit(self.seed, "quality", prompt) < self.quality
+        return self.answers.right(prompt)
 
     def _text(self, req: InferRequest) -> str:
         words = req.prompt.split()
-        text = "echo: " + " ".join(words[: max(1, req.max_tokens)])
-        if self.right(req.prompt):
-            return text
-        tag = f"{self.rng.randrange(1 << 30):x}" if self.vary_wrong else f"{self.seed}"
-        return f"{text} [wrong {tag}]"
-
-    def _logprob(self, prompt: str) -> float | None:
-        if not self.logprobs:
-            return None
-        lo, hi = self.confidence_right if self.right(prompt) else self.confidence_wrong
-        return math.log(lo + (hi - lo) * _unit(self.seed, "confidence", prompt))
+        return self.answers.answer("echo: " + " ".join(words[: max(1, req.max_tokens)]), req.prompt, self.rng)
 
     def _wait_ms(self, completion: int) -> float:
         wait = self.delay_ms + self.ms_per_token * completion
@@ -110,7 +87,7 @@ class EchoConnector(Connector):
             prompt_tokens=count_tokens(req.prompt),
             completion_tokens=completion,
             latency_ms=(time.perf_counter() - t0) * 1000.0,
-            logprob_mean=self._logprob(req.prompt),
+            logprob_mean=self.answers.logprob_mean(req.prompt),
         )
 
     async def stream(self, req: InferRequest) -> AsyncIterator[str]:
