@@ -57,6 +57,13 @@ class Principal(msgspec.Struct, kw_only=True, frozen=True):
     subject: str = ""
     scopes: tuple[str, ...] = ()
     authenticated: bool = False  # False: auth is off and the tenant is the caller's word
+    valid_until: float = 0.0  # epoch seconds the token stops being accepted (exp + leeway); 0 = no limit
+
+    def seconds_left(self, now: float | None = None) -> float:
+        """How long a connection opened with this principal may stay open (inf when unlimited)."""
+        if not self.valid_until:
+            return float("inf")
+        return self.valid_until - (time.time() if now is None else now)
 
 
 def auth_settings_from_env(base: AuthSettings | None = None, env: dict[str, str] | None = None) -> AuthSettings:
@@ -159,7 +166,7 @@ class Authenticator:
             raise Unauthorized(f"the token has no {s.tenant_claim!r} claim naming a tenant (1..128 characters)",
                                term="tenant_claim")
         return Principal(tenant=tenant, subject=str(claims.get("sub", "")), scopes=_scopes(claims),
-                         authenticated=True)
+                         authenticated=True, valid_until=float(claims["exp"]) + s.leeway_s)
 
     def _decode(self, token: str) -> dict[str, Any]:
         s = self.settings

@@ -9,15 +9,17 @@ Auth: the bearer token of the upgrade request (WebSocket) or of each HTTP reques
 ``auth.Authenticator``; without a valid one the caller gets 401 and no session. The principal
 travels with each message as ``ctx.request.state.principal``, so every tool acts for the token's
 tenant. HTTP sessions are bound to the principal that opened them (the SDK answers 404 to another).
+A WebSocket session ends (close code 1008) when its token expires; the client reconnects with a new one.
 With auth off, the tenant is the ``X-Tenant`` header or the default tenant.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
+import anyio
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.context import ServerRequestContext
@@ -127,8 +129,15 @@ class McpServer:
             await self._deny(ws, 401, exc.message)
             return
         await ws.accept(subprotocol=SUBPROTOCOL)
-        async with websocket_server(ws) as (read_stream, write_stream):
-            await self.server.run(read_stream, write_stream, self.server.create_initialization_options())
+        # A WebSocket outlives a request: the token is checked at the upgrade, so the session ends
+        # when the token does, and the client reconnects with a fresh one.
+        with anyio.move_on_after(ws.state.principal.seconds_left()) as lifetime:
+            async with websocket_server(ws) as (read_stream, write_stream):
+                await self.server.run(read_stream, write_stream, self.server.create_initialization_options())
+        if lifetime.cancelled_caught:
+            log.info("mcp_ws_token_expired", tenant=ws.state.principal.tenant)
+            with suppress(RuntimeError, OSError):
+                await ws.close(POLICY_VIOLATION, "the bearer token expired; reconnect with a new token")
 
     async def _deny(self, ws: WebSocket, status: int, message: str) -> None:
         log.info("mcp_ws_refused", status=status, reason=message)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -191,6 +192,19 @@ async def test_a_bad_token_is_refused_on_both_transports(addr, bad) -> None:  # 
                               json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
     assert r.json()["error"] == "invalid_token" and r.json()["error_description"]
+
+
+async def test_a_websocket_session_ends_when_its_token_expires(addr) -> None:  # type: ignore[no-untyped-def]
+    # Accepted within the server's 30 s leeway, with about 2 s of it left.
+    tok = token("acme", now=time.time() - 30.0, ttl_s=2.0)
+    async with websockets.connect(f"ws://{addr}/mcp/ws", subprotocols=["mcp"],  # type: ignore[list-item]
+                                  additional_headers={"Authorization": f"Bearer {tok}"}) as ws:
+        await ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["id"] == 1  # served while the token holds
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert "expired" in closed.value.rcvd.reason
 
 
 async def test_websocket_without_the_mcp_subprotocol_is_refused(addr) -> None:  # type: ignore[no-untyped-def]

@@ -31,7 +31,9 @@ def _reason(auth: Authenticator, header: str | None) -> str | None:
 
 def test_valid_token_gives_the_tenant_from_the_claim() -> None:
     p = Authenticator(ON).authenticate("Bearer " + _tok(scopes=["hs:query", "hs:reserve"], subject="ci"))
-    assert p == Principal(tenant="acme", subject="ci", scopes=("hs:query", "hs:reserve"), authenticated=True)
+    assert p == Principal(tenant="acme", subject="ci", scopes=("hs:query", "hs:reserve"), authenticated=True,
+                          valid_until=p.valid_until)
+    assert 3500 < p.seconds_left() <= 3600 + ON.leeway_s  # a connection may stay open until exp + leeway
 
 
 def test_the_claim_beats_the_callers_hint() -> None:
