@@ -8,6 +8,10 @@ signature, algorithm, audience, issuer, claim, tenant_claim).
   RS256/ES256 with the PEM ``public_key``); ``exp`` is required, ``iss`` and ``aud`` are checked
   when configured. The tenant is the ``tenant_claim`` claim and overrides any tenant a client puts
   in a body or header: a tenant cannot act as another.
+* Scopes: ``hs:query`` (queries, quotes, results, usage, model lists) and ``hs:reserve``
+  (reservations and allocations: reserve, look up, infer on, metrics, release). A token that carries
+  any ``hs:`` scope may do only what those grant (403 ``forbidden`` otherwise); a token with no
+  ``hs:`` scope (an identity provider that issues none, or only its own) may do both.
 * Auth **off** (the default, for development on one machine): no identity is checked, so the
   caller is trusted: ``tenant_hint`` (an ``X-Tenant`` header or a body's ``tenant``) if given,
   else ``default_tenant``. Tenant isolation then only separates well-behaved clients.
@@ -27,11 +31,13 @@ from typing import Any, Literal
 import jwt
 import msgspec
 
-from .errors import HomeskilletError, Unauthorized
+from .errors import Forbidden, HomeskilletError, Unauthorized
 
-__all__ = ["AuthSettings", "Authenticator", "Principal", "auth_settings_from_env", "mint_token"]
+__all__ = ["SCOPES", "AuthSettings", "Authenticator", "Principal", "Scope", "auth_settings_from_env", "mint_token"]
 
 Algorithm = Literal["HS256", "RS256", "ES256"]
+Scope = Literal["hs:query", "hs:reserve"]
+SCOPES: tuple[Scope, ...] = ("hs:query", "hs:reserve")
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -58,6 +64,14 @@ class Principal(msgspec.Struct, kw_only=True, frozen=True):
     scopes: tuple[str, ...] = ()
     authenticated: bool = False  # False: auth is off and the tenant is the caller's word
     valid_until: float = 0.0  # epoch seconds the token stops being accepted (exp + leeway); 0 = no limit
+
+    def require(self, scope: Scope) -> Principal:
+        """This principal, if its token grants ``scope`` (a token with no ``hs:`` scope grants every one)."""
+        ours = [s for s in self.scopes if s.startswith("hs:")]
+        if ours and scope not in ours:
+            raise Forbidden(f"the token does not grant {scope!r} (it grants {' '.join(ours)}); "
+                            f"use a token minted with '--scope {scope}'", term="scope")
+        return self
 
     def seconds_left(self, now: float | None = None) -> float:
         """How long a connection opened with this principal may stay open (inf when unlimited)."""

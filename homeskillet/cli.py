@@ -187,7 +187,9 @@ def _parser() -> argparse.ArgumentParser:
     tok.add_argument("--issuer", help="'iss' claim (default: the config's auth.issuer)")
     tok.add_argument("--audience", help="'aud' claim (default: the config's auth.audience)")
     tok.add_argument("--subject", help="'sub' claim (default: the tenant)")
-    tok.add_argument("--scope", action="append", help="a scope to grant; repeatable")
+    tok.add_argument("--scope", action="append",
+                     help="a scope to grant, repeatable: hs:query (queries, quotes, results, usage), "
+                          "hs:reserve (reservations, allocations); none grants both")
     ask = sub.add_parser("ask", help="one query: the answer and the covenant, pool, cost and latency")
     common(ask)
     ask.add_argument("prompt")

@@ -95,6 +95,13 @@ class Unauthorized(HomeskilletError):
     status = 401
 
 
+class Forbidden(HomeskilletError):
+    """Authenticated, but the credential does not grant this operation (``term``: scope)."""
+
+    code = "forbidden"
+    status = 403
+
+
 class CovenantError(HomeskilletError):
     code = "invalid_covenant"
     status = 422

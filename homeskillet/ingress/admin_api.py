@@ -27,17 +27,17 @@ def admin_error(exc: HomeskilletError) -> Response:
 
 async def query(request: Request) -> Response:
     q = await read_body(request, Query, what="the query")
-    return json(await context(request).gateway.ask(q, principal(request, q.tenant)))
+    return json(await context(request).gateway.ask(q, principal(request, q.tenant, scope="hs:query")))
 
 
 async def quote(request: Request) -> Response:
     q = await read_body(request, Query, what="the query")
-    return json(await context(request).gateway.quote(q, principal(request, q.tenant)))
+    return json(await context(request).gateway.quote(q, principal(request, q.tenant, scope="hs:query")))
 
 
 async def _reserve(request: Request, *, needs_model: bool) -> Response:
     req = await read_body(request, ReserveRequest, what="the reservation request")
-    req.tenant = principal(request, req.tenant).tenant
+    req.tenant = principal(request, req.tenant, scope="hs:reserve").tenant
     if needs_model and not req.model:
         raise BadRequest("an allocation serves a model: name it in 'model' "
                          "(or reserve raw compute with POST /api/v1/compute/reserve)", term="model")
@@ -58,33 +58,33 @@ def _id(request: Request, name: str = "allocation_id") -> str:
 
 
 async def allocation(request: Request) -> Response:
-    who = principal(request)
+    who = principal(request, scope="hs:reserve")
     return json(await context(request).gateway.reservation(_id(request), who.tenant))
 
 
 async def allocation_metrics(request: Request) -> Response:
-    who = principal(request)
+    who = principal(request, scope="hs:reserve")
     return json(await context(request).gateway.reservation_metrics(_id(request), who.tenant))
 
 
 async def release(request: Request) -> Response:
-    who = principal(request)
+    who = principal(request, scope="hs:reserve")
     return json(await context(request).gateway.release(_id(request), who.tenant))
 
 
 async def inference(request: Request) -> Response:
     q = await read_body(request, Query, what="the query")
-    who = principal(request, q.tenant)
+    who = principal(request, q.tenant, scope="hs:reserve")
     return json(await context(request).gateway.infer_on(_id(request), who.tenant, q))
 
 
 async def result(request: Request) -> Response:
-    who = principal(request)
+    who = principal(request, scope="hs:query")
     return json(context(request).gateway.result(_id(request, "query_id"), who.tenant))
 
 
 async def usage(request: Request) -> Response:
-    who = principal(request)
+    who = principal(request, scope="hs:query")
     return json(await context(request).gateway.usage(who.tenant))
 
 

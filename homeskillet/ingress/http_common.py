@@ -13,7 +13,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..auth import Authenticator, Principal
+from ..auth import Authenticator, Principal, Scope
 from ..errors import BadRequest, PayloadTooLarge
 from ..gateway import Gateway
 
@@ -35,11 +35,11 @@ def context(request: Request) -> HttpContext:
     return ctx
 
 
-def principal(request: Request, body_tenant: str | None = None) -> Principal:
-    """The caller: from the bearer token when auth is on (its tenant claim wins), else the
-    ``X-Tenant`` header, else the body's tenant, else the default tenant."""
+def principal(request: Request, body_tenant: str | None = None, *, scope: Scope) -> Principal:
+    """The caller, allowed ``scope``: from the bearer token when auth is on (its tenant claim wins),
+    else the ``X-Tenant`` header, else the body's tenant, else the default tenant."""
     hint = request.headers.get("x-tenant") or body_tenant
-    return context(request).auth.authenticate(request.headers.get("authorization"), tenant_hint=hint)
+    return context(request).auth.authenticate(request.headers.get("authorization"), tenant_hint=hint).require(scope)
 
 
 async def read_body(request: Request, typ: type[T], *, what: str = "the request body") -> T:

@@ -20,7 +20,7 @@ import msgspec
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult, TextContent, Tool, ToolAnnotations
 
-from ..auth import Principal
+from ..auth import Principal, Scope
 from ..clock import now_ms
 from ..errors import BadRequest, HomeskilletError
 from ..gateway import Gateway, error_reply
@@ -138,6 +138,7 @@ class ToolSpec:
     run: Run
     kind: Literal["read", "write", "destructive"] = "read"
     tenant_arg: bool = False  # the args Struct has a ``tenant`` field the server sets
+    scope: Scope = "hs:query"  # what the caller's token must grant
 
     def tool(self) -> Tool:
         hide = frozenset({"tenant"}) if self.tenant_arg else frozenset()
@@ -180,14 +181,16 @@ class McpTools:
                      self._quote),
             ToolSpec("reserve", "Reserve compute ahead of use (GPU/TPU by model, count, duration, cost ceiling, "
                      "fallback providers). Returns the reservation with its endpoints and the failover steps "
-                     "passed over.", ReserveRequest, Reservation, self._reserve, "write", tenant_arg=True),
+                     "passed over.", ReserveRequest, Reservation, self._reserve, "write", tenant_arg=True,
+                     scope="hs:reserve"),
             ToolSpec("reservation", "Look up one of your reservations by id.", ReservationRef, Reservation,
-                     self._reservation),
+                     self._reservation, scope="hs:reserve"),
             ToolSpec("release", "Release one of your reservations; returns it with its final bill when the "
-                     "provider states one.", ReservationRef, Reservation, self._release, "destructive"),
+                     "provider states one.", ReservationRef, Reservation, self._release, "destructive",
+                     scope="hs:reserve"),
             ToolSpec("allocation_metrics", "Live metrics of one of your reservations' allocation: utilisation, "
                      "memory, inference count, latency, uptime, accrued cost.", ReservationRef, AllocationMetrics,
-                     self._metrics),
+                     self._metrics, scope="hs:reserve"),
             ToolSpec("pools", "The live pool table: every pool with a fresh standing quote, its offer (capacity, "
                      "price, predicted latency, reliability) and the quote's age.", NoArgs, PoolTable, self._pools),
         ]
@@ -199,7 +202,7 @@ class McpTools:
         if spec is None:
             raise MCPError(INVALID_PARAMS, f"unknown tool {name!r}; the tools are: {', '.join(self.specs)}")
         try:
-            result = await spec.run(principal, spec.decode(arguments or {}, principal))
+            result = await spec.run(principal.require(spec.scope), spec.decode(arguments or {}, principal))
         except HomeskilletError as exc:
             log.info("mcp_tool_failed", tool=name, tenant=principal.tenant, code=exc.code, error=exc.message)
             return tool_error(exc)

@@ -97,7 +97,7 @@ def _usage(a: Answer) -> Usage:
 
 async def chat_completions(request: Request) -> Response:
     req = await read_body(request, ChatCompletionRequest)
-    who = principal(request, req.tenant)
+    who = principal(request, req.tenant, scope="hs:query")
     return completion_response(req, await context(request).gateway.ask(to_query(req), who))
 
 
@@ -131,7 +131,7 @@ async def _chunks(a: Answer, cid: str, created: int, model: str, include_usage: 
 
 
 async def models(request: Request) -> Response:
-    principal(request)  # listing needs a valid credential too
+    principal(request, scope="hs:query")  # listing needs a valid credential too
     seen: dict[str, Model] = {}
     for cov in context(request).gateway.covenants():
         seen[cov.name] = Model(id=cov.name, kind="covenant", model=cov.resources.model)

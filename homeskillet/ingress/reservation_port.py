@@ -41,13 +41,13 @@ log = get_logger("homeskillet.ingress.reservation_port")
 def _app(gateway: Gateway, auth: Authenticator, settings: HttpSettings, reservation_id: str) -> Starlette:
     async def chat(request: Request) -> Response:
         req = await read_body(request, ChatCompletionRequest)
-        who = principal(request, req.tenant)
+        who = principal(request, req.tenant, scope="hs:reserve")
         return completion_response(req, await context(request).gateway.infer_on(reservation_id, who.tenant,
                                                                                  to_query(req)))
 
     async def inference(request: Request) -> Response:
         q = await read_body(request, Query, what="the query")
-        who = principal(request, q.tenant)
+        who = principal(request, q.tenant, scope="hs:reserve")
         return json(await context(request).gateway.infer_on(reservation_id, who.tenant, q))
 
     app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),

@@ -117,3 +117,26 @@ async def test_allocation_endpoints_and_bad_input(http: tuple[Runtime, httpx.Asy
     assert r.status_code == 201 and r.json()["endpoint_path"].endswith(r.json()["reservation_id"])
     m = await h.get(f"/api/v1/allocations/{r.json()['reservation_id']}/metrics", headers=a)
     assert m.status_code == 200 and "allocation_id" in m.json()
+
+
+async def test_a_token_does_only_what_its_scopes_grant(http: tuple[Runtime, httpx.AsyncClient]) -> None:
+    rt, h = http
+    assert rt.reservations is not None
+    query_only, reserve_only = bearer(token("acme", scopes=["hs:query"])), bearer(token("acme", scopes=["hs:reserve"]))
+    before = len(rt.reservations.table)
+    refused = await h.post("/api/v1/allocations", headers=query_only, json={"model": "gemma-2b", "duration_s": 600})
+    assert refused.status_code == 403 and refused.json()["code"] == "forbidden" and refused.json()["term"] == "scope"
+    assert "hs:reserve" in refused.json()["message"]
+    assert len(rt.reservations.table) == before  # refused, and nothing was held
+    chat = {"model": "gemma-2b", "messages": [{"role": "user", "content": "hi"}]}
+    assert (await h.post("/v1/chat/completions", headers=query_only, json=chat)).status_code == 200
+    denied = await h.post("/v1/chat/completions", headers=reserve_only, json=chat)
+    assert denied.status_code == 403 and denied.json()["error"]["type"] == "permission_error"
+    made = await h.post("/api/v1/allocations", headers=reserve_only, json={"model": "gemma-2b", "duration_s": 600})
+    assert made.status_code == 201
+    rid = made.json()["reservation_id"]
+    assert (await h.get(f"/api/v1/allocations/{rid}", headers=query_only)).status_code == 403
+    assert (await h.delete(f"/api/v1/allocations/{rid}", headers=reserve_only)).status_code == 200
+    # A token with only other issuers' scopes (no hs: scope) is not restricted.
+    other = bearer(token("acme", scopes=["openid", "profile"]))
+    assert (await h.post("/v1/chat/completions", headers=other, json=chat)).status_code == 200

@@ -157,6 +157,14 @@ async def test_tenant_argument_is_refused(addr) -> None:  # type: ignore[no-unty
     assert "'tenant' is not an argument" in text
 
 
+async def test_a_query_only_token_cannot_reserve(addr) -> None:  # type: ignore[no-untyped-def]
+    async with ws_session(addr, token("acme", scopes=["hs:query"])) as session:
+        refused = await session.call_tool("reserve", {"gpu_model": "H100"})
+        pools = await session.call_tool("pools", {})
+    assert refused.is_error and refused.structured_content["code"] == "forbidden"
+    assert not pools.is_error  # what the scope grants still works
+
+
 async def test_http_session_is_bound_to_the_tenant_that_opened_it(addr) -> None:  # type: ignore[no-untyped-def]
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
             "params": {"protocolVersion": "2025-06-18", "capabilities": {},

@@ -128,3 +128,14 @@ def test_env_overlay(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
 def test_the_secret_stays_out_of_repr() -> None:
     assert SECRET not in repr(ON) and SECRET not in str(ON)
+
+
+def test_scopes_restrict_only_when_the_token_carries_ours() -> None:
+    from homeskillet.errors import Forbidden
+
+    both = Principal(tenant="a", scopes=())
+    assert both.require("hs:reserve") is both
+    assert Principal(tenant="a", scopes=("openid",)).require("hs:query")  # other issuers' scopes don't count
+    with pytest.raises(Forbidden, match="hs:reserve") as err:
+        Principal(tenant="a", scopes=("hs:query", "openid")).require("hs:reserve")
+    assert err.value.status == 403 and err.value.term == "scope"
