@@ -8,6 +8,7 @@ server (``port=-1``) so tests never race for a free port.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
@@ -17,9 +18,13 @@ import threading
 from collections import deque
 from pathlib import Path
 
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+
 from .errors import HomeskilletError
 
-__all__ = ["NatsServer", "default_data_dir", "find_nats_server"]
+__all__ = ["NatsServer", "default_data_dir", "find_nats_server", "wait_for_jetstream"]
 
 _LISTEN = re.compile(r"Listening for client connections on (\S+):(\d+)")
 _ROUTE = re.compile(r"Listening for route connections on (\S+):(\d+)")
@@ -150,3 +155,23 @@ class NatsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def wait_for_jetstream(nc: NATS, timeout_s: float = 30.0) -> None:
+    """Until JetStream answers on ``nc``: a cluster just started has no JetStream until its nodes
+    elect a meta leader, so the durable queue and the KV state wait for it rather than fail."""
+    loop = asyncio.get_running_loop()
+    end, pause = loop.time() + timeout_s, 0.05
+    while True:
+        try:
+            await nc.jetstream(timeout=2.0).account_info()
+            return
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            if loop.time() + pause > end:
+                where = nc.connected_url.netloc if nc.connected_url else "the NATS server"
+                raise HomeskilletError(
+                    f"JetStream did not answer within {timeout_s:g}s on {where}: "
+                    "start nats-server with JetStream on (-js, or 'jetstream {}' in its config); a new cluster "
+                    "needs a quorum of its nodes up") from None
+            await asyncio.sleep(pause)
+            pause = min(1.0, pause * 2)

@@ -32,7 +32,7 @@ from .ingress.reservation import ReservationIngress
 from .ingress.reservation_port import ReservationPorts
 from .ledger import LedgerActor, LedgerReport, LedgerState, Report
 from .limits import RateLimiter
-from .natsd import NatsServer, default_data_dir
+from .natsd import NatsServer, default_data_dir, wait_for_jetstream
 from .orchestrator import Orchestrator
 from .parking import ParkedQuery, ParkingLot
 from .providers.base import Connector, connector_class
@@ -119,6 +119,7 @@ class Runtime:
         for spec in s.pools:
             await self.add_pool(spec)
         if self.serve_queries:
+            await wait_for_jetstream(self.nc)  # the durable queue and tenant state live in JetStream
             covenants = CovenantBook.load(s.covenants_dir or None)
             self.parking = ParkingLot(self.nc, self.subjects, self.instance, claim_ttl_s=s.parked_claim_ttl_s)
             # Tenant budgets and rate limits live in JetStream KV, shared with every other instance.
