@@ -32,7 +32,7 @@ from .base import (
     StandingAllocation,
 )
 from .http import make_client, retry_after
-from .openai_compat import EndpointDown, complete, stream_chat
+from .openai_compat import EndpointDown, complete, stream_chat, timeout_for
 
 __all__ = ["ControlPlane", "Diagnosis", "QuoteCache", "RentedConnector", "billed_seconds", "check_request",
            "endpoint_url", "preempted"]
@@ -198,11 +198,6 @@ class RentedConnector(Connector):
     async def _diagnose(self, alloc: Allocation, detail: str, seconds: float) -> Diagnosis:
         raise NotImplementedError
 
-    def _timeout(self, req: InferRequest) -> float:
-        if req.deadline_ms > 0:  # absolute epoch milliseconds
-            return max(0.05, min(self.infer_timeout_s, req.deadline_ms / 1000.0 - time.time()))
-        return self.infer_timeout_s
-
     async def _target(self, req: InferRequest) -> Allocation:
         alloc = req.allocation if req.allocation is not None else await self.standing.get()
         if not alloc.endpoint:
@@ -227,7 +222,7 @@ class RentedConnector(Connector):
         self.active += 1
         try:
             res = await complete(self.client, alloc.endpoint, req, provider=self.provider,
-                                 timeout=self._timeout(req))
+                                 timeout=timeout_for(req, self.infer_timeout_s))
         except EndpointDown as down:
             raise await self._failed(alloc, req, down, t0) from None
         finally:
@@ -243,7 +238,7 @@ class RentedConnector(Connector):
         self.active += 1
         try:
             async for piece in stream_chat(self.client, alloc.endpoint, req, provider=self.provider,
-                                           timeout=self._timeout(req)):
+                                           timeout=timeout_for(req, self.infer_timeout_s)):
                 yield piece
         except EndpointDown as down:
             raise await self._failed(alloc, req, down, t0) from None
