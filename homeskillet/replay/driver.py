@@ -112,10 +112,11 @@ class _Row:
     kept_cheap: bool = False
 
 
-def kept_cheap(answer: Answer, last_tier: str) -> bool:
-    """Whether a cascade kept every part of ``answer`` below its last tier (on a cheaper pool)."""
+def kept_cheap(answer: Answer, cheap_tiers: frozenset[str]) -> bool:
+    """Whether a cascade kept every part of ``answer`` at one of its tiers below the last (a part
+    no tier could serve went down the fallback chain, and counts as not kept cheap)."""
     steps = [f.step for f in answer.fragments if f.role == "cascade" and f.contributed]
-    return bool(steps) and last_tier not in steps
+    return bool(steps) and all(s in cheap_tiers for s in steps)
 
 
 class _Driver:
@@ -133,7 +134,7 @@ class _Driver:
         self.done = 0
         self.enacted: list[str] = []
 
-    async def _one(self, row: _Row, at: float, query: Query, primary: str, last_tier: str | None) -> None:
+    async def _one(self, row: _Row, at: float, query: Query, primary: str, cheap_tiers: frozenset[str]) -> None:
         await asyncio.sleep(max(0.0, at - time.monotonic()))
         t0 = time.monotonic()
         reply = await self.send(query, self.timeout)
@@ -146,7 +147,7 @@ class _Driver:
                 row.frags = [(f.pool, f.latency_ms, f.prompt_tokens, f.completion_tokens, f.broken_terms)
                              for f in reply.fragments]
                 row.text = reply.text
-                row.kept_cheap = last_tier is not None and kept_cheap(reply, last_tier)
+                row.kept_cheap = bool(cheap_tiers) and kept_cheap(reply, cheap_tiers)
             case ErrorReply():
                 row.error = reply.code
         self.done += 1
@@ -171,8 +172,8 @@ class _Driver:
                 cov = self.covs[ci, ti]
                 primary = str(fallback_chain(cov)[0])
                 tiers = cov.strategy.cascade.tiers if cov.strategy.serve == "cascade" else []
-                last = str(parse_step(tiers[-1])) if tiers else None
-                task = asyncio.create_task(self._one(row, start + row.t, query, primary, last))
+                cheap = frozenset(str(parse_step(t)) for t in tiers[:-1])
+                task = asyncio.create_task(self._one(row, start + row.t, query, primary, cheap))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if self.progress is not None:

@@ -110,7 +110,9 @@ def test_kept_cheap_means_every_contributing_cascade_part_below_the_last_tier():
     escalated = answer(_outcome("cheap", "standard", contributed=False), _outcome("premium", "premium"))
     mixed = answer(_outcome("cheap", "standard"), _outcome("premium", "premium"))  # two parts, one escalated
     single = answer(_outcome("premium", "premium", role="whole"))
-    assert [kept_cheap(a, "premium") for a in (kept, escalated, mixed, single)] == [True, False, False, False]
+    chain = answer(_outcome("premium", "queue→premium"))  # no tier could serve: the fallback chain did
+    cheap = frozenset({"standard"})
+    assert [kept_cheap(a, cheap) for a in (kept, escalated, mixed, single, chain)] == [True, False, False, False, False]
 
 
 def _obs(s: Scenario, variant: str, texts: list[str], kept: list[bool], latency_ms: list[float], cost: float,
