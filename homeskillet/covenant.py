@@ -32,6 +32,7 @@ __all__ = [
     "default_pool_class",
     "fallback_chain",
     "load_covenant",
+    "merge_overrides",
     "parse_step",
     "validate",
 ]
@@ -217,10 +218,12 @@ def default_covenant_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "covenants"
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge_overrides(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid on ``base``, tables merged key by key (how a query's overrides meet a template)."""
     out = dict(base)
     for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (merge_overrides(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict)
+                    else value)
     return out
 
 
@@ -279,6 +282,6 @@ class CovenantBook:
             over["max_tokens"] = query.max_tokens
         if not over:
             return base
-        merged = _merge(msgspec.to_builtins(msgspec.structs.replace(base, covenant_id="")), over)
+        merged = merge_overrides(msgspec.to_builtins(msgspec.structs.replace(base, covenant_id="")), over)
         merged.pop("covenant_id", None)
         return _convert(merged, f"covenant {base.name!r} with the query's overrides")

@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from ..errors import ExtraMissing
+from .compare import compare
 from .policies import POLICIES
 from .report import Report, build_report, write_report
 from .scenario import Scenario, load_scenario, shorten
@@ -112,21 +113,29 @@ def simulate_command(args: argparse.Namespace) -> int:
 def replay_command(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .driver import replay
+    from .driver import replay_variants
 
     s = _load(args)
     expected = s.max_queries or int(s.arrivals.rate_qps * s.duration_s) or None
+    variants = [s.reference(), *(v.name for v in s.variants if v.name != s.reference())] if s.variants else [""]
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[sent]:>8,} sent"),
                   TextColumn("{task.fields[done]:>8,} done"), TimeElapsedColumn(), disable=args.quiet) as bar:
-        task = bar.add_task(f"{s.name} · live over {args.target}", total=expected, sent=0, done=0)
+        tasks = {v: bar.add_task(f"{s.name}{' · ' + v if v else ''} · live over {args.target}", total=expected,
+                                 sent=0, done=0) for v in variants}
 
-        def progress(sent: int, done: int, t: float) -> None:
-            bar.update(task, completed=done, sent=sent, done=done)
+        def progress(variant: str, sent: int, done: int, t: float) -> None:
+            bar.update(tasks[variant], completed=done, sent=sent, done=done)
 
-        obs = asyncio.run(replay(s, target=args.target, url=args.url, prefix=args.prefix, token=args.token,
-                                 policy=args.policy, progress=progress))
-    r = build_report(obs)
-    print(f"replayed {obs.duration_s:,.1f} s of '{s.name}' live ({r.ledger.sent:,} queries) in {obs.wall_s:,.1f} s")
+        runs = asyncio.run(replay_variants(s, target=args.target, url=args.url, prefix=args.prefix,
+                                           token=args.token, policy=args.policy, progress=progress))
+    r = compare(runs) if s.variants else build_report(runs[0])
+    wall = sum(o.wall_s for o in runs)
+    print(f"replayed {s.duration_s:,.1f} s of '{s.name}' live ({r.ledger.sent:,} queries"
+          + (f" × {len(runs)} variants" if s.variants else "") + f") in {wall:,.1f} s")
+    for v in r.comparison:
+        print(f"  variant {v.variant:<20} ${v.cost_usd:,.6f} ({v.cost_ratio:.3f}×), p99 {v.latency.p99_ms:,.1f} ms "
+              f"({v.p99_ratio:.3f}×), agreement {v.agreement:.3f}, kept cheap {v.kept_cheap}"
+              + (f" (agreement {v.agreement_kept:.3f})" if v.agreement_kept is not None else ""))
     _write(r, _out_dir(args, s, "live"), not args.no_plots)
     return 0 if r.ok or not args.check else 1
 

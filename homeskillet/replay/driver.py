@@ -17,27 +17,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
 
-from ..covenant import CovenantBook, fallback_chain
+from ..covenant import CovenantBook, fallback_chain, parse_step
 from ..errors import HomeskilletError
 from ..wire import Answer, Covenant, ErrorReply, Query, encode
 from .arrivals import ArrivalStream
 from .mcp_target import McpSender
 from .report import ERROR_KINDS, Observations, PoolUsage, Series
-from .scenario import Fault, Scenario, describe
+from .scenario import Fault, Scenario, describe, with_variant
 from .stack import LiveStack
 
-__all__ = ["TARGETS", "HttpSender", "NatsSender", "prompt_for", "replay"]
+__all__ = ["TARGETS", "HttpSender", "NatsSender", "kept_cheap", "prompt_for", "replay", "replay_variants"]
 
 TARGETS = ("nats", "http", "mcp")
 _WORDS = ("the ask one try map row fit key age sum gap bid lot run set top way fix log use new old big own net "
@@ -106,6 +108,15 @@ class _Row:
     fallback: bool = False
     alloc_ms: float | None = None
     frags: list[tuple[str, float, int, int, list[str]]] = field(default_factory=list)  # pool, ms, in, out, broken
+    text: str = ""
+    kept_cheap: bool = False
+
+
+def kept_cheap(answer: Answer, cheap_tiers: frozenset[str]) -> bool:
+    """Whether a cascade kept every part of ``answer`` at one of its tiers below the last (a part
+    no tier could serve went down the fallback chain, and counts as not kept cheap)."""
+    steps = [f.step for f in answer.fragments if f.role == "cascade" and f.contributed]
+    return bool(steps) and all(s in cheap_tiers for s in steps)
 
 
 class _Driver:
@@ -123,7 +134,7 @@ class _Driver:
         self.done = 0
         self.enacted: list[str] = []
 
-    async def _one(self, row: _Row, at: float, query: Query, primary: str) -> None:
+    async def _one(self, row: _Row, at: float, query: Query, primary: str, cheap_tiers: frozenset[str]) -> None:
         await asyncio.sleep(max(0.0, at - time.monotonic()))
         t0 = time.monotonic()
         reply = await self.send(query, self.timeout)
@@ -135,6 +146,8 @@ class _Driver:
                 row.alloc_ms = max(0.0, reply.latency_ms - max(f.latency_ms for f in reply.fragments))
                 row.frags = [(f.pool, f.latency_ms, f.prompt_tokens, f.completion_tokens, f.broken_terms)
                              for f in reply.fragments]
+                row.text = reply.text
+                row.kept_cheap = bool(cheap_tiers) and kept_cheap(reply, cheap_tiers)
             case ErrorReply():
                 row.error = reply.code
         self.done += 1
@@ -156,8 +169,11 @@ class _Driver:
                               prompt=prompt_for(self.rng, tpl.prompt_tokens, q))
                 row = _Row(t=float(batch.t[i]), cls=ci)
                 self.rows.append(row)
-                primary = str(fallback_chain(self.covs[ci, ti])[0])
-                task = asyncio.create_task(self._one(row, start + row.t, query, primary))
+                cov = self.covs[ci, ti]
+                primary = str(fallback_chain(cov)[0])
+                tiers = cov.strategy.cascade.tiers if cov.strategy.serve == "cascade" else []
+                cheap = frozenset(str(parse_step(t)) for t in tiers[:-1])
+                task = asyncio.create_task(self._one(row, start + row.t, query, primary, cheap))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if self.progress is not None:
@@ -261,7 +277,7 @@ def _observations(s: Scenario, d: _Driver, stack: LiveStack | None, wall_s: floa
         fallback=np.array([r.fallback for r in rows], dtype=bool),
         ledger_usd=ledger_usd if ledger_usd is not None else float(costs.sum()), tokens_in=tok_in, tokens_out=tok_out,
         broken=broken, fragments_ok=frags_ok, pools=pools, series=series, alloc_ms=alloc, error_kinds=kinds,
-        faults=d.enacted)
+        faults=d.enacted, texts=[r.text for r in rows], kept_cheap=np.array([r.kept_cheap for r in rows], dtype=bool))
 
 
 async def replay(scenario: Scenario, *, target: str = "nats", url: str | None = None, prefix: str = "hs",
@@ -288,6 +304,22 @@ async def replay(scenario: Scenario, *, target: str = "nats", url: str | None = 
         d = _Driver(scenario, send, book, progress)
         wall = await d.run(None)
     return _observations(scenario, d, None, wall, None, {}, policy)
+
+
+async def replay_variants(scenario: Scenario, *, progress: Callable[[str, int, int, float], None] | None = None,
+                          **kw: Any) -> list[Observations]:
+    """``replay`` once per variant of the scenario, the reference first, on the same seed and
+    arrivals (so the same prompts, query by query). Each variant gets a fresh embedded stack
+    (empty track records and caches); against a running deployment (``url``) they share its state.
+    ``progress`` is told the variant with every update. No variants: one run, variant ""."""
+    ref = scenario.reference()
+    runs = []
+    for name in [ref, *(v.name for v in scenario.variants if v.name != ref)]:
+        tick = None if progress is None else functools.partial(progress, name)
+        obs = await replay(with_variant(scenario, name) if name else scenario, progress=tick, **kw)
+        obs.variant = name
+        runs.append(obs)
+    return runs
 
 
 @contextlib.asynccontextmanager

@@ -6,6 +6,11 @@ lognormal jitter, a tail), fails and preempts at the scenario's rates from a see
 the fault timeline the driver sets while the run goes (outage, latency spike, preemption storm).
 It reports itself as the provider it stands for, so covenants' ``provider:<name>`` steps and the
 report see the fleet as the scenario describes it.
+
+Its answers come from the fleet entry's ``AnswerModel`` (``sims/answers.py``): the reference text
+is what every simulator says for (model, prompt) (``sim_completion``, so a quality-1 pool of any
+price gives the same answer), replaced by a wrong one on the prompts the model gets wrong, with the
+model's mean token logprob when it reports logprobs.
 """
 
 from __future__ import annotations
@@ -14,9 +19,13 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
 
 from ..errors import Preempted, ProviderError
 from ..providers.base import Connector, InferRequest, InferResult, register
+from ..sims.answers import AnswerModel
 from ..sims.base import count_tokens, sim_completion
 
 __all__ = ["ReplayEngine"]
@@ -34,9 +43,11 @@ class ReplayEngine(Connector):
 
     def __init__(self, *, simulates: str = "replay", seed: int = 0, start_ms: float = 50.0, ms_per_token: float = 10.0,
                  jitter_sigma: float = 0.2, tail_rate: float = 0.0, tail_factor: float = 5.0,
-                 failure_rate: float = 0.0, preempt_rate: float = 0.0) -> None:
+                 failure_rate: float = 0.0, preempt_rate: float = 0.0, answers: dict[str, Any] | None = None) -> None:
         vars(self)["provider"] = simulates  # the instance speaks for the provider it stands for
         self.rng = random.Random(seed)
+        self.answers = msgspec.convert(answers or {}, AnswerModel)
+        self.answer_rng = random.Random(f"{seed}:answers")  # wrong answers' variety; keeps latency draws apart
         self.start_ms, self.ms_per_token = start_ms, ms_per_token
         self.jitter_sigma, self.tail_rate, self.tail_factor = jitter_sigma, tail_rate, tail_factor
         self.failure_rate, self.preempt_rate = failure_rate, preempt_rate
@@ -101,9 +112,11 @@ class ReplayEngine(Connector):
         if not await self._run(duration):
             self.preempted += 1
             raise Preempted(f"{self.provider}: the allocation was preempted (storm)")
-        return InferResult(text=sim_completion(req.model, req.prompt, req.max_tokens), model=req.model,
+        reference = sim_completion(req.model, req.prompt, req.max_tokens)
+        return InferResult(text=self.answers.answer(reference, req.prompt, self.answer_rng), model=req.model,
                            prompt_tokens=count_tokens(req.prompt) + sum(count_tokens(m.content) for m in req.context),
-                           completion_tokens=req.max_tokens, latency_ms=(time.perf_counter() - t0) * 1000.0)
+                           completion_tokens=req.max_tokens, latency_ms=(time.perf_counter() - t0) * 1000.0,
+                           logprob_mean=self.answers.logprob_mean(req.prompt))
 
     async def stream(self, req: InferRequest) -> AsyncIterator[str]:
         result = await self.infer(req)

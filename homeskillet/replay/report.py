@@ -3,6 +3,9 @@ query was lost. Live runs and virtual-time runs fill the same ``Observations`` (
 row per query) and get the same ``Report`` (a msgspec Struct), written as JSON and Markdown, with
 PNG plots (latency, cost and utilisation over time) when the ``replay`` extra is installed.
 
+A scenario with ``[[variants]]`` is replayed once per variant; ``compare.py`` makes one report of
+the runs (the reference's, with a comparison section and every variant's checks).
+
 The report holds no wall-clock figure, so the same scenario and seed in virtual time give the same
 report byte for byte; the CLI prints the wall time beside it.
 """
@@ -15,11 +18,10 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from ..errors import ExtraMissing
 from .scenario import Scenario
 
 __all__ = ["ERROR_KINDS", "Check", "Cost", "CovenantStats", "Latency", "Ledger", "Observations", "Plots", "PoolStats",
-           "PoolUsage", "Report", "Series", "build_report", "markdown", "write_plots", "write_report"]
+           "PoolUsage", "Report", "Series", "VariantStats", "build_report", "markdown", "pool_table", "write_report"]
 
 # Index 0 is "answered"; "lost" is a query that got neither an answer nor an explicit error.
 ERROR_KINDS = ["", "no_pool", "deadline_exceeded", "budget_exceeded", "lost"]
@@ -93,6 +95,9 @@ class Observations:
     alloc_ms: np.ndarray  # allocation latency samples (live: answer minus strike time)
     error_kinds: list[str] = field(default_factory=lambda: list(ERROR_KINDS))
     faults: list[str] = field(default_factory=list)  # what was enacted, when
+    variant: str = ""  # the scenario's variant this run served ("" without variants)
+    texts: list[str] = field(default_factory=list)  # live: per query, the answer's text ("" unless answered)
+    kept_cheap: np.ndarray | None = None  # live: per query, a cascade kept every part below its last tier
 
 
 class Latency(msgspec.Struct, kw_only=True):
@@ -165,6 +170,22 @@ class Plots(msgspec.Struct, kw_only=True):
     utilisation: dict[str, list[float]]
 
 
+class VariantStats(msgspec.Struct, kw_only=True):
+    """One variant's run next to the reference's, query by query (same seed, arrivals and prompts)."""
+
+    variant: str
+    answered: int
+    errors: int
+    cost_usd: float  # charged (the ledger)
+    cost_ratio: float  # / the reference's
+    latency: Latency
+    p99_ratio: float  # / the reference's
+    compared: int  # queries answered in both runs
+    agreement: float  # share of those whose answer text is the reference's
+    kept_cheap: int  # answered queries a cascade kept below its last tier (on a cheaper pool)
+    agreement_kept: float | None  # agreement over those (None: none kept)
+
+
 class Report(msgspec.Struct, kw_only=True):
     scenario: str
     mode: str
@@ -186,6 +207,10 @@ class Report(msgspec.Struct, kw_only=True):
     plots: Plots
     faults: list[str] = []
     baselines: list[Report] = []
+    variant: str = ""  # the variant this run served ("" without variants)
+    notes: list[str] = []
+    comparison: list[VariantStats] = []  # every variant, the reference (this report) first
+    variants: list[Report] = []  # the other variants' own reports
 
     @property
     def ok(self) -> bool:
@@ -302,14 +327,19 @@ def build_report(o: Observations) -> Report:
         allocation=_latency(o.alloc_ms.astype(np.float64)),
         errors={k: int(counts[i]) for i, k in enumerate(kinds) if i and counts[i]},
         error_rate=round(explicit / max(1, n), 8), fallbacks=int(np.count_nonzero(o.fallback & (o.error == 0))),
-        cost=cost, covenants=covenants, pools=pools, checks=[], plots=plots, faults=list(o.faults))
+        cost=cost, covenants=covenants, pools=pools, checks=[], plots=plots, faults=list(o.faults),
+        variant=o.variant)
+    if s.variants and o.mode == "virtual":
+        r.notes.append("the scenario's variants are compared in live replay only (virtual time models neither "
+                       "answer quality nor cascades nor hedges); this run serves its classes without a variant")
     r.checks = _checks(o, r)
     return r
 
 
 def markdown(r: Report) -> str:
     c, led = r.cost, r.ledger
-    lines = [f"# Replay report: {r.scenario} ({r.mode}, policy {r.policy}, seed {r.seed})", "",
+    variant = f", variant {r.variant}" if r.variant else ""
+    lines = [f"# Replay report: {r.scenario} ({r.mode}, policy {r.policy}{variant}, seed {r.seed})", "",
              f"- run: {r.duration_s:g} s of scenario time; {led.sent} queries sent, {led.answered} answered, "
              f"{led.errors} explicit errors, {led.lost} lost: **{'balanced' if led.balanced else 'NOT BALANCED'}**",
              f"- throughput: {r.throughput_qps:,.2f} answers/s; peak concurrency {r.peak_concurrency:,} queries; "
@@ -325,7 +355,7 @@ def markdown(r: Report) -> str:
                 if c.budget_usd_per_day is not None else ""),
              f"- renting every time-priced accelerator for the run: ${c.fleet_usd:,.2f} "
              f"(${c.fleet_per_day_usd:,.2f} per day)",
-             f"- faults: {'; '.join(r.faults) or 'none'}", "",
+             f"- faults: {'; '.join(r.faults) or 'none'}", *(f"- note: {n}" for n in r.notes), "",
              "## Checks", "", "| check | result | detail |", "|---|---|---|"]
     lines += [f"| {k.name} | {'ok' if k.ok else '**FAILED**'} | {k.detail} |" for k in r.checks]
     lines += ["", "## Covenants", "",
@@ -337,12 +367,11 @@ def markdown(r: Report) -> str:
         lines.append(f"| {v.covenant} | {v.sent} | {v.answered} | {v.errors} | {v.latency.p50_ms:,.1f} | "
                      f"{v.latency.p95_ms:,.1f} | {v.latency.p99_ms:,.1f} | {v.latency_target_ms:,.0f} | "
                      f"{v.slo_attainment:.2%} | {v.cost_usd:,.4f} | {broken} |")
-    lines += ["", "## Pools", "",
-              "| pool | stands for | class | accel. | slots | strikes | failed | preempted | lost | util. | cost $ |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for p in r.pools:
-        lines.append(f"| {p.name} | {p.simulates} | {p.pool_class} | {p.accelerators} | {p.capacity} | {p.strikes} | "
-                     f"{p.failures} | {p.preemptions} | {p.lost} | {p.utilisation:.1%} | {p.cost_usd:,.4f} |")
+    lines += ["", "## Pools", "", *pool_table(r.pools)]
+    if r.comparison:
+        from .compare import comparison_markdown
+
+        lines += comparison_markdown(r)
     if r.baselines:
         lines += ["", "## Baselines (same scenario and seed)", "",
                   "| policy | answered | errors | p50 ms | p95 ms | cost/day $ | SLO (min over covenants) | "
@@ -356,37 +385,13 @@ def markdown(r: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_plots(r: Report, out: Path) -> list[Path]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ExtraMissing("replay plots", "replay") from None
-    p = r.plots
-    t = np.array(p.t_s) / (3600.0 if r.duration_s > 7200 else 1.0)
-    unit = "h" if r.duration_s > 7200 else "s"
-    paths = []
-    specs = [("latency", "latency (ms)", {"p50": p.p50_ms, "p95": p.p95_ms, "p99": p.p99_ms}),
-             ("cost", "cost charged per interval ($)", {"cost": p.cost_usd}),
-             ("utilisation", "utilisation of pool capacity", p.utilisation)]
-    for name, ylabel, lines in specs:
-        fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
-        for label, ys in lines.items():
-            ax.plot(t, ys, label=label, linewidth=1.2)
-        ax.set_xlabel(f"scenario time ({unit})")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{r.scenario}: {name} ({r.mode}, {r.policy})")
-        ax.grid(alpha=0.3)
-        if len(lines) > 1:
-            ax.legend(fontsize=7, ncol=2)
-        path = out / f"{name}.png"
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+def pool_table(pools: list[PoolStats]) -> list[str]:
+    lines = ["| pool | stands for | class | accel. | slots | strikes | failed | preempted | lost | util. | cost $ |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in pools:
+        lines.append(f"| {p.name} | {p.simulates} | {p.pool_class} | {p.accelerators} | {p.capacity} | {p.strikes} | "
+                     f"{p.failures} | {p.preemptions} | {p.lost} | {p.utilisation:.1%} | {p.cost_usd:,.4f} |")
+    return lines
 
 
 def write_report(r: Report, out: str | Path, *, plots: bool = True) -> list[Path]:
@@ -397,5 +402,7 @@ def write_report(r: Report, out: str | Path, *, plots: bool = True) -> list[Path
     (d / "report.md").write_text(markdown(r))
     written = [d / "report.json", d / "report.md"]
     if plots:
+        from .plots import write_plots
+
         written += write_plots(r, d)
     return written

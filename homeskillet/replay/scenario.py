@@ -8,19 +8,29 @@ when (outages, latency spikes, preemption storms, a NATS node or a worker killed
 covenant terms must hold. An unknown key is an error naming the file and the key; inconsistent
 values are errors naming the key and what to do.
 
+A fleet entry may say how right its answers are (``answers``: ``homeskillet.sims.answers.AnswerModel``'s
+fields: quality, vary_wrong, logprobs, confidence ranges, seed), so strategies that react to answer
+quality (cascade, ensemble) can be rehearsed. ``[[variants]]`` compare ways of serving the same
+traffic: each variant's ``overrides`` are laid on every class's covenant overrides and the scenario
+runs once per variant on the same seed and arrivals (live replay); the report compares each with
+the reference variant (``expect.reference``, else the first): cost, latency, and whether it gave the
+same answers.
+
 ``[short]`` is the shortened form tests and quick live runs use: the same scenario, fewer seconds,
 a scaled rate and fleet, faults moved to the same relative times.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
-from ..covenant import POOL_CLASSES, CovenantBook
+from ..covenant import POOL_CLASSES, CovenantBook, merge_overrides
 from ..errors import HomeskilletError
+from ..sims.answers import AnswerModel
 from ..strict import StrictError, convert_strict, load_toml
 from ..wire import Covenant, Query
 
@@ -36,10 +46,12 @@ __all__ = [
     "Short",
     "Stack",
     "Template",
+    "Variant",
     "default_scenario_dir",
     "describe",
     "load_scenario",
     "shorten",
+    "with_variant",
 ]
 
 SIMULATORS = ("echo", "hostedai", "vastai", "ionet", "runpod", "tpu", "openrouter", "ollama", "mlx")
@@ -112,6 +124,8 @@ class FleetPool(_S, kw_only=True):
     failure_rate: float = 0.0  # share of strikes the provider fails (5xx, timeouts)
     preempt_rate: float = 0.0  # share of strikes evicted mid-run (preemptible pools only)
     queue_limit: int = -1  # strikes accepted beyond capacity; -1 = as many as the capacity
+    # How right its answers are and how confident it says it is (live replay); None: always right, no logprobs.
+    answers: AnswerModel | None = None
 
     @property
     def capacity(self) -> int:
@@ -143,13 +157,28 @@ class Short(_S, kw_only=True):
     max_queries: int = 0
 
 
+class Variant(_S, kw_only=True):
+    name: str
+    overrides: dict[str, Any] = {}  # laid on every class's covenant overrides (tables merged key by key)
+
+
 class Expect(_S, kw_only=True):
-    """What must hold at the end of a run (tests assert it; reports show it)."""
+    """What must hold at the end of a run (tests assert it; reports show it). With variants, the
+    first four hold for every variant, the rest for every variant against the reference."""
 
     max_error_rate: float = 0.0  # explicit errors / sent
     keep_terms: list[str] = []  # covenant terms no answered fragment may break
     min_slo: dict[str, float] = {}  # covenant -> least share answered within its latency target
     max_cost_per_day_usd: float | None = None  # charged (ledger) cost scaled to a day
+    reference: str = ""  # the variant the others are compared with; "" = the first
+    max_cost_ratio: float | None = None  # charged cost / the reference's
+    max_p99_ratio: float | None = None  # p99 latency / the reference's
+    min_agreement: float | None = None  # share of queries (answered by both) given the reference's answer text
+    min_agreement_kept: float | None = None  # the same, over the queries a cascade kept below its last tier
+
+    def compares(self) -> bool:
+        return any(v is not None for v in (self.max_cost_ratio, self.max_p99_ratio, self.min_agreement,
+                                           self.min_agreement_kept))
 
 
 class Scenario(_S, kw_only=True):
@@ -163,6 +192,7 @@ class Scenario(_S, kw_only=True):
     classes: list[QueryClass]
     pools: list[FleetPool]
     faults: list[Fault] = []
+    variants: list[Variant] = []
     stack: Stack = msgspec.field(default_factory=Stack)
     short: Short = msgspec.field(default_factory=Short)
     expect: Expect = msgspec.field(default_factory=Expect)
@@ -186,6 +216,10 @@ class Scenario(_S, kw_only=True):
             alike = all(d.overrides == c.overrides for d in same)
             out.append(c.covenant if alike else f"{c.covenant}/{c.name}")
         return out
+
+    def reference(self) -> str:
+        """The variant the others are compared with ("" without variants)."""
+        return self.expect.reference or (self.variants[0].name if self.variants else "")
 
     def trace_path(self) -> Path:
         p = Path(self.arrivals.trace)
@@ -288,10 +322,45 @@ def _check(s: Scenario, book: CovenantBook) -> None:
             raise bad(where, "duration_s > 0, factor > 0 and share in (0, 1]")
     if s.short.duration_s <= 0 or s.short.rate_scale <= 0 or s.short.fleet_scale <= 0 or s.short.latency_scale <= 0:
         raise bad("short", "duration_s and every scale must be > 0")
+    _check_variants(s, book, bad)
     for name in s.expect.min_slo:
         if name not in {c.covenant for c in s.classes} | set(s.covenant_labels()):
             raise bad("expect.min_slo", f"{name!r} is not the covenant of any class (or its name/class label: "
                       f"{', '.join(s.covenant_labels())})")
+
+
+def _check_variants(s: Scenario, book: CovenantBook, bad: Callable[[str, str], ScenarioError]) -> None:
+    names = [v.name for v in s.variants]
+    if len(set(names)) != len(names) or "" in names:
+        raise bad("variants", f"every variant needs a name of its own: {names}")
+    if s.variants and len(s.variants) < 2:
+        raise bad("variants", "one variant compares with nothing; add the one to compare with (e.g. the plain way)")
+    if s.expect.reference and s.expect.reference not in names:
+        raise bad("expect.reference", f"{s.expect.reference!r} is not a variant ({', '.join(names) or 'none'})")
+    if s.expect.compares() and not s.variants:
+        raise bad("expect", "max_cost_ratio, max_p99_ratio, min_agreement and min_agreement_kept compare variants; "
+                  "add [[variants]] (the reference and at least one other)")
+    e = s.expect
+    for key in ("max_cost_ratio", "max_p99_ratio"):
+        if (x := getattr(e, key)) is not None and x <= 0:
+            raise bad(f"expect.{key}", "must be > 0")
+    for key in ("min_agreement", "min_agreement_kept"):
+        if (x := getattr(e, key)) is not None and not 0 <= x <= 1:
+            raise bad(f"expect.{key}", "must be in 0..1")
+    for i, v in enumerate(s.variants):
+        try:
+            varied = with_variant(s, v.name)
+            for c in varied.classes:
+                varied.covenant(c, book)
+        except HomeskilletError as exc:
+            raise bad(f"variants[{i}] ({v.name}).overrides", exc.message) from None
+
+
+def with_variant(s: Scenario, name: str) -> Scenario:
+    """The scenario served the variant's way: its overrides laid on every class's."""
+    v = next(v for v in s.variants if v.name == name)
+    classes = [msgspec.structs.replace(c, overrides=merge_overrides(c.overrides, v.overrides)) for c in s.classes]
+    return msgspec.structs.replace(s, classes=classes)
 
 
 def load_scenario(path: str | Path, covenants: CovenantBook | None = None) -> Scenario:

@@ -39,6 +39,8 @@ def live_pool_spec(fp: FleetPool, seed: int) -> PoolSpec:
     options = {"simulates": fp.simulates, "seed": seed, "start_ms": fp.start_ms, "ms_per_token": fp.ms_per_token,
                "jitter_sigma": fp.jitter_sigma, "tail_rate": fp.tail_rate, "tail_factor": fp.tail_factor,
                "failure_rate": fp.failure_rate, "preempt_rate": fp.preempt_rate}
+    if fp.answers is not None:
+        options["answers"] = msgspec.to_builtins(fp.answers)
     return msgspec.structs.replace(pool_spec(fp), provider="replay", options=options)
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from homeskillet.replay.driver import replay
+from homeskillet.replay.compare import compare
+from homeskillet.replay.driver import replay, replay_variants
 from homeskillet.replay.report import build_report, markdown
 from homeskillet.replay.scenario import load_scenario, shorten
 from homeskillet.replay.simulate import simulate
@@ -22,7 +23,7 @@ SHIPPED = sorted((ROOT / "scenarios").glob("*.toml"))
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 async def test_every_bundled_scenario_replays_live_with_nothing_lost(path):
     s = shorten(load_scenario(path))
-    r = build_report(await replay(s))
+    r = compare(await replay_variants(s)) if s.variants else build_report(await replay(s))
     assert r.ledger.sent > 20
     assert r.ledger.sent == r.ledger.answered + r.ledger.errors and r.ledger.lost == 0
     assert all(c.ok for c in r.checks), markdown(r)
@@ -37,6 +38,24 @@ async def test_every_bundled_scenario_replays_live_with_nothing_lost(path):
             assert r.ledger.sent == virtual.ledger.sent
             assert [c.sent for c in r.covenants] == [c.sent for c in virtual.covenants]
             assert 0.5 < r.latency.p50_ms / virtual.latency.p50_ms < 2.0
+        case "cascade":  # the cheap pool took every query first; premium answered the unsure ones
+            assert [v.variant for v in r.comparison] == ["always-premium", "cascade"]
+            cascade = r.comparison[1]
+            strikes = {p.name: p.strikes for p in r.variants[0].pools}
+            assert strikes["vastai/rtx4090-cheap"] == r.ledger.sent
+            assert 0 < strikes["hostedai/premium"] == r.ledger.sent - cascade.kept_cheap
+            assert 0.5 < cascade.kept_cheap / cascade.answered < 0.9 and cascade.agreement_kept == 1.0
+        case "cascade-tradeoff":  # overlapping confidence: the threshold trades cost against agreement
+            rows = {v.variant: v for v in r.comparison}
+            low, mid, high = rows["logprobs-0.50"], rows["logprobs-0.60"], rows["logprobs-0.66"]
+            assert low.kept_cheap > mid.kept_cheap > high.kept_cheap > 0
+            assert low.cost_ratio < mid.cost_ratio < high.cost_ratio
+            assert low.agreement_kept is not None and low.agreement_kept < 1.0 == high.agreement_kept
+            assert rows["self-consistency"].agreement_kept == 1.0
+        case "hedged-tail":  # hedges went to the second pool only when hedging was on
+            west = [next(p.strikes for p in rep.pools if p.name == "hostedai/standard-west")
+                    for rep in (r, *r.variants)]
+            assert west[0] == 0 < west[1]
 
 
 async def test_replay_through_the_http_api():

@@ -14,7 +14,7 @@ from homeskillet.replay.scenario import Burst, ScenarioError, load_scenario, sho
 ROOT = Path(__file__).parents[2]
 SHIPPED = sorted((ROOT / "scenarios").glob("*.toml"))
 BUNDLED = {"chatbot", "image-pipeline", "research-lab", "burst-spillover", "provider-outage", "preemption-storm",
-           "nats-failover"}
+           "nats-failover", "cascade", "cascade-tradeoff", "hedged-tail"}
 
 MINIMAL = """
 seed = 1
