@@ -8,6 +8,7 @@
     │   ├── UnknownCovenant          no template by that name or model (404)
     │   └── NotFound                 no such allocation/reservation/result for this tenant (404)
     ├── Unauthorized                 no valid credential: missing, expired, bad signature… (401)
+    ├── Forbidden                    a valid credential whose scopes do not grant the action (403)
     ├── CovenantError                a covenant file or override is invalid; names file and key (422)
     ├── NoPoolError                  no pool can meet the covenant; names each unmet term (503)
     ├── BudgetExceeded               the tenant's budget cannot cover the hold (402)
@@ -36,6 +37,7 @@ __all__ = [
     "CovenantError",
     "DeadlineExceeded",
     "ExtraMissing",
+    "Forbidden",
     "HomeskilletError",
     "LeaseRejected",
     "NoCapacity",

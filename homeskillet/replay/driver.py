@@ -158,7 +158,8 @@ class _Driver:
         start = time.monotonic()
         faults = asyncio.create_task(self._faults(stack, start)) if stack is not None else None
         now = 0.0
-        while not stream.done(now):
+        while True:
+            # Past the duration this takes every arrival left: a stalled loop must not drop the tail.
             batch = stream.take(now + 0.1)
             for i in range(len(batch)):
                 ci, ti, q = int(batch.cls[i]), int(batch.tpl[i]), int(batch.questions[i])
@@ -178,6 +179,8 @@ class _Driver:
                 task.add_done_callback(tasks.discard)
             if self.progress is not None:
                 self.progress(len(self.rows), self.done, now)
+            if stream.done(now):
+                break
             await asyncio.sleep(0.05)
             now = time.monotonic() - start
         while tasks:  # the last answers, bounded by the longest hard deadline
