@@ -132,6 +132,7 @@ class _Driver:
         self.timeout = max(cov.qos.hard_deadline_ms for cov in self.covs.values()) / 1000.0 + 5.0
         self.rows: list[_Row] = []
         self.done = 0
+        self.started = 0.0  # monotonic time the run began: engine spans are plotted against it
         self.enacted: list[str] = []
 
     async def _one(self, row: _Row, at: float, query: Query, primary: str, cheap_tiers: frozenset[str]) -> None:
@@ -155,7 +156,7 @@ class _Driver:
     async def run(self, stack: LiveStack | None) -> float:
         stream = ArrivalStream(self.s)
         tasks: set[asyncio.Task[None]] = set()
-        start = time.monotonic()
+        start = self.started = time.monotonic()
         faults = asyncio.create_task(self._faults(stack, start)) if stack is not None else None
         now = 0.0
         while True:
@@ -253,7 +254,8 @@ def _observations(s: Scenario, d: _Driver, stack: LiveStack | None, wall_s: floa
                 i = names[pool]
                 busy[i] += ms / 1000.0
                 strikes[i] += 1
-                series.add_busy(i, np.array([end - ms / 1000.0]), np.array([end]))
+                if stack is None:  # a remote deployment: the answers' fragment latencies are all we see
+                    series.add_busy(i, np.array([end - ms / 1000.0]), np.array([end]))
     pools = []
     for i, fp in enumerate(s.pools):
         es = stack.engines(fp.name) if stack is not None else []
@@ -265,9 +267,10 @@ def _observations(s: Scenario, d: _Driver, stack: LiveStack | None, wall_s: floa
                                lost=0, busy_s=sum(e.busy_s for e in es) if es else busy[i],
                                cost_usd=by_pool.get(fp.name, 0.0),
                                fleet_usd=fp.usd_per_hour * fp.accelerators * s.duration_s / 3600.0))
-    for i, p in enumerate(pools):  # the series' shape from the answers, its total from the engines
-        if busy[i] > 0:
-            series.busy[i] *= p.busy_s / busy[i]
+    if stack is not None:  # the engines' own spans: when each strike held a slot, waits excluded
+        for i, fp in enumerate(s.pools):
+            spans = np.array([span for e in stack.engines(fp.name) for span in e.spans]).reshape(-1, 2) - d.started
+            series.add_busy(i, spans[:, 0], spans[:, 1])
     costs = np.array([r.cost for r in rows])
     alloc = np.array([r.alloc_ms for r in rows if r.alloc_ms is not None], dtype=np.float64)
     return Observations(

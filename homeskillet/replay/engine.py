@@ -57,6 +57,7 @@ class ReplayEngine(Connector):
         self.storm_share = 0.0
         self.executed = self.failed = self.preempted = 0
         self.busy_s = 0.0  # time spent inside infer: the pool's slots hold strikes only for this long
+        self.spans: list[tuple[float, float]] = []  # (start, end) of each infer, monotonic: the utilisation plot
 
     def storm(self, share: float) -> None:
         """Evict ``share`` of the strikes running now (a preemption storm)."""
@@ -88,11 +89,12 @@ class ReplayEngine(Connector):
         return True
 
     async def infer(self, req: InferRequest) -> InferResult:
-        t0 = time.perf_counter()
+        t0, began = time.perf_counter(), time.monotonic()
         try:
             return await self._infer(req, t0)
         finally:
             self.busy_s += time.perf_counter() - t0
+            self.spans.append((began, time.monotonic()))
 
     async def _infer(self, req: InferRequest, t0: float) -> InferResult:
         self.executed += 1

@@ -44,14 +44,22 @@ class Series:
         self.cost += np.bincount(self.bucket(t), weights=usd, minlength=len(self.cost))
 
     def add_busy_many(self, pool: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
-        """``add_busy`` for strikes of several pools at once (``pool``: each strike's pool index)."""
+        """Busy server-seconds of strikes of several pools (``pool``: each strike's pool index),
+        each spread over the buckets it overlaps, so no bucket holds more than its length."""
         nb = len(self.cost)
-        flat = np.bincount(pool * nb + self.bucket(start), weights=end - start, minlength=self.busy.size)
+        first, last = self.bucket(start), self.bucket(end)
+        # The common case in one pass; time before the first edge or past the last is not plotted.
+        inside = (first == last) & (start >= self.edges[0]) & (end <= self.edges[-1])
+        flat = np.bincount(pool[inside] * nb + first[inside], weights=(end - start)[inside], minlength=self.busy.size)
         self.busy += flat.reshape(self.busy.shape)
+        edges = self.edges
+        for p, s, e, b0, b1 in zip(pool[~inside], start[~inside], end[~inside], first[~inside], last[~inside],
+                                   strict=True):
+            for b in range(int(b0), int(b1) + 1):
+                self.busy[p, b] += max(0.0, min(float(e), edges[b + 1]) - max(float(s), edges[b]))
 
     def add_busy(self, pool: int, start: np.ndarray, end: np.ndarray) -> None:
-        # Attributed to the bucket the strike started in (strikes are short next to a bucket).
-        self.busy[pool] += np.bincount(self.bucket(start), weights=end - start, minlength=len(self.cost))
+        self.add_busy_many(np.full(len(start), pool), start, end)
 
 
 @dataclass

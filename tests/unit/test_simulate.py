@@ -226,3 +226,16 @@ def test_replay_modules_declare_a_complete_all():
         public = {n for n, v in vars(mod).items() if not n.startswith("_") and callable(v)
                   and getattr(v, "__module__", None) == mod.__name__}
         assert public <= set(mod.__all__), f"{info.name} does not export {sorted(public - set(mod.__all__))}"
+
+
+def test_busy_time_is_spread_over_the_buckets_a_strike_overlaps():
+    from homeskillet.replay.report import Series
+
+    s = Series(np.linspace(0.0, 10.0, 11), 2)
+    s.add_busy(0, np.array([0.5, 2.5]), np.array([0.7, 4.0]))  # the second spans buckets 2 and 3
+    s.add_busy_many(np.array([1, 1]), np.array([1.0, 3.2]), np.array([1.5, 3.4]))
+    assert s.busy[0, :5] == pytest.approx([0.2, 0.0, 0.5, 1.0, 0.0])
+    assert s.busy[1, :5] == pytest.approx([0.0, 0.5, 0.0, 0.2, 0.0])
+    assert s.busy.max() <= 1.0  # no bucket is busier than it is long (one server)
+    s.add_busy(1, np.array([9.5]), np.array([12.0]))  # past the run's end: only its part inside is plotted
+    assert s.busy[1, 9] == pytest.approx(0.5)
