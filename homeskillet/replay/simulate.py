@@ -89,7 +89,7 @@ class VirtualRun:
         self.frags_ok = np.zeros(len(scenario.classes), dtype=np.int64)
         expect = int(scenario.arrivals.rate_qps * scenario.duration_s * 1.1) if scenario.arrivals.rate_qps else 0
         self.q = Queries(min(expect, scenario.max_queries or expect))
-        self.waiting = Items.empty()
+        self.waiting = Items.zeros()
         self.ledger = 0.0
         self.tokens_in = self.tokens_out = 0
         nb = max(1, min(240, int(scenario.duration_s / self.dt)))
@@ -134,10 +134,9 @@ class VirtualRun:
         n = int(reps.sum())
         coh = np.repeat(self.cohorts.ids(b), reps).astype(np.int32)
         t = np.repeat(b.t, reps)
-        new = Items({"q": np.repeat(qidx, reps), "coh": coh,
-                     "ten": np.repeat(self._tenants(b.cls, b.tenant), reps), "arr": t,
-                     "ready": t.copy(), "step": np.zeros(n, dtype=np.int16), "excl": np.zeros(n, dtype=np.uint64),
-                     "park": np.full(n, np.nan), "fb": np.zeros(n, dtype=np.int8)})
+        new = Items.zeros(n)
+        new["q"], new["coh"], new["ten"] = np.repeat(qidx, reps), coh, np.repeat(self._tenants(b.cls, b.tenant), reps)
+        new["arr"], new["ready"], new["park"] = t, t, np.nan
         self.waiting = Items.concat([self.waiting, new])
 
     def _tenants(self, cls: np.ndarray, tenant: np.ndarray) -> np.ndarray:
@@ -161,19 +160,16 @@ class VirtualRun:
         cut[1:] |= parked[1:] != parked[:-1]
         bounds = [*np.flatnonzero(cut).tolist(), len(items)]
         room = {p.spec.name: p.limit - p.in_flight(t0) for p in self.pools}
-        struck: dict[int, list[tuple[Items, float, int]]] = defaultdict(list)
+        struck: dict[int, list[Items]] = defaultdict(list)
         for a, b in itertools.pairwise(bounds):
             self._walk(items.take(slice(a, b)), quotes, room, struck, t0)
         for idx, parts in struck.items():
-            pool = self.pools[idx]
-            group = Items.concat([p[0] for p in parts])
-            price = np.concatenate([np.full(len(p[0]), p[1]) for p in parts])
-            broke = np.concatenate([np.full(len(p[0]), p[2], dtype=np.int8) for p in parts])
+            group = Items.concat(parts)
             coh = group["coh"]
-            pool.strike(group, price, broke, self.coh_max[coh], group["arr"] + self.coh_deadline[coh], t0)
+            self.pools[idx].strike(group, self.coh_max[coh], group["arr"] + self.coh_deadline[coh], t0)
 
     def _walk(self, g: Items, quotes: list[Quote], room: dict[str, int],
-              struck: dict[int, list[tuple[Items, float, int]]], t0: float) -> None:
+              struck: dict[int, list[Items]], t0: float) -> None:
         """One group of alike fragments down the covenant's fallback plan (orchestrator._serve_fragment)."""
         c = int(g["coh"][0])
         ci, ti, _ = self.cohorts.keys[c]
@@ -195,10 +191,10 @@ class VirtualRun:
                 return
             expired = g["park"] <= t0
             keep = g.take(~expired)
-            keep.c["ready"] = np.full(len(keep), t0 + self.dt)
+            keep["ready"] = t0 + self.dt
             self.waiting = Items.concat([self.waiting, keep])
             g = g.take(expired)
-            g.c["park"] = np.full(len(g), np.nan)
+            g["park"] = np.nan
             i += 1
         while len(g) and i < len(plan):
             step, degrade = plan[i]
@@ -206,18 +202,17 @@ class VirtualRun:
                 break
             if step.kind == "queue":
                 until = np.minimum(g["arr"] + self.coh_deadline[c], t0 + cov.fallback.queue_max_wait_ms / 1000.0)
-                g.c["park"], g.c["step"] = until, np.full(len(g), i, dtype=np.int16)
-                g.c["ready"] = np.full(len(g), t0 + self.dt)
+                g["park"], g["step"], g["ready"] = until, i, t0 + self.dt
                 self.waiting = Items.concat([self.waiting, g])
                 return
             g = self._strike_step(g, quotes, step, degrade, cov, c, excl, room, struck, i)
             i += 1
-            g.c["fb"] = np.ones(len(g), dtype=np.int8)
+            g["fb"] = 1
         if len(g):
             self._fail(g, "no_pool")
 
     def _strike_step(self, g: Items, quotes: list[Quote], step: object, degrade: bool, cov: Covenant, c: int,
-                     excl: set[str], room: dict[str, int], struck: dict[int, list[tuple[Items, float, int]]],
+                     excl: set[str], room: dict[str, int], struck: dict[int, list[Items]],
                      i: int) -> Items:
         """Strike as many of ``g`` as the step's pools admit; return the rest."""
         exclude = excl | {self.pools[d].spec.name for d in self.down}
@@ -237,9 +232,10 @@ class VirtualRun:
         for r, n in self.policy.split(ranked, len(g), room):
             pool = next(p for p in self.pools if p.spec.name == r.bid.pool)
             part = g.take(slice(taken, taken + n))
-            part.c["step"] = np.full(n, i, dtype=np.int16)
             term = broken.get(r.bid.pool, "")
-            struck[pool.index].append((part, r.bid.price_usd, self.terms.index(term) if term in self.terms else 0))
+            part["step"], part["price"] = i, r.bid.price_usd
+            part["broke"] = self.terms.index(term) if term in self.terms else 0
+            struck[pool.index].append(part)
             room[r.bid.pool] -= n
             taken += n
         return g.take(slice(taken, None))
@@ -353,10 +349,10 @@ class VirtualRun:
         self.down.update(np.unique(pidx[failed | lost]).tolist())
         retry = failed | preempted | lost
         if retry.any():
-            again = f.take(retry).waiting()
-            again.c["ready"] = f["end"][retry]
-            again.c["excl"] = again["excl"] | self.p_bit[pidx[retry]]
-            again.c["fb"] = np.ones(len(again), dtype=np.int8)
+            again = f.take(retry)
+            again["ready"] = again["end"]
+            again["excl"] = again["excl"] | self.p_bit[pidx[retry]]
+            again["fb"] = 1
             self.waiting = Items.concat([self.waiting, again])
 
     # --- faults ---------------------------------------------------------------------------------
