@@ -38,20 +38,29 @@ class Series:
         self.busy = np.zeros((pools, nb))
 
     def bucket(self, t: np.ndarray) -> np.ndarray:
-        return np.clip(np.searchsorted(self.edges, t, side="right") - 1, 0, len(self.cost) - 1)
+        i = np.searchsorted(self.edges, t, side="right") - 1
+        return np.minimum(np.maximum(i, 0), len(self.cost) - 1)  # np.clip, without its Python overhead
 
     def add_cost(self, t: np.ndarray, usd: np.ndarray) -> None:
-        self.cost += np.bincount(self.bucket(t), weights=usd, minlength=len(self.cost))
+        _add_sums(self.cost, self.bucket(t), usd)
 
     def add_busy_many(self, pool: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
         """``add_busy`` for strikes of several pools at once (``pool``: each strike's pool index)."""
-        nb = len(self.cost)
-        flat = np.bincount(pool * nb + self.bucket(start), weights=end - start, minlength=self.busy.size)
-        self.busy += flat.reshape(self.busy.shape)
+        _add_sums(self.busy.reshape(-1), pool * len(self.cost) + self.bucket(start), end - start)
 
     def add_busy(self, pool: int, start: np.ndarray, end: np.ndarray) -> None:
         # Attributed to the bucket the strike started in (strikes are short next to a bucket).
-        self.busy[pool] += np.bincount(self.bucket(start), weights=end - start, minlength=len(self.cost))
+        _add_sums(self.busy[pool], self.bucket(start), end - start)
+
+
+def _add_sums(into: np.ndarray, idx: np.ndarray, values: np.ndarray) -> None:
+    """``into += np.bincount(idx, values, minlength=len(into))``, touching only the span of ``idx``:
+    a batch of strikes ends within a second, so it falls in one or two of the buckets."""
+    if not len(idx):
+        return
+    lo = int(idx.min())
+    sums = np.bincount(idx - lo, weights=values)
+    into[lo:lo + len(sums)] += sums
 
 
 @dataclass

@@ -56,6 +56,8 @@ class VirtualRun:
         self.pools = [VPool(i, fp, np.random.default_rng([scenario.seed, 2, i]), overhead)
                       for i, fp in enumerate(scenario.pools)]
         self.overhead_s = overhead
+        self.by_name = {p.spec.name: p for p in self.pools}
+        self._excluded: dict[int, set[str]] = {}  # exclusion bitmask -> pool names
         self.p_in = np.array([p.spec.usd_per_mtok_in for p in self.pools])
         self.p_out = np.array([p.spec.usd_per_mtok_out for p in self.pools])
         self.p_hour = np.array([p.spec.usd_per_hour for p in self.pools])  # per slot
@@ -94,7 +96,7 @@ class VirtualRun:
         self.tokens_in = self.tokens_out = 0
         nb = max(1, min(240, int(scenario.duration_s / self.dt)))
         self.series = Series(np.linspace(0.0, scenario.duration_s, nb + 1), len(self.pools))
-        self.down: set[int] = set()
+        self.down: set[str] = set()  # pools marked down this tick, by name
         self._faults = sorted(scenario.faults, key=lambda f: f.at_s)
         self.enacted: list[str] = []
 
@@ -179,7 +181,7 @@ class VirtualRun:
         if late.any():
             self._fail(g.take(late), "deadline_exceeded")
             g = g.take(~late)
-        excl = {p.spec.name for p in self.pools if int(g["excl"][0]) & (1 << p.index)} if len(g) else set()
+        excl = self._names(int(g["excl"][0])) if len(g) else set()
         if len(g) and not np.isnan(g["park"][0]):
             # Parked: the book changed, so retry the strikeable steps before the queue step, each
             # with a fresh exclusion list (as _wait_parked does); a strike that fails comes back here.
@@ -211,11 +213,18 @@ class VirtualRun:
         if len(g):
             self._fail(g, "no_pool")
 
+    def _names(self, mask: int) -> set[str]:
+        """The pools an exclusion bitmask names (do not modify: shared)."""
+        names = self._excluded.get(mask)
+        if names is None:
+            names = self._excluded[mask] = {p.spec.name for p in self.pools if mask & (1 << p.index)}
+        return names
+
     def _strike_step(self, g: Items, quotes: list[Quote], step: object, degrade: bool, cov: Covenant, c: int,
                      excl: set[str], room: dict[str, int], struck: dict[int, list[Items]],
                      i: int) -> Items:
         """Strike as many of ``g`` as the step's pools admit; return the rest."""
-        exclude = excl | {self.pools[d].spec.name for d in self.down}
+        exclude = excl | self.down
         kw = {"prompt_tokens": int(self.coh_tokens[c]), "max_tokens": int(self.coh_max[c]), "exclude": exclude,
               "allow_degrade": degrade, "now": quotes[0].issued_at_ms if quotes else 0}
         broken: dict[str, str] = {}
@@ -230,7 +239,7 @@ class VirtualRun:
             g = self._hold(g, ranked[0].bid.price_usd, cov.cost.tenant_budget_usd)
         taken = 0
         for r, n in self.policy.split(ranked, len(g), room):
-            pool = next(p for p in self.pools if p.spec.name == r.bid.pool)
+            pool = self.by_name[r.bid.pool]
             part = g.take(slice(taken, taken + n))
             term = broken.get(r.bid.pool, "")
             part["step"], part["price"] = i, r.bid.price_usd
@@ -266,14 +275,10 @@ class VirtualRun:
 
     def _complete(self, horizon: float) -> None:
         """Every strike that ended before ``horizon``, all pools at once."""
-        parts, idx = [], []
-        for p in self.pools:
-            f = p.done(horizon)
-            if len(f):
-                parts.append(f)
-                idx.append(np.full(len(f), p.index, dtype=np.int64))
-        if parts:
-            self._settle(Items.concat(parts), np.concatenate(idx))
+        parts = [p.done(horizon) for p in self.pools]
+        counts = [len(f) for f in parts]
+        if any(counts):
+            self._settle(Items.concat(parts), np.repeat(np.arange(len(self.pools), dtype=np.int64), counts))
 
     def _settle(self, f: Items, pidx: np.ndarray) -> None:
         """Settle, judge and record what ended (orchestrator.execute's after-strike half); the
@@ -310,13 +315,15 @@ class VirtualRun:
             rec.kept += kepts[i]
         if ok.any():
             okp, okend, okms, okcoh = pidx[ok], f["end"][ok], elapsed_ms[ok], coh[ok]
-            order = np.lexsort((okend, okp))
-            okp, okms, okcoh = okp[order], okms[order], okcoh[order]
-            bounds = np.flatnonzero(np.diff(okp)) + 1
-            for lo, hi in itertools.pairwise([0, *bounds.tolist(), len(okp)]):
-                state = self.pools[int(okp[lo])].state
-                state.record.latency_ewma_ms = ewma(state.record.latency_ewma_ms, okms[lo:hi])
-                state.warm.update(self.coh_model[c] for c in np.unique(okcoh[lo:hi]).tolist())
+            order = np.lexsort((okend, okp))  # by pool, each in completion order
+            okms, okcoh = okms[order], okcoh[order]
+            lo = 0
+            for i, n in enumerate(np.bincount(okp, minlength=npools).tolist()):
+                if n:
+                    state = self.pools[i].state
+                    state.record.latency_ewma_ms = ewma(state.record.latency_ewma_ms, okms[lo:lo + n])
+                    state.warm.update({self.coh_model[c] for c in okcoh[lo:lo + n].tolist()})
+                    lo += n
         # Answered fragments.
         q = f["q"][ok]
         if len(q):
@@ -346,7 +353,9 @@ class VirtualRun:
                 for i, n in enumerate(np.bincount(pidx[mask], minlength=npools).tolist()):
                     setattr(self.pools[i], attr, getattr(self.pools[i], attr) + n)
         # mark_down: a pool that failed a strike is out of the book until it quotes again.
-        self.down.update(np.unique(pidx[failed | lost]).tolist())
+        gone = failed | lost
+        if gone.any():
+            self.down.update(self.pools[i].spec.name for i in np.unique(pidx[gone]).tolist())
         retry = failed | preempted | lost
         if retry.any():
             again = f.take(retry)

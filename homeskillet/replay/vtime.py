@@ -200,5 +200,5 @@ class VPool:
             return Items.zeros()
         finished = f.take(over)
         self.inflight = f.take(~over)
-        self.busy_s += float(np.sum(finished["end"] - finished["start"]))
+        self.busy_s += float((finished["end"] - finished["start"]).sum())
         return finished
