@@ -18,7 +18,7 @@ import msgspec
 
 from ..broker import admits
 from ..covenant import Step, fallback_chain
-from ..scoring import Ranked, make_bid, rank
+from ..scoring import Ranked, make_bid, rank, serves
 from ..wire import Covenant, Quote, Refusal
 
 __all__ = ["POLICIES", "Cheapest", "LeastLoaded", "Policy", "RoundRobin", "policy"]
@@ -56,9 +56,12 @@ class Policy:
             relaxed = self._relaxed[cov.covenant_id] = _relaxed(cov)
         excluded = set(exclude)
         bids, broken = [], {}
+        model = relaxed.resources.model
         for q in quotes:
             if q.expires_at_ms < now or q.offer.pool in excluded or not admits(step, q.offer):
                 continue
+            if not serves(q.offer, model):
+                continue  # make_bid's first refusal (without degrading), and the commonest: skip writing it
             b = make_bid(q.offer, relaxed, prompt_tokens=prompt_tokens, max_tokens=max_tokens, quote_seq=q.seq,
                          expires_at_ms=q.expires_at_ms)
             if isinstance(b, Refusal):
