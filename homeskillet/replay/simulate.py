@@ -25,10 +25,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..broker import bids_from_quotes
-from ..covenant import CovenantBook
+from ..covenant import CovenantBook, Step
 from ..orchestrator import fallback_plan
-from ..scoring import Ranked
 from ..wire import Covenant, Query, Quote
 from .arrivals import ArrivalStream, CohortTable
 from .outcomes import Queries, ewma, judge_many
@@ -220,19 +218,13 @@ class VirtualRun:
             names = self._excluded[mask] = {p.spec.name for p in self.pools if mask & (1 << p.index)}
         return names
 
-    def _strike_step(self, g: Items, quotes: list[Quote], step: object, degrade: bool, cov: Covenant, c: int,
+    def _strike_step(self, g: Items, quotes: list[Quote], step: Step, degrade: bool, cov: Covenant, c: int,
                      excl: set[str], room: dict[str, int], struck: dict[int, list[Items]],
                      i: int) -> Items:
         """Strike as many of ``g`` as the step's pools admit; return the rest."""
-        exclude = excl | self.down
-        kw = {"prompt_tokens": int(self.coh_tokens[c]), "max_tokens": int(self.coh_max[c]), "exclude": exclude,
-              "allow_degrade": degrade, "now": quotes[0].issued_at_ms if quotes else 0}
-        broken: dict[str, str] = {}
-        ranked: list[Ranked]
-        if self.policy.naive:
-            ranked, broken = self.policy.candidates(quotes, step, cov, **kw)  # type: ignore[arg-type]
-        else:
-            ranked, _ = bids_from_quotes(quotes, step, cov, **kw)  # type: ignore[arg-type]
+        pt, mt = int(self.coh_tokens[c]), int(self.coh_max[c])
+        ranked = self.policy.candidates(quotes, step, cov, prompt_tokens=pt, max_tokens=mt, exclude=excl | self.down,
+                                        allow_degrade=degrade, now=quotes[0].issued_at_ms if quotes else 0)
         if not ranked:
             return g
         if cov.cost.tenant_budget_usd is not None:
@@ -241,7 +233,7 @@ class VirtualRun:
         for r, n in self.policy.split(ranked, len(g), room):
             pool = self.by_name[r.bid.pool]
             part = g.take(slice(taken, taken + n))
-            term = broken.get(r.bid.pool, "")
+            term = self.policy.breaks(r.bid, cov, prompt_tokens=pt, max_tokens=mt)
             part["step"], part["price"] = i, r.bid.price_usd
             part["broke"] = self.terms.index(term) if term in self.terms else 0
             struck[pool.index].append(part)
