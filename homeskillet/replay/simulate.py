@@ -329,13 +329,10 @@ class VirtualRun:
             for term_i, mask in ((1, broken_cost), (2, broken_lat), (3, broken_hard)):
                 m = mask & ok
                 if m.any():
-                    for c_, n_ in zip(*np.unique(cls[m], return_counts=True), strict=True):
-                        self.broken[int(c_), term_i] += int(n_)
+                    self._count_broken(cls[m] * len(self.terms) + term_i)
             bk = (f["broke"] > 0) & ok
             if bk.any():
-                pairs, counts = np.unique(np.stack([cls[bk], f["broke"][bk]]), axis=1, return_counts=True)
-                for (c_, b_), n_ in zip(pairs.T.tolist(), counts.tolist(), strict=True):
-                    self.broken[int(c_), int(b_)] += int(n_)
+                self._count_broken(cls[bk] * len(self.terms) + f["broke"][bk])
         late = out == LATE
         if late.any():
             self._fail(f.take(late), "deadline_exceeded")
@@ -355,6 +352,12 @@ class VirtualRun:
             again["excl"] = again["excl"] | self.p_bit[pidx[retry]]
             again["fb"] = 1
             self.waiting = Items.concat([self.waiting, again])
+
+    def _count_broken(self, keys: np.ndarray) -> None:
+        """Count broken terms by key ``class * len(terms) + term``."""
+        counts = np.bincount(keys)
+        for k in np.flatnonzero(counts).tolist():
+            self.broken[divmod(k, len(self.terms))] += int(counts[k])
 
     # --- faults ---------------------------------------------------------------------------------
 
