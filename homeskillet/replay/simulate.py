@@ -160,16 +160,16 @@ class VirtualRun:
         cut[1:] |= parked[1:] != parked[:-1]
         bounds = [*np.flatnonzero(cut).tolist(), len(items)]
         room = {p.spec.name: p.limit - p.in_flight(t0) for p in self.pools}
-        struck: dict[int, list[Items]] = defaultdict(list)
+        struck: dict[int, list[np.ndarray]] = defaultdict(list)
         for a, b in itertools.pairwise(bounds):
             self._walk(items.take(slice(a, b)), quotes, room, struck, t0)
         for idx, parts in struck.items():
-            group = Items.concat(parts)
+            group = Items(np.concatenate(parts))  # the struck records, by pool
             coh = group["coh"]
             self.pools[idx].strike(group, self.coh_max[coh], group["arr"] + self.coh_deadline[coh], t0)
 
     def _walk(self, g: Items, quotes: list[Quote], room: dict[str, int],
-              struck: dict[int, list[Items]], t0: float) -> None:
+              struck: dict[int, list[np.ndarray]], t0: float) -> None:
         """One group of alike fragments down the covenant's fallback plan (orchestrator._serve_fragment)."""
         c = int(g["coh"][0])
         ci, ti, _ = self.cohorts.keys[c]
@@ -219,7 +219,7 @@ class VirtualRun:
         return names
 
     def _strike_step(self, g: Items, quotes: list[Quote], step: Step, degrade: bool, cov: Covenant, c: int,
-                     excl: set[str], room: dict[str, int], struck: dict[int, list[Items]],
+                     excl: set[str], room: dict[str, int], struck: dict[int, list[np.ndarray]],
                      i: int) -> Items:
         """Strike as many of ``g`` as the step's pools admit; return the rest."""
         pt, mt = int(self.coh_tokens[c]), int(self.coh_max[c])
@@ -231,12 +231,11 @@ class VirtualRun:
             g = self._hold(g, ranked[0].bid.price_usd, cov.cost.tenant_budget_usd)
         taken = 0
         for r, n in self.policy.split(ranked, len(g), room):
-            pool = self.by_name[r.bid.pool]
-            part = g.take(slice(taken, taken + n))
             term = self.policy.breaks(r.bid, cov, prompt_tokens=pt, max_tokens=mt)
+            part = g.a[taken:taken + n]  # a view: g is this walk's own, and what is struck is copied to the pool
             part["step"], part["price"] = i, r.bid.price_usd
             part["broke"] = self.terms.index(term) if term in self.terms else 0
-            struck[pool.index].append(part)
+            struck[self.by_name[r.bid.pool].index].append(g.v[taken:taken + n])
             room[r.bid.pool] -= n
             taken += n
         return g.take(slice(taken, None))
