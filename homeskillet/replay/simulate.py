@@ -19,6 +19,7 @@ otherwise at the next tick; allocation overhead is a constant (``stack.overhead_
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -171,16 +172,19 @@ class VirtualRun:
     def _walk(self, g: Items, quotes: list[Quote], room: dict[str, int],
               struck: dict[int, list[np.ndarray]], t0: float) -> None:
         """One group of alike fragments down the covenant's fallback plan (orchestrator._serve_fragment)."""
-        c = int(g["coh"][0])
+        first = g.a[0]  # what the group's fragments have alike
+        c, i = int(first["coh"]), int(first["step"])
         ci, ti, _ = self.cohorts.keys[c]
         cov, plan = self.covs[ci, ti], self.plans[ci, ti]
-        i = int(g["step"][0])
-        late = g["arr"] + self.coh_deadline[c] <= t0
-        if late.any():
+        deadline = self.coh_deadline[c]
+        if g["arr"].min() + deadline <= t0:
+            late = g["arr"] + deadline <= t0
             self._fail(g.take(late), "deadline_exceeded")
             g = g.take(~late)
-        excl = self._names(int(g["excl"][0])) if len(g) else set()
-        if len(g) and not np.isnan(g["park"][0]):
+            if not len(g):
+                return
+        excl = self._names(int(first["excl"]))
+        if not math.isnan(first["park"]):
             # Parked: the book changed, so retry the strikeable steps before the queue step, each
             # with a fresh exclusion list (as _wait_parked does); a strike that fails comes back here.
             for step, degrade in plan[:i]:
