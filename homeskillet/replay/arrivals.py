@@ -149,7 +149,8 @@ class ArrivalStream:
                 continue
             if len(self._tpl_cdf[ci]) > 1:
                 tpl[sel] = self._choice(self._tpl_cdf[ci], len(sel))
-            tenant[sel] = self.rng.integers(0, self._tenants[ci], size=len(sel))
+            if self._tenants[ci] > 1:  # with one tenant, integers(0, 1) draws nothing and gives zeros
+                tenant[sel] = self.rng.integers(0, self._tenants[ci], size=len(sel))
             multi = sel[u[sel] < c.multi_question_share]
             questions[multi] = self.rng.integers(2, max(2, c.max_questions) + 1, size=len(multi))
         return Batch(t, cls, tpl, tenant, questions)
