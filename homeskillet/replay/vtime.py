@@ -99,6 +99,7 @@ class VPool:
         self.capacity = self.spec.capacity
         self.limit = self.spec.capacity + self.spec.queue_limit
         self.inflight = Items.zeros()
+        self.next_end = math.inf  # never above the earliest end in flight: most ticks nothing ends
         self.outages: list[tuple[float, float]] = []
         self.spikes: list[tuple[float, float, float]] = []
         self.dead: list[tuple[float, float]] = []  # worker killed: (from, until restart)
@@ -110,7 +111,9 @@ class VPool:
         return not any(a <= t < b for a, b in self.dead)
 
     def in_flight(self, t: float) -> int:
-        return int(np.count_nonzero(self.inflight["end"] > t)) if len(self.inflight) else 0
+        if self.next_end > t:
+            return len(self.inflight)
+        return int(np.count_nonzero(self.inflight["end"] > t))
 
     def quote(self, t: float, ttl_ms: int) -> Quote:
         t_ms = int(t * 1000)
@@ -171,6 +174,7 @@ class VPool:
         out[late], end[late] = LATE, deadline[late]
         items["start"], items["end"], items["out"], items["ready"] = start, end, out, admit - self.overhead_s
         self.inflight = Items.concat([self.inflight, items])
+        self.next_end = min(self.next_end, float(end.min()))
         self.strikes += n
 
     # --- faults ---------------------------------------------------------------------------------
@@ -188,17 +192,17 @@ class VPool:
         f["out"][hit] = outcome
         f["end"][hit] = at + delay_s
         f["start"][queued] = at  # they never ran
+        self.next_end = min(self.next_end, at + delay_s)
         return len(hit)
 
     def done(self, horizon: float) -> Items:
         """Strikes that ended before ``horizon``, removed from flight."""
         f = self.inflight
-        if not len(f):
-            return f
-        over = f["end"] < horizon
-        if not over.any():
+        if self.next_end >= horizon:
             return Items.zeros()
+        over = f["end"] < horizon
         finished = f.take(over)
         self.inflight = f.take(~over)
+        self.next_end = float(self.inflight["end"].min()) if len(self.inflight) else math.inf
         self.busy_s += float((finished["end"] - finished["start"]).sum())
         return finished
