@@ -143,8 +143,8 @@ def rank(bids: Sequence[Bid], cov: Covenant) -> list[Ranked]:
     w_lat = cov.qos.priority / 100.0
     w_cost = 1.0 - w_lat
     eps = 1e-9
-    cheapest = min(b.price_usd for b in bids)
-    fastest = min(b.predicted_total_ms for b in bids)
+    cheapest = min([b.price_usd for b in bids])
+    fastest = min([b.predicted_total_ms for b in bids])
     out = []
     for b in bids:
         cost_x = (b.price_usd + eps) / (cheapest + eps)
@@ -155,5 +155,9 @@ def rank(bids: Sequence[Bid], cov: Covenant) -> list[Ranked]:
         warm = b.model in b.offer.warm_models
         score -= 0.05 if warm else 0.0
         out.append(Ranked(b, score, cost_x=cost_x, late=late, warm=warm))
-    out.sort(key=lambda r: (r.score, r.bid.pool))
+    out.sort(key=_rank_key)
     return out
+
+
+def _rank_key(r: Ranked) -> tuple[float, str]:
+    return r.score, r.bid.pool

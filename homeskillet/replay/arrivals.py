@@ -76,6 +76,13 @@ class CohortTable:
         return ids
 
 
+def _cdf(p: np.ndarray) -> np.ndarray:
+    """The cumulative distribution ``Generator.choice`` draws from for probabilities ``p``."""
+    cdf: np.ndarray = p.cumsum()
+    cdf /= cdf[-1]
+    return cdf
+
+
 class ArrivalStream:
     def __init__(self, scenario: Scenario) -> None:
         self.s = scenario
@@ -83,9 +90,9 @@ class ArrivalStream:
         self.emitted = 0
         self._next_chunk = 0
         self._buffer: list[Batch] = []
-        self._class_p = np.array([c.share for c in scenario.classes])
-        self._tpl_p = [np.array([t.weight for t in c.templates]) / sum(t.weight for t in c.templates)
-                       for c in scenario.classes]
+        self._class_cdf = _cdf(np.array([c.share for c in scenario.classes]))
+        self._tpl_cdf = [_cdf(np.array([t.weight for t in c.templates]) / sum(t.weight for t in c.templates))
+                         for c in scenario.classes]
         self._tenants = [len(scenario.tenants(c)) for c in scenario.classes]
         self._trace: Batch | None = self._load_trace() if scenario.arrivals.process == "trace" else None
         self._trace_at = 0
@@ -131,7 +138,7 @@ class ArrivalStream:
 
     def _attributes(self, t: np.ndarray) -> Batch:
         n = len(t)
-        cls = self.rng.choice(len(self._class_p), size=n, p=self._class_p).astype(np.int32)
+        cls = self._choice(self._class_cdf, n).astype(np.int32)
         tpl = np.zeros(n, dtype=np.int32)
         tenant = np.zeros(n, dtype=np.int32)
         questions = np.ones(n, dtype=np.int32)
@@ -140,12 +147,19 @@ class ArrivalStream:
             sel = np.flatnonzero(cls == ci)
             if not len(sel):
                 continue
-            if len(self._tpl_p[ci]) > 1:
-                tpl[sel] = self.rng.choice(len(self._tpl_p[ci]), size=len(sel), p=self._tpl_p[ci])
-            tenant[sel] = self.rng.integers(0, self._tenants[ci], size=len(sel))
+            if len(self._tpl_cdf[ci]) > 1:
+                tpl[sel] = self._choice(self._tpl_cdf[ci], len(sel))
+            if self._tenants[ci] > 1:  # with one tenant, integers(0, 1) draws nothing and gives zeros
+                tenant[sel] = self.rng.integers(0, self._tenants[ci], size=len(sel))
             multi = sel[u[sel] < c.multi_question_share]
             questions[multi] = self.rng.integers(2, max(2, c.max_questions) + 1, size=len(multi))
         return Batch(t, cls, tpl, tenant, questions)
+
+    def _choice(self, cdf: np.ndarray, n: int) -> np.ndarray:
+        """``rng.choice(len(p), size=n, p=p)`` exactly (same draws, same result), without its
+        per-call validation of ``p``, which cost more than the draw for a chunk of queries."""
+        idx: np.ndarray = np.searchsorted(cdf, self.rng.random(n), side="right")
+        return idx
 
     def _load_trace(self) -> Batch:
         class Row(msgspec.Struct, forbid_unknown_fields=True):

@@ -16,10 +16,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
-from ..broker import admits
+from ..broker import admits, bids_from_quotes
 from ..covenant import Step, fallback_chain
-from ..scoring import Ranked, make_bid, rank
-from ..wire import Covenant, Quote, Refusal
+from ..scoring import Ranked, make_bid, rank, serves
+from ..wire import Bid, Covenant, Quote, Refusal
 
 __all__ = ["POLICIES", "Cheapest", "LeastLoaded", "Policy", "RoundRobin", "policy"]
 
@@ -48,27 +48,37 @@ class Policy:
         return _ANY if self.naive else fallback_chain(cov)
 
     def candidates(self, quotes: Iterable[Quote], step: Step, cov: Covenant, *, prompt_tokens: int,
-                   max_tokens: int, exclude: Iterable[str], allow_degrade: bool,
-                   now: int) -> tuple[list[Ranked], dict[str, str]]:
-        """The naive candidates, and for each the covenant term it breaks (if any)."""
+                   max_tokens: int, exclude: Iterable[str], allow_degrade: bool, now: int) -> list[Ranked]:
+        """The bids this policy chooses among, best first: the orchestrator's (``bids_from_quotes``),
+        or a naive balancer's (every pool that serves the model, judged by the relaxed covenant)."""
+        if not self.naive:
+            return bids_from_quotes(quotes, step, cov, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+                                    exclude=exclude, allow_degrade=allow_degrade, now=now)[0]
         relaxed = self._relaxed.get(cov.covenant_id)
         if relaxed is None:
             relaxed = self._relaxed[cov.covenant_id] = _relaxed(cov)
         excluded = set(exclude)
-        bids, broken = [], {}
+        bids = []
+        model = relaxed.resources.model
         for q in quotes:
             if q.expires_at_ms < now or q.offer.pool in excluded or not admits(step, q.offer):
                 continue
+            if not serves(q.offer, model):
+                continue  # make_bid's first refusal (without degrading), and the commonest: skip writing it
             b = make_bid(q.offer, relaxed, prompt_tokens=prompt_tokens, max_tokens=max_tokens, quote_seq=q.seq,
                          expires_at_ms=q.expires_at_ms)
-            if isinstance(b, Refusal):
-                continue
-            bids.append(b)
-            strict = make_bid(q.offer, cov, prompt_tokens=prompt_tokens, max_tokens=max_tokens, quote_seq=q.seq,
-                              expires_at_ms=q.expires_at_ms)
-            if isinstance(strict, Refusal) and strict.term != "capacity":
-                broken[b.pool] = strict.term
-        return rank(bids, relaxed), broken
+            if not isinstance(b, Refusal):
+                bids.append(b)
+        return rank(bids, relaxed)
+
+    def breaks(self, bid: Bid, cov: Covenant, *, prompt_tokens: int, max_tokens: int) -> str:
+        """The covenant term striking ``bid`` breaks ("" if none; the covenant policy breaks none).
+        Asked only of the bids a split chose: most candidates are never struck."""
+        if not self.naive:
+            return ""
+        strict = make_bid(bid.offer, cov, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+                          quote_seq=bid.quote_seq, expires_at_ms=bid.expires_at_ms)
+        return strict.term if isinstance(strict, Refusal) and strict.term != "capacity" else ""
 
     def order(self, ranked: Sequence[Ranked]) -> list[Ranked]:
         return list(ranked)

@@ -38,20 +38,23 @@ class Series:
         self.busy = np.zeros((pools, nb))
 
     def bucket(self, t: np.ndarray) -> np.ndarray:
-        return np.clip(np.searchsorted(self.edges, t, side="right") - 1, 0, len(self.cost) - 1)
+        i = np.searchsorted(self.edges, t, side="right") - 1
+        return np.minimum(np.maximum(i, 0), len(self.cost) - 1)  # np.clip, without its Python overhead
 
     def add_cost(self, t: np.ndarray, usd: np.ndarray) -> None:
-        self.cost += np.bincount(self.bucket(t), weights=usd, minlength=len(self.cost))
+        _add_sums(self.cost, self.bucket(t), usd)
 
     def add_busy_many(self, pool: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
         """Busy server-seconds of strikes of several pools (``pool``: each strike's pool index),
         each spread over the buckets it overlaps, so no bucket holds more than its length."""
         nb = len(self.cost)
         first, last = self.bucket(start), self.bucket(end)
-        # The common case in one pass; time before the first edge or past the last is not plotted.
+        # Most strikes lie within one bucket: summed in one pass. Time outside the edges is not plotted.
         inside = (first == last) & (start >= self.edges[0]) & (end <= self.edges[-1])
-        flat = np.bincount(pool[inside] * nb + first[inside], weights=(end - start)[inside], minlength=self.busy.size)
-        self.busy += flat.reshape(self.busy.shape)
+        if inside.all():
+            _add_sums(self.busy.reshape(-1), pool * nb + first, end - start)
+            return
+        _add_sums(self.busy.reshape(-1), pool[inside] * nb + first[inside], (end - start)[inside])
         edges = self.edges
         for p, s, e, b0, b1 in zip(pool[~inside], start[~inside], end[~inside], first[~inside], last[~inside],
                                    strict=True):
@@ -60,6 +63,16 @@ class Series:
 
     def add_busy(self, pool: int, start: np.ndarray, end: np.ndarray) -> None:
         self.add_busy_many(np.full(len(start), pool), start, end)
+
+
+def _add_sums(into: np.ndarray, idx: np.ndarray, values: np.ndarray) -> None:
+    """``into += np.bincount(idx, values, minlength=len(into))``, touching only the span of ``idx``:
+    a batch of strikes ends within a second, so it falls in one or two of the buckets."""
+    if not len(idx):
+        return
+    lo = int(idx.min())
+    sums = np.bincount(idx - lo, weights=values)
+    into[lo:lo + len(sums)] += sums
 
 
 @dataclass

@@ -19,16 +19,15 @@ otherwise at the next tick; allocation overhead is a constant (``stack.overhead_
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
 
 import numpy as np
 
-from ..broker import bids_from_quotes
-from ..covenant import CovenantBook
+from ..covenant import CovenantBook, Step
 from ..orchestrator import fallback_plan
-from ..scoring import Ranked
 from ..wire import Covenant, Query, Quote
 from .arrivals import ArrivalStream, CohortTable
 from .outcomes import Queries, ewma, judge_many
@@ -56,6 +55,8 @@ class VirtualRun:
         self.pools = [VPool(i, fp, np.random.default_rng([scenario.seed, 2, i]), overhead)
                       for i, fp in enumerate(scenario.pools)]
         self.overhead_s = overhead
+        self.by_name = {p.spec.name: p for p in self.pools}
+        self._excluded: dict[int, set[str]] = {}  # exclusion bitmask -> pool names
         self.p_in = np.array([p.spec.usd_per_mtok_in for p in self.pools])
         self.p_out = np.array([p.spec.usd_per_mtok_out for p in self.pools])
         self.p_hour = np.array([p.spec.usd_per_hour for p in self.pools])  # per slot
@@ -89,12 +90,12 @@ class VirtualRun:
         self.frags_ok = np.zeros(len(scenario.classes), dtype=np.int64)
         expect = int(scenario.arrivals.rate_qps * scenario.duration_s * 1.1) if scenario.arrivals.rate_qps else 0
         self.q = Queries(min(expect, scenario.max_queries or expect))
-        self.waiting = Items.empty()
+        self.waiting = Items.zeros()
         self.ledger = 0.0
         self.tokens_in = self.tokens_out = 0
         nb = max(1, min(240, int(scenario.duration_s / self.dt)))
         self.series = Series(np.linspace(0.0, scenario.duration_s, nb + 1), len(self.pools))
-        self.down: set[int] = set()
+        self.down: set[str] = set()  # pools marked down this tick, by name
         self._faults = sorted(scenario.faults, key=lambda f: f.at_s)
         self.enacted: list[str] = []
 
@@ -134,10 +135,9 @@ class VirtualRun:
         n = int(reps.sum())
         coh = np.repeat(self.cohorts.ids(b), reps).astype(np.int32)
         t = np.repeat(b.t, reps)
-        new = Items({"q": np.repeat(qidx, reps), "coh": coh,
-                     "ten": np.repeat(self._tenants(b.cls, b.tenant), reps), "arr": t,
-                     "ready": t.copy(), "step": np.zeros(n, dtype=np.int16), "excl": np.zeros(n, dtype=np.uint64),
-                     "park": np.full(n, np.nan), "fb": np.zeros(n, dtype=np.int8)})
+        new = Items.zeros(n)
+        new["q"], new["coh"], new["ten"] = np.repeat(qidx, reps), coh, np.repeat(self._tenants(b.cls, b.tenant), reps)
+        new["arr"], new["ready"], new["park"] = t, t, np.nan
         self.waiting = Items.concat([self.waiting, new])
 
     def _tenants(self, cls: np.ndarray, tenant: np.ndarray) -> np.ndarray:
@@ -161,30 +161,30 @@ class VirtualRun:
         cut[1:] |= parked[1:] != parked[:-1]
         bounds = [*np.flatnonzero(cut).tolist(), len(items)]
         room = {p.spec.name: p.limit - p.in_flight(t0) for p in self.pools}
-        struck: dict[int, list[tuple[Items, float, int]]] = defaultdict(list)
+        struck: dict[int, list[np.ndarray]] = defaultdict(list)
         for a, b in itertools.pairwise(bounds):
             self._walk(items.take(slice(a, b)), quotes, room, struck, t0)
         for idx, parts in struck.items():
-            pool = self.pools[idx]
-            group = Items.concat([p[0] for p in parts])
-            price = np.concatenate([np.full(len(p[0]), p[1]) for p in parts])
-            broke = np.concatenate([np.full(len(p[0]), p[2], dtype=np.int8) for p in parts])
+            group = Items(np.concatenate(parts))  # the struck records, by pool
             coh = group["coh"]
-            pool.strike(group, price, broke, self.coh_max[coh], group["arr"] + self.coh_deadline[coh], t0)
+            self.pools[idx].strike(group, self.coh_max[coh], group["arr"] + self.coh_deadline[coh], t0)
 
     def _walk(self, g: Items, quotes: list[Quote], room: dict[str, int],
-              struck: dict[int, list[tuple[Items, float, int]]], t0: float) -> None:
+              struck: dict[int, list[np.ndarray]], t0: float) -> None:
         """One group of alike fragments down the covenant's fallback plan (orchestrator._serve_fragment)."""
-        c = int(g["coh"][0])
+        first = g.a[0]  # what the group's fragments have alike
+        c, i = int(first["coh"]), int(first["step"])
         ci, ti, _ = self.cohorts.keys[c]
         cov, plan = self.covs[ci, ti], self.plans[ci, ti]
-        i = int(g["step"][0])
-        late = g["arr"] + self.coh_deadline[c] <= t0
-        if late.any():
+        deadline = self.coh_deadline[c]
+        if g["arr"].min() + deadline <= t0:
+            late = g["arr"] + deadline <= t0
             self._fail(g.take(late), "deadline_exceeded")
             g = g.take(~late)
-        excl = {p.spec.name for p in self.pools if int(g["excl"][0]) & (1 << p.index)} if len(g) else set()
-        if len(g) and not np.isnan(g["park"][0]):
+            if not len(g):
+                return
+        excl = self._names(int(first["excl"]))
+        if not math.isnan(first["park"]):
             # Parked: the book changed, so retry the strikeable steps before the queue step, each
             # with a fresh exclusion list (as _wait_parked does); a strike that fails comes back here.
             for step, degrade in plan[:i]:
@@ -195,10 +195,10 @@ class VirtualRun:
                 return
             expired = g["park"] <= t0
             keep = g.take(~expired)
-            keep.c["ready"] = np.full(len(keep), t0 + self.dt)
+            keep["ready"] = t0 + self.dt
             self.waiting = Items.concat([self.waiting, keep])
             g = g.take(expired)
-            g.c["park"] = np.full(len(g), np.nan)
+            g["park"] = np.nan
             i += 1
         while len(g) and i < len(plan):
             step, degrade = plan[i]
@@ -206,40 +206,40 @@ class VirtualRun:
                 break
             if step.kind == "queue":
                 until = np.minimum(g["arr"] + self.coh_deadline[c], t0 + cov.fallback.queue_max_wait_ms / 1000.0)
-                g.c["park"], g.c["step"] = until, np.full(len(g), i, dtype=np.int16)
-                g.c["ready"] = np.full(len(g), t0 + self.dt)
+                g["park"], g["step"], g["ready"] = until, i, t0 + self.dt
                 self.waiting = Items.concat([self.waiting, g])
                 return
             g = self._strike_step(g, quotes, step, degrade, cov, c, excl, room, struck, i)
             i += 1
-            g.c["fb"] = np.ones(len(g), dtype=np.int8)
+            g["fb"] = 1
         if len(g):
             self._fail(g, "no_pool")
 
-    def _strike_step(self, g: Items, quotes: list[Quote], step: object, degrade: bool, cov: Covenant, c: int,
-                     excl: set[str], room: dict[str, int], struck: dict[int, list[tuple[Items, float, int]]],
+    def _names(self, mask: int) -> set[str]:
+        """The pools an exclusion bitmask names (do not modify: shared)."""
+        names = self._excluded.get(mask)
+        if names is None:
+            names = self._excluded[mask] = {p.spec.name for p in self.pools if mask & (1 << p.index)}
+        return names
+
+    def _strike_step(self, g: Items, quotes: list[Quote], step: Step, degrade: bool, cov: Covenant, c: int,
+                     excl: set[str], room: dict[str, int], struck: dict[int, list[np.ndarray]],
                      i: int) -> Items:
         """Strike as many of ``g`` as the step's pools admit; return the rest."""
-        exclude = excl | {self.pools[d].spec.name for d in self.down}
-        kw = {"prompt_tokens": int(self.coh_tokens[c]), "max_tokens": int(self.coh_max[c]), "exclude": exclude,
-              "allow_degrade": degrade, "now": quotes[0].issued_at_ms if quotes else 0}
-        broken: dict[str, str] = {}
-        ranked: list[Ranked]
-        if self.policy.naive:
-            ranked, broken = self.policy.candidates(quotes, step, cov, **kw)  # type: ignore[arg-type]
-        else:
-            ranked, _ = bids_from_quotes(quotes, step, cov, **kw)  # type: ignore[arg-type]
+        pt, mt = int(self.coh_tokens[c]), int(self.coh_max[c])
+        ranked = self.policy.candidates(quotes, step, cov, prompt_tokens=pt, max_tokens=mt, exclude=excl | self.down,
+                                        allow_degrade=degrade, now=quotes[0].issued_at_ms if quotes else 0)
         if not ranked:
             return g
         if cov.cost.tenant_budget_usd is not None:
             g = self._hold(g, ranked[0].bid.price_usd, cov.cost.tenant_budget_usd)
         taken = 0
         for r, n in self.policy.split(ranked, len(g), room):
-            pool = next(p for p in self.pools if p.spec.name == r.bid.pool)
-            part = g.take(slice(taken, taken + n))
-            part.c["step"] = np.full(n, i, dtype=np.int16)
-            term = broken.get(r.bid.pool, "")
-            struck[pool.index].append((part, r.bid.price_usd, self.terms.index(term) if term in self.terms else 0))
+            term = self.policy.breaks(r.bid, cov, prompt_tokens=pt, max_tokens=mt)
+            part = g.a[taken:taken + n]  # a view: g is this walk's own, and what is struck is copied to the pool
+            part["step"], part["price"] = i, r.bid.price_usd
+            part["broke"] = self.terms.index(term) if term in self.terms else 0
+            struck[self.by_name[r.bid.pool].index].append(g.v[taken:taken + n])
             room[r.bid.pool] -= n
             taken += n
         return g.take(slice(taken, None))
@@ -270,14 +270,10 @@ class VirtualRun:
 
     def _complete(self, horizon: float) -> None:
         """Every strike that ended before ``horizon``, all pools at once."""
-        parts, idx = [], []
-        for p in self.pools:
-            f = p.done(horizon)
-            if len(f):
-                parts.append(f)
-                idx.append(np.full(len(f), p.index, dtype=np.int64))
-        if parts:
-            self._settle(Items.concat(parts), np.concatenate(idx))
+        parts = [p.done(horizon) for p in self.pools]
+        counts = [len(f) for f in parts]
+        if any(counts):
+            self._settle(Items.concat(parts), np.repeat(np.arange(len(self.pools), dtype=np.int64), counts))
 
     def _settle(self, f: Items, pidx: np.ndarray) -> None:
         """Settle, judge and record what ended (orchestrator.execute's after-strike half); the
@@ -314,13 +310,15 @@ class VirtualRun:
             rec.kept += kepts[i]
         if ok.any():
             okp, okend, okms, okcoh = pidx[ok], f["end"][ok], elapsed_ms[ok], coh[ok]
-            order = np.lexsort((okend, okp))
-            okp, okms, okcoh = okp[order], okms[order], okcoh[order]
-            bounds = np.flatnonzero(np.diff(okp)) + 1
-            for lo, hi in itertools.pairwise([0, *bounds.tolist(), len(okp)]):
-                state = self.pools[int(okp[lo])].state
-                state.record.latency_ewma_ms = ewma(state.record.latency_ewma_ms, okms[lo:hi])
-                state.warm.update(self.coh_model[c] for c in np.unique(okcoh[lo:hi]).tolist())
+            order = np.lexsort((okend, okp))  # by pool, each in completion order
+            okms, okcoh = okms[order], okcoh[order]
+            lo = 0
+            for i, n in enumerate(np.bincount(okp, minlength=npools).tolist()):
+                if n:
+                    state = self.pools[i].state
+                    state.record.latency_ewma_ms = ewma(state.record.latency_ewma_ms, okms[lo:lo + n])
+                    state.warm.update({self.coh_model[c] for c in okcoh[lo:lo + n].tolist()})
+                    lo += n
         # Answered fragments.
         q = f["q"][ok]
         if len(q):
@@ -334,13 +332,10 @@ class VirtualRun:
             for term_i, mask in ((1, broken_cost), (2, broken_lat), (3, broken_hard)):
                 m = mask & ok
                 if m.any():
-                    for c_, n_ in zip(*np.unique(cls[m], return_counts=True), strict=True):
-                        self.broken[int(c_), term_i] += int(n_)
+                    self._count_broken(cls[m] * len(self.terms) + term_i)
             bk = (f["broke"] > 0) & ok
             if bk.any():
-                pairs, counts = np.unique(np.stack([cls[bk], f["broke"][bk]]), axis=1, return_counts=True)
-                for (c_, b_), n_ in zip(pairs.T.tolist(), counts.tolist(), strict=True):
-                    self.broken[int(c_), int(b_)] += int(n_)
+                self._count_broken(cls[bk] * len(self.terms) + f["broke"][bk])
         late = out == LATE
         if late.any():
             self._fail(f.take(late), "deadline_exceeded")
@@ -350,14 +345,22 @@ class VirtualRun:
                 for i, n in enumerate(np.bincount(pidx[mask], minlength=npools).tolist()):
                     setattr(self.pools[i], attr, getattr(self.pools[i], attr) + n)
         # mark_down: a pool that failed a strike is out of the book until it quotes again.
-        self.down.update(np.unique(pidx[failed | lost]).tolist())
+        gone = failed | lost
+        if gone.any():
+            self.down.update(self.pools[i].spec.name for i in np.unique(pidx[gone]).tolist())
         retry = failed | preempted | lost
         if retry.any():
-            again = f.take(retry).waiting()
-            again.c["ready"] = f["end"][retry]
-            again.c["excl"] = again["excl"] | self.p_bit[pidx[retry]]
-            again.c["fb"] = np.ones(len(again), dtype=np.int8)
+            again = f.take(retry)
+            again["ready"] = again["end"]
+            again["excl"] = again["excl"] | self.p_bit[pidx[retry]]
+            again["fb"] = 1
             self.waiting = Items.concat([self.waiting, again])
+
+    def _count_broken(self, keys: np.ndarray) -> None:
+        """Count broken terms by key ``class * len(terms) + term``."""
+        counts = np.bincount(keys)
+        for k in np.flatnonzero(counts).tolist():
+            self.broken[divmod(k, len(self.terms))] += int(counts[k])
 
     # --- faults ---------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Virtual-time pools: strikes as numpy columns, an exact FIFO multi-server queue, seeded outcomes.
+"""Virtual-time pools: strikes as numpy records, an exact FIFO multi-server queue, seeded outcomes.
 
 A pool in virtual time is the pool agent's real state (``pools.PoolState``: its offer, track
 record and warm models, so quotes and bids come from the same code as live) plus what the
@@ -30,44 +30,53 @@ OK, FAILED, PREEMPTED, LOST, LATE = 0, 1, 2, 3, 4
 _FAST_FAIL_S = 0.02  # a provider's 503 comes back about this fast
 
 
+# One record per fragment; 8-byte fields first, and aligned, so every field view is aligned (numpy's
+# fast loops). The struck-only fields (price … broke) are meaningless while a fragment waits.
+_FIELDS = np.dtype([("q", np.int64), ("arr", np.float64), ("ready", np.float64), ("excl", np.uint64),
+                    ("park", np.float64), ("price", np.float64), ("start", np.float64), ("end", np.float64),
+                    ("coh", np.int32), ("ten", np.int32), ("step", np.int16), ("fb", np.int8), ("out", np.int8),
+                    ("broke", np.int8)], align=True)
+_RECORD = np.dtype((np.void, _FIELDS.itemsize))
+
+
 class Items:
-    """Fragments as columns: waiting to be negotiated, or struck and in flight at a pool."""
+    """Fragments as records: waiting to be negotiated, or struck and in flight at a pool.
 
-    __slots__ = ("c",)
-    WAITING = {"q": np.int64, "coh": np.int32, "ten": np.int32, "arr": np.float64, "ready": np.float64,
-               "step": np.int16, "excl": np.uint64, "park": np.float64, "fb": np.int8}
-    STRUCK = {**WAITING, "price": np.float64, "start": np.float64, "end": np.float64, "out": np.int8,
-              "broke": np.int8}
+    Batches are small, so numpy's per-call cost dominates: one call to take a subset or join
+    batches (not one per column). Records are selected and joined as raw bytes (``v``), since
+    numpy's structured-dtype path for those is many times slower; ``a`` reads the same memory as
+    fields."""
 
-    def __init__(self, cols: dict[str, np.ndarray]) -> None:
-        self.c = cols
+    __slots__ = ("a", "v")
+
+    def __init__(self, v: np.ndarray) -> None:
+        self.v = v  # contiguous, of _RECORD
+        self.a = np.frombuffer(v, _FIELDS)
 
     @classmethod
-    def empty(cls, struck: bool = False) -> Items:
-        kinds = cls.STRUCK if struck else cls.WAITING
-        return cls({k: np.zeros(0, dtype=t) for k, t in kinds.items()})
+    def zeros(cls, n: int = 0) -> Items:
+        return cls(np.zeros(n, dtype=_RECORD))
 
     def __len__(self) -> int:
-        return len(self.c["q"])
+        return len(self.v)
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return self.c[name]
+        return self.a[name]
+
+    def __setitem__(self, name: str, value: np.ndarray | float) -> None:
+        self.a[name] = value
 
     def take(self, sel: np.ndarray | slice) -> Items:
-        return Items({k: v[sel] for k, v in self.c.items()})
-
-    def waiting(self) -> Items:
-        return Items({k: self.c[k] for k in self.WAITING})
+        """A copy (never a view), so setting a field of the part leaves the whole alone."""
+        part = self.v[sel]
+        return Items(part.copy() if isinstance(sel, slice) else part)
 
     @staticmethod
     def concat(parts: list[Items]) -> Items:
-        parts = [p for p in parts if len(p)]
-        if len(parts) == 1:
-            return parts[0]
-        if not parts:
-            return Items.empty()
-        keys = parts[0].c.keys() & set.intersection(*(set(p.c) for p in parts))
-        return Items({k: np.concatenate([p.c[k] for p in parts]) for k in keys})
+        records = [p.v for p in parts if len(p.v)]
+        if len(records) == 1:
+            return parts[0] if len(parts) == 1 else Items(records[0])
+        return Items(np.concatenate(records)) if records else Items.zeros()
 
 
 def pool_spec(fp: FleetPool) -> PoolSpec:
@@ -89,7 +98,8 @@ class VPool:
         self.bit = np.uint64(1) << np.uint64(index)
         self.capacity = self.spec.capacity
         self.limit = self.spec.capacity + self.spec.queue_limit
-        self.inflight = Items.empty(struck=True)
+        self.inflight = Items.zeros()
+        self.next_end = math.inf  # never above the earliest end in flight: most ticks nothing ends
         self.outages: list[tuple[float, float]] = []
         self.spikes: list[tuple[float, float, float]] = []
         self.dead: list[tuple[float, float]] = []  # worker killed: (from, until restart)
@@ -101,7 +111,9 @@ class VPool:
         return not any(a <= t < b for a, b in self.dead)
 
     def in_flight(self, t: float) -> int:
-        return int(np.count_nonzero(self.inflight["end"] > t)) if len(self.inflight) else 0
+        if self.next_end > t:
+            return len(self.inflight)
+        return int(np.count_nonzero(self.inflight["end"] > t))
 
     def quote(self, t: float, ttl_ms: int) -> Quote:
         t_ms = int(t * 1000)
@@ -138,13 +150,11 @@ class VPool:
             replace(heap, st + s)
         return starts
 
-    def strike(self, items: Items, price: np.ndarray, broke: np.ndarray, max_tokens: np.ndarray,
-               deadline: np.ndarray, t: float) -> None:
-        """Admit alike-priced strikes (sorted by ready time) and decide how each one ends."""
+    def strike(self, items: Items, max_tokens: np.ndarray, deadline: np.ndarray, t: float) -> None:
+        """Admit strikes (priced: ``price`` and ``broke`` set) and decide how each one ends."""
         n = len(items)
         order = np.argsort(items["ready"], kind="stable")
-        items, price, broke = items.take(order), price[order], broke[order]
-        max_tokens, deadline = max_tokens[order], deadline[order]
+        items, max_tokens, deadline = items.take(order), max_tokens[order], deadline[order]
         admit = items["ready"] + self.overhead_s
         service = self._service_s(n, max_tokens, admit)
         start = self._starts(admit, service, t)
@@ -162,9 +172,9 @@ class VPool:
             out[hit], end[hit] = PREEMPTED, start[hit] + service[hit] * self.rng.uniform(size=int(hit.sum()))
         late = end > deadline
         out[late], end[late] = LATE, deadline[late]
-        cols = dict(items.c)
-        cols.update(price=price, start=start, end=end, out=out, broke=broke, ready=admit - self.overhead_s)
-        self.inflight = Items.concat([self.inflight, Items(cols)])
+        items["start"], items["end"], items["out"], items["ready"] = start, end, out, admit - self.overhead_s
+        self.inflight = Items.concat([self.inflight, items])
+        self.next_end = min(self.next_end, float(end.min()))
         self.strikes += n
 
     # --- faults ---------------------------------------------------------------------------------
@@ -182,17 +192,17 @@ class VPool:
         f["out"][hit] = outcome
         f["end"][hit] = at + delay_s
         f["start"][queued] = at  # they never ran
+        self.next_end = min(self.next_end, at + delay_s)
         return len(hit)
 
     def done(self, horizon: float) -> Items:
         """Strikes that ended before ``horizon``, removed from flight."""
         f = self.inflight
-        if not len(f):
-            return f
+        if self.next_end >= horizon:
+            return Items.zeros()
         over = f["end"] < horizon
-        if not over.any():
-            return Items.empty(struck=True)
         finished = f.take(over)
         self.inflight = f.take(~over)
-        self.busy_s += float(np.sum(finished["end"] - finished["start"]))
+        self.next_end = float(self.inflight["end"].min()) if len(self.inflight) else math.inf
+        self.busy_s += float((finished["end"] - finished["start"]).sum())
         return finished

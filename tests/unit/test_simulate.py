@@ -14,7 +14,7 @@ from homeskillet.replay.policies import POLICIES, policy
 from homeskillet.replay.report import build_report, markdown
 from homeskillet.replay.scenario import load_scenario, shorten
 from homeskillet.replay.simulate import VirtualRun, simulate
-from homeskillet.replay.vtime import VPool
+from homeskillet.replay.vtime import Items, VPool
 from homeskillet.scoring import Ranked
 from homeskillet.wire import Bid, Covenant, Offer, Resources, StrikeOk
 
@@ -91,7 +91,8 @@ def test_the_pool_queue_is_exact_fifo_multi_server(capacity):
     pool = VPool(0, fp, np.random.default_rng(1), 0.0)
     rng = np.random.default_rng(capacity)
     in_flight = rng.uniform(0.5, 3.0, capacity + 2)
-    pool.inflight.c["end"] = in_flight  # the other columns are not read by the queue
+    pool.inflight = Items.zeros(len(in_flight))
+    pool.inflight["end"] = in_flight  # the other fields are not read by the queue
     arrivals = np.sort(rng.uniform(0, 2, 60))
     service = rng.exponential(0.4, 60)
     got = pool._starts(arrivals, service, 0.0)
