@@ -56,8 +56,12 @@ class ReplayEngine(Connector):
         self._storm = asyncio.Event()
         self.storm_share = 0.0
         self.executed = self.failed = self.preempted = 0
-        self.busy_s = 0.0  # time spent inside infer: the pool's slots hold strikes only for this long
-        self.spans: list[tuple[float, float]] = []  # (start, end) of each infer, monotonic: the utilisation plot
+        self.spans: list[tuple[float, float]] = []  # (start, end) of each infer, monotonic
+
+    @property
+    def busy_s(self) -> float:
+        """Time spent inside infer: the pool's slots hold strikes only for this long."""
+        return sum(end - start for start, end in self.spans)
 
     def storm(self, share: float) -> None:
         """Evict ``share`` of the strikes running now (a preemption storm)."""
@@ -93,7 +97,6 @@ class ReplayEngine(Connector):
         try:
             return await self._infer(req, t0)
         finally:
-            self.busy_s += time.perf_counter() - t0
             self.spans.append((began, time.monotonic()))
 
     async def _infer(self, req: InferRequest, t0: float) -> InferResult:

@@ -49,17 +49,16 @@ class Series:
         each spread over the buckets it overlaps, so no bucket holds more than its length."""
         nb = len(self.cost)
         first, last = self.bucket(start), self.bucket(end)
-        # Most strikes lie within one bucket: summed in one pass. Time outside the edges is not plotted.
+        # Most strikes lie within one bucket and are summed in one pass. Time outside the edges is not plotted.
         inside = (first == last) & (start >= self.edges[0]) & (end <= self.edges[-1])
-        if inside.all():
-            _add_sums(self.busy.reshape(-1), pool * nb + first, end - start)
-            return
-        _add_sums(self.busy.reshape(-1), pool[inside] * nb + first[inside], (end - start)[inside])
-        edges = self.edges
-        for p, s, e, b0, b1 in zip(pool[~inside], start[~inside], end[~inside], first[~inside], last[~inside],
-                                   strict=True):
-            for b in range(int(b0), int(b1) + 1):
-                self.busy[p, b] += max(0.0, min(float(e), edges[b + 1]) - max(float(s), edges[b]))
+        if not inside.all():
+            edges = self.edges
+            for p, s, e, b0, b1 in zip(pool[~inside], start[~inside], end[~inside], first[~inside], last[~inside],
+                                       strict=True):
+                for b in range(int(b0), int(b1) + 1):
+                    self.busy[p, b] += max(0.0, min(float(e), edges[b + 1]) - max(float(s), edges[b]))
+            pool, start, end, first = pool[inside], start[inside], end[inside], first[inside]
+        _add_sums(self.busy.reshape(-1), pool * nb + first, end - start)
 
     def add_busy(self, pool: int, start: np.ndarray, end: np.ndarray) -> None:
         self.add_busy_many(np.full(len(start), pool), start, end)

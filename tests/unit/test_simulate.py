@@ -11,7 +11,7 @@ import pytest
 from homeskillet.orchestrator import judge
 from homeskillet.replay.outcomes import ewma, judge_many
 from homeskillet.replay.policies import POLICIES, policy
-from homeskillet.replay.report import build_report, markdown
+from homeskillet.replay.report import Series, build_report, markdown
 from homeskillet.replay.scenario import load_scenario, shorten
 from homeskillet.replay.simulate import VirtualRun, simulate
 from homeskillet.replay.vtime import Items, VPool
@@ -230,8 +230,6 @@ def test_replay_modules_declare_a_complete_all():
 
 
 def test_busy_time_is_spread_over_the_buckets_a_strike_overlaps():
-    from homeskillet.replay.report import Series
-
     s = Series(np.linspace(0.0, 10.0, 11), 2)
     s.add_busy(0, np.array([0.5, 2.5]), np.array([0.7, 4.0]))  # the second spans buckets 2 and 3
     s.add_busy_many(np.array([1, 1]), np.array([1.0, 3.2]), np.array([1.5, 3.4]))
