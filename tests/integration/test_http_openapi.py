@@ -12,6 +12,10 @@ from collections.abc import Iterator
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is in the dev extra")
+# Imported now, at collection, not lazily inside from_url while the runtime's thread runs: pytest
+# rewrites (parses) these modules on import, and CPython 3.11.7's ast recursion check is not safe
+# across threads ("SystemError: AST constructor recursion depth mismatch", seen once in CI).
+pytest.importorskip("schemathesis.specs.openapi.schemas")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
