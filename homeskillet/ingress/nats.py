@@ -6,6 +6,11 @@ Discoverable through ``$SRV.PING/INFO/STATS``. Errors are service error headers
 (``Nats-Service-Error``, ``Nats-Service-Error-Code`` = the HTTP-like status) with an ErrorReply
 JSON body. The adapter only decodes, calls the gateway, encodes.
 
+Streaming: a query sent with the header ``Hs-Stream: 1`` gets ``AnswerChunk`` messages on its
+reply subject as the answer's text is produced, then the ``Answer`` (or the error) as usual. Such a
+caller subscribes to its own inbox rather than using request() (which takes the first reply);
+``wire.decode_answer_stream`` tells the three apart (README, "Streaming over NATS").
+
 Who may publish here is the NATS server's business (accounts, users, permissions); the tenant in
 the message is trusted, so give each tenant its own NATS user with publish rights only to the
 subjects it may use, or front it with the HTTP/MCP ingresses, which take the tenant from a JWT.
@@ -14,6 +19,7 @@ subjects it may use, or front it with the HTTP/MCP ingresses, which take the ten
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -26,11 +32,14 @@ from nats.micro.service import EndpointConfig, Service
 from .. import __version__
 from ..errors import BadRequest, HomeskilletError
 from ..gateway import Gateway, error_reply
+from ..streaming import streamed
 from ..subjects import Subjects
 from ..telemetry import get_logger
-from ..wire import Answer, Query, ReserveRequest, decode_query, encode
+from ..wire import Answer, AnswerChunk, Query, ReserveRequest, decode_query, encode
 
-__all__ = ["NatsIngress", "respond"]
+__all__ = ["STREAM_HEADER", "NatsIngress", "respond"]
+
+STREAM_HEADER = "Hs-Stream"  # "1" on an hs.query request: stream the answer's text to the reply subject
 
 log = get_logger("homeskillet.ingress.nats")
 
@@ -114,6 +123,18 @@ class NatsIngress:
             err = HomeskilletError(f"internal error: {exc!r}")
             await req.respond_error("500", err.message, data=encode(error_reply(err)))
 
+    async def _streamed(self, query: Query, reply: str) -> Answer:
+        """Serve ``query``, publishing its text to ``reply`` as AnswerChunks (in order: one publisher)."""
+        offset = 0
+        items = streamed(lambda sink: self.gateway.ask(query, reply=reply, stream=sink))
+        async with contextlib.aclosing(items):  # type: ignore[type-var]
+            async for item in items:
+                if isinstance(item, Answer):
+                    return item
+                await self.nc.publish(reply, encode(AnswerChunk(query_id=query.query_id, offset=offset, text=item)))
+                offset += len(item)
+        raise HomeskilletError("the streamed query ended without an answer")
+
     async def _serve(self, req: Request) -> None:
         query: Query | None = None
         try:
@@ -121,7 +142,11 @@ class NatsIngress:
                 query = decode_query(req.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise _decode_error(exc) from None
-            answer = await self.gateway.ask(query, reply=req._msg.reply or "")
+            inbox = req._msg.reply or ""
+            if inbox and (req.headers or {}).get(STREAM_HEADER) == "1":
+                answer = await self._streamed(query, inbox)
+            else:
+                answer = await self.gateway.ask(query, reply=inbox)
             await req.respond(encode(answer))
         except HomeskilletError as exc:
             reply = error_reply(exc, query.query_id if query else "")
