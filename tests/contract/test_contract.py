@@ -136,3 +136,24 @@ async def test_bad_key_is_refused_and_never_echoed(served: Served) -> None:
         assert bad not in str(info.value) and bad not in repr(info.value.args)
     finally:
         await conn.close()
+
+
+async def test_stream_result_hands_on_each_piece_then_the_usage(served: Served) -> None:
+    """What a streamed strike runs: the pieces the pool host sends on as chunks, joined, are the
+    result's text; a connector that cannot stream hands on its whole text as one piece."""
+    pair = served.pair
+    conn = pair.make_connector(served.url, pair.api_key)
+    pieces: list[str] = []
+
+    async def emit(piece: str) -> None:
+        pieces.append(piece)
+
+    try:
+        res = await conn.stream_result(InferRequest(strike_id="c-sr", model=pair.model, prompt="Stream this too",
+                                                    max_tokens=12), emit)
+    finally:
+        await conn.close()
+    assert pieces and "".join(pieces) == res.text and res.text.strip()
+    assert res.prompt_tokens > 0 and res.completion_tokens > 0
+    if not conn.supports("stream"):
+        assert len(pieces) == 1

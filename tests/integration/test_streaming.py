@@ -222,3 +222,43 @@ async def test_silence_mid_stream_is_noticed(nats_url: str) -> None:
         with pytest.raises(StreamInterrupted) as err:
             await asyncio.wait_for(task, 10)
     assert "silent" in err.value.message
+
+
+async def test_cascade_is_buffered_and_says_so(nats_url: str) -> None:
+    pools = [echo_pool("echo/cheap", "standard", usd_per_mtok_out=0.01), echo_pool("echo/premium", "premium")]
+    over = {"strategy": {"serve": "cascade", "cascade": {"tiers": ["pool:echo/cheap", "pool:echo/premium"]}}}
+    async with start_runtime(nats_url, pools) as rt:
+        sent: list[str] = []
+        answer = await rt.gateway.ask(Query(prompt="judge me whole", overrides=over), stream=sent.append)  # type: ignore[union-attr]
+        plain = await rt.ask(prompt="judge me whole", overrides=over)
+    assert answer.strategy == "whole+cascade (buffered)+fuse:ordered"
+    assert plain.strategy == "whole+cascade+fuse:ordered" and plain.ttft_ms is None
+    assert sent == [answer.text]  # the whole text, once it was known
+    assert echo(rt, "echo/cheap").streamed == 0  # the tiers were struck unstreamed
+
+
+async def test_reduce_fusion_buffers_the_parts_and_streams_the_reduce(rt: Runtime) -> None:
+    conn = echo(rt)
+    sent: list[str] = []
+    answer = await rt.gateway.ask(Query(prompt="What is a lease? What is a strike?",  # type: ignore[union-attr]
+                                        overrides={"fusion": "reduce"}), stream=sent.append)
+    assert answer.strategy == "question+single+fuse:reduce (buffered)"
+    assert "".join(sent) == answer.text and len(sent) > 1  # the reduce strike's words, as they came
+    assert conn.streamed == len(answer.text.split(" "))  # only the reduce strike streamed
+
+
+async def test_a_version_1_host_that_does_not_stream_still_serves_a_streamed_query(nats_url: str) -> None:
+    """A host from before streaming ignores ``Strike.stream`` and sends only its result: the client
+    gets the whole text as one piece."""
+    async with start_runtime(nats_url, [echo_pool()]) as rt:
+        host = rt.hosts["echo/standard"]
+        run = host._run
+
+        async def old_run(strike: Strike, stream_to: str | None = None) -> object:
+            return await run(strike)  # what a version-1 host does: never streams
+
+        host._run = old_run  # type: ignore[method-assign]
+        sent: list[str] = []
+        answer = await rt.gateway.ask(Query(prompt="old peers still work"), stream=sent.append)  # type: ignore[union-attr]
+    assert sent == [answer.text] == ["echo: old peers still work"]
+    assert answer.ttft_ms is not None
