@@ -134,19 +134,19 @@ def _event(cid: str, created: int, model: str, choices: list[ChunkChoice], **ext
 
 async def _live(first: str | Answer, items: AsyncIterator[str | Answer], cid: str, created: int, model: str,
                 include_usage: bool) -> AsyncIterator[bytes]:
-    yield _event(cid, created, model, [ChunkChoice(delta=Delta(role="assistant", content=""))])
+    role = _event(cid, created, model, [ChunkChoice(delta=Delta(role="assistant", content=""))])
     item = first
     try:
         while not isinstance(item, Answer):
-            yield _event(cid, created, model, [ChunkChoice(delta=Delta(content=item))])
+            yield role + _event(cid, created, model, [ChunkChoice(delta=Delta(content=item))])
+            role = b""  # the role chunk goes out in one write with the first text
             item = await anext(items)
     except HomeskilletError as exc:  # the headers are sent: report it in-band, as OpenAI does
         yield b"data: " + msgspec.json.encode(_error_body(exc)) + b"\n\n"
         return
     finally:
         await items.aclose()  # type: ignore[attr-defined]
-    for line in _ending(item, cid, created, model, include_usage):
-        yield line
+    yield role + b"".join(_ending(item, cid, created, model, include_usage))
 
 
 def completion_response(req: ChatCompletionRequest, answer: Answer) -> Response:
