@@ -20,7 +20,7 @@ from .errors import BadRequest, HomeskilletError, NotFound, PayloadTooLarge
 from .ids import new_id
 from .ledger import LedgerReport, Report
 from .limits import RateLimiter
-from .money import round_answer, round_quote, round_reservation, round_usage
+from .money import round_answer, round_metrics, round_quote, round_reservation, round_usage
 from .orchestrator import Orchestrator
 from .providers.base import AllocationMetrics
 from .quoting import quote_query
@@ -135,7 +135,7 @@ class Gateway:
         return round_reservation(res)
 
     async def reservation_metrics(self, reservation_id: str, tenant: str) -> AllocationMetrics:
-        return await self.reservations.metrics(reservation_id, tenant)
+        return round_metrics(await self.reservations.metrics(reservation_id, tenant))
 
     async def infer_on(self, reservation_id: str, tenant: str, query: Query) -> Answer:
         """Run ``query`` on one of the tenant's active reservations."""

@@ -2,19 +2,20 @@
 
 Costs are computed in binary floats (tokens × $/Mtok, seconds × $/h) and summed, which leaves noise
 such as ``2.1000000000000002e-6``. Every amount an ingress reports (an answer's and its fragments'
-cost, a quote's prices, a tenant's usage and budget, a reservation's bill) is rounded here, once,
-at the gateway. 1e-9 USD is a tenth of one token at $0.01 per million tokens, finer than any
-price a provider quotes (per-token prices, $/h to the cent or mill), so rounding never hides a
-charge. The ledger and budgets keep full precision; only what is reported is rounded.
+cost, a quote's prices, a tenant's usage and budget, a reservation's bill, an allocation's accrued
+cost) is rounded here, once, at the gateway. 1e-9 USD is a tenth of one token at $0.01 per million
+tokens, finer than any price a provider quotes (per-token prices, $/h to the cent or mill), so
+rounding never hides a charge. The ledger and budgets keep full precision; only what is reported is rounded.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from .wire import Answer, QuoteReply, Reservation, TenantUsage
+from .wire import AllocationMetrics, Answer, QuoteReply, Reservation, TenantUsage
 
-__all__ = ["USD_DIGITS", "round_answer", "round_quote", "round_reservation", "round_usage", "round_usd"]
+__all__ = ["USD_DIGITS", "round_answer", "round_metrics", "round_quote", "round_reservation", "round_usage",
+           "round_usd"]
 
 USD_DIGITS = 9  # nano-dollars
 
@@ -53,3 +54,7 @@ def round_reservation(r: Reservation) -> Reservation:
     return msgspec.structs.replace(r, billed_usd=round_usd(r.billed_usd))
 
 
+
+
+def round_metrics(m: AllocationMetrics) -> AllocationMetrics:
+    return m if m.cost_usd is None else msgspec.structs.replace(m, cost_usd=round_usd(m.cost_usd))
