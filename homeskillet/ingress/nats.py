@@ -6,14 +6,18 @@ Discoverable through ``$SRV.PING/INFO/STATS``. Errors are service error headers
 (``Nats-Service-Error``, ``Nats-Service-Error-Code`` = the HTTP-like status) with an ErrorReply
 JSON body. The adapter only decodes, calls the gateway, encodes.
 
+Identity: with auth on (``up --auth`` / ``JWT_ENABLED``) every request carries a bearer token in a
+NATS header, ``Authorization: Bearer <JWT>``, checked by the same rule as HTTP and MCP
+(``Authenticator.identify``): the tenant is the token's, never the payload's. No or a bad token is a
+401 service error; a payload ``tenant`` or ``X-Tenant`` header naming another tenant, or a token
+without the scope (``hs:query`` for query/quote, ``hs:reserve`` for reserve), is a 403. With auth off
+the payload's tenant is trusted (development on one machine). Who may connect and publish at all
+stays the NATS server's business (accounts, users, permissions).
+
 Streaming: a query sent with the header ``Hs-Stream: 1`` gets ``AnswerChunk`` messages on its
 reply subject as the answer's text is produced, then the ``Answer`` (or the error) as usual. Such a
 caller subscribes to its own inbox rather than using request() (which takes the first reply);
 ``wire.decode_answer_stream`` tells the three apart (README, "Streaming over NATS").
-
-Who may publish here is the NATS server's business (accounts, users, permissions); the tenant in
-the message is trusted, so give each tenant its own NATS user with publish rights only to the
-subjects it may use, or front it with the HTTP/MCP ingresses, which take the tenant from a JWT.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service
 
 from .. import __version__
+from ..auth import Authenticator, AuthSettings, Principal, Scope, header
 from ..errors import BadRequest, HomeskilletError
 from ..gateway import Gateway, error_reply
 from ..streaming import streamed
@@ -37,7 +42,7 @@ from ..subjects import Subjects
 from ..telemetry import get_logger
 from ..wire import Answer, AnswerChunk, Query, ReserveRequest, decode_query, encode
 
-__all__ = ["STREAM_HEADER", "NatsIngress", "respond"]
+__all__ = ["STREAM_HEADER", "NatsIngress", "identify", "respond"]
 
 STREAM_HEADER = "Hs-Stream"  # "1" on an hs.query request: stream the answer's text to the reply subject
 
@@ -70,9 +75,16 @@ async def respond(nc: NATS, reply: str, outcome: Answer | HomeskilletError, quer
             "Nats-Service-Error": outcome.message, "Nats-Service-Error-Code": str(outcome.status)})
 
 
+def identify(auth: Authenticator, headers: dict[str, str] | None, tenant: str | None, scope: Scope) -> Principal:
+    """The caller of a NATS request, by the rule every ingress shares (bearer token in a header)."""
+    return auth.identify(header(headers, "Authorization"),
+                         (("X-Tenant", header(headers, "X-Tenant")), ("tenant", tenant)), scope=scope)
+
+
 class NatsIngress:
-    def __init__(self, nc: NATS, subjects: Subjects, gateway: Gateway) -> None:
+    def __init__(self, nc: NATS, subjects: Subjects, gateway: Gateway, auth: Authenticator | None = None) -> None:
         self.nc, self.subjects, self.gateway = nc, subjects, gateway
+        self.auth = auth or Authenticator(AuthSettings())
         self.service: Service | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -105,12 +117,15 @@ class NatsIngress:
 
     async def _on_quote(self, req: Request) -> None:
         async def quote(data: bytes) -> bytes:
-            return encode(await self.gateway.quote(_decode(decode_query, data, "query")))
+            q = _decode(decode_query, data, "query")
+            return encode(await self.gateway.quote(q, identify(self.auth, req.headers, q.tenant, "hs:query")))
         self._spawn(self._call(req, quote))
 
     async def _on_reserve(self, req: Request) -> None:
         async def reserve(data: bytes) -> bytes:
-            return encode(await self.gateway.reserve(_decode(_reserve_request.decode, data, "reservation request")))
+            r = _decode(_reserve_request.decode, data, "reservation request")
+            r.tenant = identify(self.auth, req.headers, r.tenant, "hs:reserve").tenant
+            return encode(await self.gateway.reserve(r))
         self._spawn(self._call(req, reserve))
 
     async def _call(self, req: Request, handler: Callable[[bytes], Awaitable[bytes]]) -> None:
@@ -123,10 +138,10 @@ class NatsIngress:
             err = HomeskilletError(f"internal error: {exc!r}")
             await req.respond_error("500", err.message, data=encode(error_reply(err)))
 
-    async def _streamed(self, query: Query, reply: str) -> Answer:
+    async def _streamed(self, query: Query, who: Principal | None, reply: str) -> Answer:
         """Serve ``query``, publishing its text to ``reply`` as AnswerChunks (in order: one publisher)."""
         offset = 0
-        items = streamed(lambda sink: self.gateway.ask(query, reply=reply, stream=sink))
+        items = streamed(lambda sink: self.gateway.ask(query, who, reply=reply, stream=sink))
         async with contextlib.aclosing(items):  # type: ignore[type-var]
             async for item in items:
                 if isinstance(item, Answer):
@@ -142,11 +157,12 @@ class NatsIngress:
                 query = decode_query(req.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise _decode_error(exc) from None
+            who = identify(self.auth, req.headers, query.tenant, "hs:query")
             inbox = req._msg.reply or ""
             if inbox and (req.headers or {}).get(STREAM_HEADER) == "1":
-                answer = await self._streamed(query, inbox)
+                answer = await self._streamed(query, who, inbox)
             else:
-                answer = await self.gateway.ask(query, reply=inbox)
+                answer = await self.gateway.ask(query, who, reply=inbox)
             await req.respond(encode(answer))
         except HomeskilletError as exc:
             reply = error_reply(exc, query.query_id if query else "")
