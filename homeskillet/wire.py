@@ -545,7 +545,7 @@ class StrikeOk(Wire, tag="strike_ok", kw_only=True):
     latency_ms: float
     duplicate: bool = False  # this reply is the cached result of an earlier delivery
     logprob_mean: float | None = None  # mean token log-probability, when the provider returns logprobs
-    ttft_ms: float | None = None  # a streamed strike: from the start of inference to the engine's first text
+    ttft_ms: float | None = None  # a streamed strike: from the host taking it (slot wait included) to its first text
 
 
 class StrikeChunk(Wire, tag="strike_chunk", kw_only=True):
