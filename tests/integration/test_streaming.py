@@ -262,3 +262,15 @@ async def test_a_version_1_host_that_does_not_stream_still_serves_a_streamed_que
         answer = await rt.gateway.ask(Query(prompt="old peers still work"), stream=sent.append)  # type: ignore[union-attr]
     assert sent == [answer.text] == ["echo: old peers still work"]
     assert answer.ttft_ms is not None
+
+
+async def test_a_hedged_fragment_comes_whole_and_says_so(nats_url: str) -> None:
+    pools = [echo_pool("echo/a", "standard", usd_per_mtok_out=0.01), echo_pool("echo/b", "standard")]
+    async with start_runtime(nats_url, pools) as rt:
+        await rt.wait_for_pools(["echo/a", "echo/b"])
+        sent: list[str] = []
+        answer = await rt.gateway.ask(Query(prompt="race me", overrides={"strategy": {"hedge": {"enabled": True}}}),  # type: ignore[union-attr]
+                                      stream=sent.append)
+    assert answer.strategy == "whole+single+hedge (buffered)+fuse:ordered"
+    assert sent == [answer.text] == ["echo: race me"]
+    assert echo(rt, "echo/a").streamed == echo(rt, "echo/b").streamed == 0  # struck unstreamed
