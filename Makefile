@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/http_overhead.py
 	$(BIN)/python bench/mcp_sessions.py
+	$(BIN)/python bench/ttft.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

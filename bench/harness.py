@@ -66,13 +66,14 @@ class Served:
         self.nats.stop()
 
 
-def serve() -> Served:
-    """An embedded nats-server and `homeskillet up --http 127.0.0.1:0` on it; returns once it serves."""
+def serve(pools: list[PoolSpec] | None = None) -> Served:
+    """An embedded nats-server and `homeskillet up --http 127.0.0.1:0` on it (one instant echo pool
+    unless ``pools`` are given); returns once it serves."""
     nats = NatsServer()
     nats.start()
     tmp = Path(tempfile.mkdtemp(prefix="hs-bench-"))
     cfg = tmp / "bench.toml"
-    cfg.write_text(msgspec.toml.encode(Settings(nats=[nats.url], pools=[echo_pool()])).decode())
+    cfg.write_text(msgspec.toml.encode(Settings(nats=[nats.url], pools=pools or [echo_pool()])).decode())
     log = (tmp / "server.log").open("w")  # its warnings are counted in the report, not lost in the terminal
     proc = subprocess.Popen([sys.executable, "-m", "homeskillet.cli", "--log-level", "WARNING", "up", "--config",
                              str(cfg), "--http", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=log, text=True)

@@ -22,6 +22,7 @@
     │       └── NoCapacity           nothing to rent or allocate that fits, right now
     ├── LeaseRejected                the pool would not commit a lease (stale quote, no capacity)
     ├── DeadlineExceeded             the covenant's hard deadline passed (504)
+    ├── StreamInterrupted            a strike failed after part of its text was streamed (502)
     └── ExtraMissing                 an optional extra is not installed; says which to install
 
 Errors carry the facts a caller decides on: ``retryable``, the covenant ``term`` that failed,
@@ -48,6 +49,7 @@ __all__ = [
     "ProviderAuthError",
     "ProviderError",
     "RateLimited",
+    "StreamInterrupted",
     "StrikeFailed",
     "TenantRateLimited",
     "Unauthorized",
@@ -209,6 +211,16 @@ class LeaseRejected(HomeskilletError):
 class DeadlineExceeded(HomeskilletError):
     code = "deadline_exceeded"
     status = 504
+
+
+class StreamInterrupted(HomeskilletError):
+    """A streamed answer's strike failed after some of its text reached the client. It is not
+    re-struck elsewhere (the client would get a second, different answer after the first's start);
+    asking again is safe, and a query that does not stream fails over as usual."""
+
+    code = "stream_interrupted"
+    status = 502
+    retryable = True
 
 
 class ExtraMissing(HomeskilletError):

@@ -26,7 +26,8 @@ from .providers.base import AllocationMetrics
 from .quoting import quote_query
 from .reservations import Reservations
 from .sims.base import count_tokens
-from .telemetry import QUERIES, QUERY_SECONDS, get_logger, labelled
+from .streaming import TextSink
+from .telemetry import QUERIES, QUERY_SECONDS, TTFT_SECONDS, get_logger, labelled
 from .wire import (
     Answer,
     Covenant,
@@ -137,8 +138,10 @@ class Gateway:
     async def reservation_metrics(self, reservation_id: str, tenant: str) -> AllocationMetrics:
         return round_metrics(await self.reservations.metrics(reservation_id, tenant))
 
-    async def infer_on(self, reservation_id: str, tenant: str, query: Query) -> Answer:
-        """Run ``query`` on one of the tenant's active reservations."""
+    async def infer_on(self, reservation_id: str, tenant: str, query: Query,
+                       stream: TextSink | None = None) -> Answer:
+        """Run ``query`` on one of the tenant's active reservations (``stream`` gets its text whole,
+        at the end: a reservation's strikes do not stream yet)."""
         res = self.reservations.get(reservation_id, tenant)
         if res.status != "active":
             raise BadRequest(f"reservation {reservation_id!r} is {res.status}; reserve again", term="reservation_id")
@@ -151,11 +154,15 @@ class Gateway:
         answer = await self.orchestrator.serve_on(query, res)
         if self.limits is not None:
             await self.limits.spend(tenant, sum(f.completion_tokens for f in answer.fragments))
+        if stream is not None and answer.text:
+            stream(answer.text)
         self._keep(answer)
         return answer
 
-    async def ask(self, query: Query, principal: Principal | None = None, reply: str = "") -> Answer:
-        """Serve a query; ``reply`` is the caller's NATS inbox (lets a resumed parked query answer it)."""
+    async def ask(self, query: Query, principal: Principal | None = None, reply: str = "",
+                  stream: TextSink | None = None) -> Answer:
+        """Serve a query; ``reply`` is the caller's NATS inbox (lets a resumed parked query answer it);
+        ``stream`` gets the answer's text as it is produced (``streaming.streamed`` wraps this)."""
         self._admit(query, principal)
         t0 = time.perf_counter()
         # bind + reset by token: bound_contextvars copies the whole context on entry (hot path)
@@ -164,7 +171,7 @@ class Gateway:
             try:
                 if self.limits is not None:
                     await self.limits.admit(query.tenant, _prompt_tokens(query))
-                answer = await self.orchestrator.serve(query, reply)
+                answer = await self.orchestrator.serve(query, reply, stream)
                 if self.limits is not None:
                     await self.limits.spend(query.tenant, sum(f.completion_tokens for f in answer.fragments))
             except HomeskilletError as exc:
@@ -174,6 +181,8 @@ class Gateway:
             self._keep(answer)
             labelled(QUERIES, outcome="answered").inc()
             QUERY_SECONDS.observe(time.perf_counter() - t0)
+            if answer.ttft_ms is not None:
+                TTFT_SECONDS.observe(answer.ttft_ms / 1000.0)
             log.debug("query_answered", cost_usd=answer.cost_usd, latency_ms=round(answer.latency_ms, 2),
                       pools=[f.pool for f in answer.fragments])
             return answer

@@ -5,6 +5,10 @@ that fails (lost, silent, refused, preempted) excludes that pool and the next bi
 exhausted step moves the fragment to the next step; ``queue`` waits for new quotes up to the
 covenant's max wait; at the end the query fails with an error naming every unmet term. Every
 accepted query ends in an Answer or an explicit HomeskilletError; nothing is dropped.
+
+A streamed query (``serve(..., stream=sink)``) passes each strike's chunks on as they arrive
+(``streaming.py``); a strike that fails after some of its text reached the client is not re-struck
+(``StreamInterrupted``), one that fails before is, as usual.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from .errors import (
     LeaseRejected,
     NoPoolError,
     Preempted,
+    StreamInterrupted,
     StrikeFailed,
     Unmet,
 )
@@ -37,7 +42,8 @@ from .ledger import Hold, Release, Settle
 from .parking import ParkingLot
 from .scoring import Ranked
 from .strategies import Served, backup_for, from_logprob, hedge_delay_ms, hedged_execute, plan, serve_plan
-from .strike import Dispatcher
+from .streaming import PartStream, TextSink
+from .strike import Dispatcher, OnChunk
 from .subjects import Subjects
 from .supervisor import Supervised
 from .telemetry import FALLBACKS, get_logger
@@ -97,12 +103,13 @@ class Orchestrator:
         self.parked: dict[str, Fragment] = {}  # fragments waiting in the queue step, by fragment_id
         self._replies: dict[str, str] = {}  # query_id -> the caller's NATS reply subject, while served
 
-    async def serve(self, query: Query, reply: str = "") -> Answer:
+    async def serve(self, query: Query, reply: str = "", stream: TextSink | None = None) -> Answer:
         """Serve ``query``; ``reply`` (the caller's NATS inbox) lets a restarted orchestrator answer
-        a query whose fragment was parked in the durable queue."""
+        a query whose fragment was parked in the durable queue; ``stream`` gets the answer's text
+        as the strikes produce it."""
         self._replies[query.query_id] = reply
         try:
-            answer = await self._serve(query)
+            answer = await self._serve(query, stream)
         except HomeskilletError:
             await self._unpark(query.query_id)
             raise
@@ -115,19 +122,20 @@ class Orchestrator:
         if self.parking is not None:
             await self.parking.done(query_id)
 
-    async def _serve(self, query: Query) -> Answer:
+    async def _serve(self, query: Query, stream: TextSink | None = None) -> Answer:
         """Plan (covenant, complexity, decomposition; strategies/serving.py), serve the plan
         through a ``_QueryRun`` (cache, cascade, ensemble, map → reduce), fuse."""
         t0 = time.monotonic()
         p = plan(query, self.covenants, self.negotiator.pools(), max_fragments=self.max_fragments)
         cov = p.cov
         run = _QueryRun(self, query, cov, t0 + cov.qos.hard_deadline_ms / 1000.0)
-        result = await serve_plan(run, p, self.cache)
+        result = await serve_plan(run, p, self.cache, stream, t0)
         return Answer(
             query_id=query.query_id, tenant=query.tenant, text=result.text, covenant=cov.name,
             covenant_id=cov.covenant_id, fusion=cov.fusion, fragments=result.outcomes,
             cost_usd=sum(o.cost_usd for o in result.outcomes), latency_ms=(time.monotonic() - t0) * 1000.0,
-            complexity=p.assessment.complexity, strategy=p.strategy,
+            complexity=p.assessment.complexity, strategy=p.describe(streamed=stream is not None),
+            ttft_ms=result.ttft_ms,
         )
 
     async def serve_on(self, query: Query, res: Reservation) -> Answer:
@@ -177,7 +185,8 @@ class Orchestrator:
         ranked, unmet, cfp_id = await self.negotiator.contract_net(step, cov, frag, exclude, degrade)
         return ranked, unmet, cfp_id
 
-    async def _serve_fragment(self, query: Query, cov: Covenant, frag: Fragment, deadline: float) -> Served:
+    async def _serve_fragment(self, query: Query, cov: Covenant, frag: Fragment, deadline: float,
+                              stream: PartStream | None = None) -> Served:
         chain = fallback_chain(cov)
         tried: list[str] = []
         unmet: list[Unmet] = []
@@ -187,11 +196,11 @@ class Orchestrator:
                 break
             steps_tried.append(str(step))
             if step.kind == "queue":
-                served = await self._queue(query, cov, frag, chain[:i], deadline, tried, unmet)
+                served = await self._queue(query, cov, frag, chain[:i], deadline, tried, unmet, stream)
                 if served is not None:
                     return served
                 continue
-            served = await self._try_step(query, cov, frag, step, degrade, deadline, tried, unmet)
+            served = await self._try_step(query, cov, frag, step, degrade, deadline, tried, unmet, stream)
             if served is not None:
                 return served
             FALLBACKS.labels(step=str(step), reason="exhausted").inc()
@@ -202,7 +211,8 @@ class Orchestrator:
         raise NoPoolError(cov.name, unmet, tuple(tried or steps_tried))
 
     async def _try_step(self, query: Query, cov: Covenant, frag: Fragment, step: Step, degrade: bool,
-                        deadline: float, tried: list[str], unmet: list[Unmet]) -> Served | None:
+                        deadline: float, tried: list[str], unmet: list[Unmet],
+                        stream: PartStream | None = None) -> Served | None:
         exclude: set[str] = set()
         while time.monotonic() < deadline:
             ranked, refusals, cfp_id = await self._candidates(step, cov, frag, exclude, degrade)
@@ -224,13 +234,22 @@ class Orchestrator:
                 strike = self._strike(query, cov, frag, choice, strike_id, lease_id, deadline)
                 backup = backup_for(cov, ranked, cfp_id is not None)
                 if backup is None:
-                    ok, elapsed = await self.execute(strike, cov, choice.bid.price_usd, deadline)
-                else:
+                    ok, elapsed = await self.execute(strike, cov, choice.bid.price_usd, deadline,
+                                                     stream.emit if stream is not None else None)
+                else:  # hedged: two strikes race, so the fragment's text comes whole (buffered)
                     ok, elapsed, choice, strike, losers = await self._hedged(query, cov, frag, strike, choice,
                                                                              backup, deadline)
                     pool, strike_id = choice.bid.pool, strike.strike_id
             except (StrikeFailed, LeaseRejected) as exc:
                 tried.append(f"{pool}: {exc.message}")
+                if stream is not None:
+                    if stream.delivered:
+                        raise StreamInterrupted(
+                            f"query {query.query_id}: {pool} failed after {len(stream.sent)} characters of its "
+                            f"answer were streamed ({exc.message}); it is not re-struck elsewhere, so the client "
+                            "never gets a second answer after the first's start: ask again (a query that does "
+                            "not stream fails over instead)", tried=tuple(tried)) from exc
+                    stream.reset()  # nothing of it reached the client: fail over as usual
                 exclude.add(pool)
                 if isinstance(exc, StrikeFailed) and not isinstance(exc, Preempted):
                     self.negotiator.mark_down(pool)
@@ -293,7 +312,7 @@ class Orchestrator:
         return h.ok, h.elapsed_ms, won, won_strike, losers
 
     async def _queue(self, query: Query, cov: Covenant, frag: Fragment, earlier: list[Step], deadline: float,
-                     tried: list[str], unmet: list[Unmet]) -> Served | None:
+                     tried: list[str], unmet: list[Unmet], stream: PartStream | None = None) -> Served | None:
         """Park the fragment until a new quote arrives, then retry the earlier steps."""
         until = min(deadline, time.monotonic() + cov.fallback.queue_max_wait_ms / 1000.0)
         log.info("fragment_parked", query_id=query.query_id, fragment=frag.fragment_id,
@@ -302,12 +321,12 @@ class Orchestrator:
         if self.parking is not None:
             await self.parking.park(query, self._replies.get(query.query_id, ""))
         try:
-            return await self._wait_parked(cov, frag, earlier, until, tried, query)
+            return await self._wait_parked(cov, frag, earlier, until, tried, query, stream)
         finally:
             del self.parked[frag.fragment_id]
 
     async def _wait_parked(self, cov: Covenant, frag: Fragment, earlier: list[Step], until: float,
-                           tried: list[str], query: Query) -> Served | None:
+                           tried: list[str], query: Query, stream: PartStream | None = None) -> Served | None:
         while (left := until - time.monotonic()) > 0:
             try:
                 await asyncio.wait_for(self.negotiator.book_changed.wait(), left)
@@ -316,7 +335,7 @@ class Orchestrator:
             for j, step in enumerate(earlier):
                 if step.kind in ("queue", "fail"):
                     continue
-                served = await self._try_step(query, cov, frag, step, j > 0, until, tried, [])
+                served = await self._try_step(query, cov, frag, step, j > 0, until, tried, [], stream)
                 if served is not None:
                     o = served.outcome
                     return msgspec.structs.replace(served, outcome=msgspec.structs.replace(o, step=f"queue→{o.step}"))
@@ -324,7 +343,7 @@ class Orchestrator:
         return None
 
     async def execute(self, strike: Strike, cov: Covenant, price_usd: float,
-                      deadline: float) -> tuple[StrikeOk, float]:
+                      deadline: float, on_chunk: OnChunk | None = None) -> tuple[StrikeOk, float]:
         """Hold budget → strike → settle → verdict. Settlement is idempotent per strike_id, so a
         strike executed (or delivered) twice is charged once. Two holds may apply: the covenant's
         ``tenant_budget_usd`` (ledger actor, this process) and the tenant's shared budget (KV)."""
@@ -342,7 +361,7 @@ class Orchestrator:
             raise
         t0 = time.monotonic()
         try:
-            result = await self.dispatcher.strike(strike, max(0.001, deadline - time.monotonic()))
+            result = await self.dispatcher.strike(strike, max(0.001, deadline - time.monotonic()), on_chunk)
         except BaseException:
             if budget is not None:
                 self.ledger.tell_soon(Release(strike.strike_id))
@@ -397,8 +416,8 @@ class _QueryRun:
     def __init__(self, orch: Orchestrator, query: Query, cov: Covenant, deadline: float) -> None:
         self.orch, self.query, self.cov, self.deadline = orch, query, cov, deadline
 
-    async def serve(self, frag: Fragment) -> Served:
-        return await self.orch._serve_fragment(self.query, self.cov, frag, self.deadline)
+    async def serve(self, frag: Fragment, stream: PartStream | None = None) -> Served:
+        return await self.orch._serve_fragment(self.query, self.cov, frag, self.deadline, stream)
 
     async def serve_on(self, frag: Fragment, step: Step) -> Served | None:
         return await self.orch._try_step(self.query, self.cov, frag, step, True, self.deadline, [], [])

@@ -5,6 +5,12 @@ strike costs one publish and one message. A host running a long strike sends hea
 strike that stays silent past ``silence_ms`` is lost (the host died or was cut off), and "no
 responders" means no host serves the pool at all. Both raise ``StrikeFailed`` at once, so the
 orchestrator can move the fragment to the next fallback step.
+
+A streamed strike (``on_chunk`` given) also gets ``StrikeChunk`` messages on its inbox: each is
+proof of life, and its text goes to ``on_chunk`` in order, exactly once. A chunk past a gap (a
+lost message) stops the live text; the StrikeOk's whole text then fills in whatever did not come,
+which is also how a host that does not stream (wire version 1) is served: one piece at the end.
+A strike whose caller goes away (the client left) is cancelled at its pool.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import itertools
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -22,21 +29,59 @@ from nats.aio.msg import Msg
 from .errors import StrikeFailed
 from .subjects import Subjects
 from .telemetry import get_logger
-from .wire import Strike, StrikeResult, Verdict, Verdicts, decode_strike_result, encode
+from .wire import (
+    CancelStrike,
+    Strike,
+    StrikeChunk,
+    StrikeOk,
+    StrikeResult,
+    Verdict,
+    Verdicts,
+    decode_strike_reply,
+    encode,
+)
 from .worker import HEARTBEAT_HEADER
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "OnChunk"]
+
+OnChunk = Callable[[str], None]  # receives a streamed strike's text, in order, once
 
 log = get_logger("homeskillet.strike")
 _VERDICTS_PER_MESSAGE = 256  # keeps a burst's message far below any max_payload
 
 
 class _Pending:
-    __slots__ = ("deadline", "fut", "last_seen", "pool")
+    __slots__ = ("deadline", "emitted", "fut", "gap", "last_seen", "on_chunk", "pool")
 
-    def __init__(self, fut: asyncio.Future[StrikeResult], pool: str, deadline: float) -> None:
-        self.fut, self.pool, self.deadline = fut, pool, deadline
+    def __init__(self, fut: asyncio.Future[StrikeResult], pool: str, deadline: float,
+                 on_chunk: OnChunk | None = None) -> None:
+        self.fut, self.pool, self.deadline, self.on_chunk = fut, pool, deadline, on_chunk
         self.last_seen = time.monotonic()
+        self.emitted = 0  # characters handed to on_chunk
+        self.gap = False  # a chunk went missing: the rest comes from the result
+
+    def chunk(self, c: StrikeChunk) -> None:
+        if self.on_chunk is None or self.gap:
+            return
+        end = c.offset + len(c.text)
+        if c.offset > self.emitted:
+            self.gap = True
+            log.warning("strike_chunk_gap", pool=self.pool, strike_id=c.strike_id, expected=self.emitted,
+                        got=c.offset)
+        elif end > self.emitted:
+            self._emit(c.text[self.emitted - c.offset:])
+
+    def finish(self, result: StrikeResult) -> None:
+        if self.on_chunk is not None and isinstance(result, StrikeOk) and len(result.text) > self.emitted:
+            self._emit(result.text[self.emitted:])
+
+    def _emit(self, text: str) -> None:
+        self.emitted += len(text)
+        assert self.on_chunk is not None
+        try:
+            self.on_chunk(text)
+        except Exception:  # the receiver's bug must not stop the inbox
+            log.exception("strike_chunk_receiver_failed", pool=self.pool)
 
 
 class Dispatcher:
@@ -52,6 +97,7 @@ class Dispatcher:
         self._verdicts: dict[str, list[Verdict]] = {}  # by pool, waiting for the end of the iteration
         self._verdicts_ready = asyncio.Event()
         self._publisher: asyncio.Task[None] | None = None
+        self._cancels: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
@@ -108,9 +154,16 @@ class Dispatcher:
             p.fut.set_exception(StrikeFailed(f"no worker serves pool {p.pool} (no responders)", term="capacity"))
         else:
             try:
-                p.fut.set_result(decode_strike_result(msg.data))
+                reply = decode_strike_reply(msg.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 p.fut.set_exception(StrikeFailed(f"pool {p.pool} sent an unreadable result: {exc}"))
+                return
+            if isinstance(reply, StrikeChunk):
+                p.last_seen = time.monotonic()
+                p.chunk(reply)
+            else:
+                p.finish(reply)
+                p.fut.set_result(reply)
 
     def _arm(self, at: float) -> None:
         """Make sure the watch runs by ``at`` (monotonic); an earlier armed watch already does."""
@@ -140,16 +193,37 @@ class Dispatcher:
         if due < math.inf:
             self._arm(due)
 
-    async def strike(self, strike: Strike, timeout_s: float) -> StrikeResult:
-        """Send ``strike`` and return its result; StrikeFailed if it is lost or late."""
+    async def strike(self, strike: Strike, timeout_s: float, on_chunk: OnChunk | None = None) -> StrikeResult:
+        """Send ``strike`` and return its result; StrikeFailed if it is lost or late. With
+        ``on_chunk``, the strike streams and its text goes there as it comes (all of it, before
+        this returns a StrikeOk)."""
         key = format(next(self._ids), "x")
         fut: asyncio.Future[StrikeResult] = asyncio.get_running_loop().create_future()
         now = time.monotonic()
-        p = _Pending(fut, strike.pool, now + timeout_s)
+        p = _Pending(fut, strike.pool, now + timeout_s, on_chunk)
         self._pending[key] = p
+        if on_chunk is not None and not strike.stream:
+            strike = msgspec.structs.replace(strike, stream=True)
         try:
             await self.nc.publish(self.subjects.strike(strike.pool), encode(strike), reply=f"{self._inbox}.{key}")
             self._arm(min(p.deadline, now + self.silence))
             return await fut
+        except asyncio.CancelledError:
+            if fut.cancelled() or not fut.done():  # the caller left (a client hung up): stop the work at the pool
+                self._cancel_soon(strike)
+            raise
         finally:
             del self._pending[key]
+
+    def _cancel_soon(self, strike: Strike) -> None:
+        msg = encode(CancelStrike(strike_id=strike.strike_id, pool=strike.pool, reason="the caller left"))
+
+        async def send() -> None:
+            try:
+                await self.nc.publish(self.subjects.agent(strike.pool), msg)
+            except Exception as exc:
+                log.debug("cancel_publish_failed", pool=strike.pool, error=repr(exc))
+
+        task = asyncio.ensure_future(send())
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)

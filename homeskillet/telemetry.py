@@ -23,6 +23,7 @@ __all__ = [
     "QUERIES",
     "QUERY_SECONDS",
     "STRIKES",
+    "TTFT_SECONDS",
     "configure_logging",
     "get_logger",
     "labelled",
@@ -37,6 +38,9 @@ CASCADE_STEPS = Counter("hs_cascade_total", "Cascade tiers struck, by outcome (k
 HEDGES = Counter("hs_hedges_total", "Hedged strikes by outcome (fired, primary_won, hedge_won)", ["outcome"])
 QUERIES = Counter("hs_queries_total", "Queries by outcome", ["outcome"])
 QUERY_SECONDS = Histogram("hs_query_seconds", "End-to-end query latency")
+TTFT_SECONDS = Histogram("hs_time_to_first_token_seconds",
+                         "Streamed queries: from accepting the query to sending its first text",
+                         buckets=(.005, .01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0, 10.0, 30.0))
 
 
 @functools.cache

@@ -7,6 +7,11 @@ unknown fields are ignored on decode, so an old peer and a new peer can talk. ``
 wire version the sender spoke. Messages that travel in unions are tagged by ``kind``; decoders
 are built once here and handlers dispatch with ``match``.
 
+Version 2 added streaming: ``Strike.stream`` asks the pool host for ``StrikeChunk`` messages on
+the strike's reply inbox as text arrives (a version-1 host ignores the field and sends only the
+result, which carries the whole text); ``AnswerChunk`` is what a streamed query's caller gets
+before its ``Answer`` (which gained ``ttft_ms``).
+
 Context travels in the message (``query_id``, ``strike_id``, ``covenant_id``, ``tenant``,
 ``trace_id``) because contextvars do not reach actor threads.
 """
@@ -26,6 +31,8 @@ __all__ = [
     "AllocationMetrics",
     "AllocationRequest",
     "Answer",
+    "AnswerChunk",
+    "AnswerStreamMsg",
     "Award",
     "Bid",
     "BudgetStatus",
@@ -71,9 +78,11 @@ __all__ = [
     "Strategy",
     "Strike",
     "StrikeCancelled",
+    "StrikeChunk",
     "StrikeFailure",
     "StrikeOk",
     "StrikePreemption",
+    "StrikeReply",
     "StrikeResult",
     "TenantUsage",
     "Term",
@@ -83,15 +92,17 @@ __all__ = [
     "Wire",
     "decode_agent_msg",
     "decode_agent_reply",
+    "decode_answer_stream",
     "decode_bid_reply",
     "decode_query",
     "decode_strike",
+    "decode_strike_reply",
     "decode_strike_result",
     "decode_verdicts",
     "encode",
 ]
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 
 
 class Term(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
@@ -520,6 +531,7 @@ class Strike(Wire, tag="strike", kw_only=True):
     attempt: int = 0
     trace_id: str = ""
     allocation: Allocation | None = None  # run on this reservation's allocation, not the pool's own
+    stream: bool = False  # v2: send StrikeChunk messages on the reply inbox as the text arrives
 
 
 class StrikeOk(Wire, tag="strike_ok", kw_only=True):
@@ -533,6 +545,18 @@ class StrikeOk(Wire, tag="strike_ok", kw_only=True):
     latency_ms: float
     duplicate: bool = False  # this reply is the cached result of an earlier delivery
     logprob_mean: float | None = None  # mean token log-probability, when the provider returns logprobs
+    ttft_ms: float | None = None  # a streamed strike: from the host taking it (slot wait included) to its first text
+
+
+class StrikeChunk(Wire, tag="strike_chunk", kw_only=True):
+    """A piece of a streamed strike's text, on the strike's reply inbox beside the heartbeats.
+    ``offset`` is where ``text`` starts in the whole text (in characters, i.e. Unicode code points),
+    so a receiver can tell a gap or a repeat; the StrikeOk that ends the stream carries the whole text."""
+
+    strike_id: str
+    pool: str
+    offset: int
+    text: str
 
 
 class StrikeFailure(Wire, tag="strike_failed", kw_only=True):
@@ -569,6 +593,7 @@ class CancelStrike(Wire, tag="cancel_strike", kw_only=True):
 
 
 StrikeResult = StrikeOk | StrikeFailure | StrikePreemption | StrikeCancelled
+StrikeReply = StrikeChunk | StrikeOk | StrikeFailure | StrikePreemption | StrikeCancelled
 
 
 class Verdict(Wire, tag="verdict", kw_only=True):
@@ -638,6 +663,16 @@ class Answer(Wire, tag="answer", kw_only=True):
     latency_ms: float
     complexity: float | None = None  # the analyzer's 0..1 score
     strategy: str = ""  # how it was served, e.g. "questions+cascade" or "long_context+single+hedge"
+    ttft_ms: float | None = None  # a streamed answer: from accepting the query to its first text sent
+
+
+class AnswerChunk(Wire, tag="answer_chunk", kw_only=True):
+    """A piece of a streamed answer's text (NATS ingress, ``Hs-Stream: 1``); ``offset`` is where it
+    starts in ``Answer.text``, in characters. The pieces in order are exactly the Answer's text."""
+
+    query_id: str
+    offset: int
+    text: str
 
 
 class ErrorReply(Wire, tag="error", kw_only=True):
@@ -648,6 +683,9 @@ class ErrorReply(Wire, tag="error", kw_only=True):
     term: str | None = None
     tried: list[str] = []
     retryable: bool = False
+
+
+AnswerStreamMsg = AnswerChunk | Answer | ErrorReply
 
 
 # --- quotes without execution (Gateway.quote) and readiness --------------------------------------
@@ -731,6 +769,8 @@ _encoder = msgspec.json.Encoder()
 _query = msgspec.json.Decoder(Query)
 _strike = msgspec.json.Decoder(Strike)
 _strike_result = msgspec.json.Decoder(StrikeResult)
+_strike_reply = msgspec.json.Decoder(StrikeReply)
+_answer_stream = msgspec.json.Decoder(AnswerStreamMsg)
 _bid_reply = msgspec.json.Decoder(Bid | Refusal)
 _agent_msg = msgspec.json.Decoder(
     CallForProposals | Award | Rejection | Reserve | FreeAllocation | MetricsAsk | CancelStrike)
@@ -753,6 +793,18 @@ def decode_strike(data: bytes) -> Strike:
 def decode_strike_result(data: bytes) -> StrikeResult:
     result: StrikeResult = _strike_result.decode(data)
     return result
+
+
+def decode_strike_reply(data: bytes) -> StrikeReply:
+    """What a pool host sends on a strike's reply inbox: a chunk of a streamed strike, or the result."""
+    reply: StrikeReply = _strike_reply.decode(data)
+    return reply
+
+
+def decode_answer_stream(data: bytes) -> AnswerStreamMsg:
+    """A message on a streamed query's reply subject: a chunk, the Answer, or the ErrorReply."""
+    msg: AnswerStreamMsg = _answer_stream.decode(data)
+    return msg
 
 
 def decode_verdicts(data: bytes) -> list[Verdict]:

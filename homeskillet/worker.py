@@ -6,6 +6,10 @@ and feeds verdicts back into the agent's track record. A strike runs at most onc
 ``strike_id`` here: a redelivery waits for, and gets, the first delivery's result. While a strike
 runs longer than the heartbeat interval, the host tells the dispatcher it is alive, so a dead
 host is noticed by its silence rather than by the covenant's whole deadline.
+
+A strike that asks to stream (``Strike.stream``) runs ``connector.stream_result``: each text piece
+goes to the strike's reply inbox as a ``StrikeChunk`` (with its offset in the whole text) as soon
+as the engine yields it, then the StrikeOk with the whole text, usage and cost ends it.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from .pools import (
     live_from,
     revalidate,
 )
-from .providers.base import AllocationRequest, Connector, InferRequest
+from .providers.base import AllocationRequest, Connector, InferRequest, InferResult
 from .scoring import price_usd
+from .sims.base import count_tokens
 from .subjects import Subjects, token
 from .supervisor import Supervised, Supervisor
 from .telemetry import STRIKES, get_logger, labelled
@@ -52,6 +57,7 @@ from .wire import (
     Rejection,
     Reserve,
     StrikeCancelled,
+    StrikeChunk,
     StrikeFailure,
     StrikeOk,
     StrikePreemption,
@@ -69,11 +75,38 @@ HEARTBEAT_HEADER = "Hs-Heartbeat"
 _RESULTS_KEPT = 50_000
 
 
-def billed_on_cancel(spec: PoolSpec, prompt_tokens: int, seconds: float) -> float:
-    """What a provider bills for a strike stopped mid-run: the prompt it has processed, and the
-    time for time-priced pools. (Tokens streamed before the stop are not counted: echo and the
-    simulators generate the whole text at the end.)"""
-    return prompt_tokens * spec.usd_per_mtok_in / 1e6 + spec.usd_per_hour * seconds / 3600.0
+def billed_on_cancel(spec: PoolSpec, prompt_tokens: int, seconds: float, completion_tokens: int = 0) -> float:
+    """What a provider bills for a strike stopped mid-run: the prompt it has processed, the tokens
+    it had streamed (0 for a strike that was not streamed: its text comes whole at the end), and
+    the time for time-priced pools."""
+    return ((prompt_tokens * spec.usd_per_mtok_in + completion_tokens * spec.usd_per_mtok_out) / 1e6
+            + spec.usd_per_hour * seconds / 3600.0)
+
+
+class _Streamed:
+    """A streamed strike's side of the reply inbox: each piece out as a StrikeChunk, in order."""
+
+    __slots__ = ("first", "host", "pieces", "reply", "sent", "strike_id", "t0")
+
+    def __init__(self, host: PoolHost, strike_id: str, reply: str, t0: float) -> None:
+        self.host, self.strike_id, self.reply, self.t0 = host, strike_id, reply, t0
+        self.sent = 0  # characters sent so far: the next chunk's offset
+        self.pieces: list[str] = []
+        self.first: float | None = None  # perf_counter of the first piece
+
+    async def emit(self, piece: str) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+        chunk = StrikeChunk(strike_id=self.strike_id, pool=self.host.spec.name, offset=self.sent, text=piece)
+        self.sent += len(piece)
+        self.pieces.append(piece)
+        await self.host.nc.publish(self.reply, encode(chunk))
+
+    def tokens(self) -> int:
+        return count_tokens("".join(self.pieces)) if self.pieces else 0
+
+    def ttft_ms(self) -> float | None:
+        return None if self.first is None else (self.first - self.t0) * 1000.0
 
 
 class _Heartbeats:
@@ -236,7 +269,7 @@ class PoolHost:
             self.results.popitem(last=False)
         beat = self.heartbeats.start(msg.reply) if msg.reply else None
         try:
-            result = await self._run(strike)
+            result = await self._run(strike, msg.reply if strike.stream else None)
         finally:
             if beat is not None:
                 self.heartbeats.stop(beat)
@@ -249,7 +282,8 @@ class PoolHost:
         if isinstance(result, StrikeOk) and strike.lease_id is None:
             self.agent.tell_soon(Served(result.model))  # after the reply: the record is not on the hot path
 
-    async def _run(self, strike: Any) -> StrikeResult:
+    async def _run(self, strike: Any, stream_to: str | None = None) -> StrikeResult:
+        """Run the strike; ``stream_to``: the reply inbox its text pieces go to as they come."""
         pool, sid = self.spec.name, strike.strike_id
         if strike.deadline_ms and time.time() * 1000 > strike.deadline_ms:
             return StrikeFailure(strike_id=sid, pool=pool, code="deadline_exceeded",
@@ -275,19 +309,22 @@ class PoolHost:
                            max_tokens=f.max_tokens, temperature=f.temperature, deadline_ms=strike.deadline_ms,
                            tenant=strike.tenant, allocation=strike.allocation)
         t0 = time.perf_counter()
+        streamed = _Streamed(self, sid, stream_to, t0) if stream_to else None
         task = asyncio.current_task()
         if task is not None:
             self.running[sid] = task
         try:
             async with self.slots:
-                res = await self.connector.infer(req)
+                res: InferResult = await (self.connector.infer(req) if streamed is None
+                                          else self.connector.stream_result(req, streamed.emit))
         except asyncio.CancelledError:
             if sid not in self.cancels or task is None:
                 raise
             task.uncancel()  # our own cancel of this strike, not the host stopping: answer it
             secs = time.perf_counter() - t0
+            out = streamed.tokens() if streamed is not None else 0
             return StrikeCancelled(strike_id=sid, pool=pool, message="cancelled mid-run",
-                                   billed_usd=billed_on_cancel(self.spec, f.prompt_tokens, secs))
+                                   billed_usd=billed_on_cancel(self.spec, f.prompt_tokens, secs, out))
         except Preempted as exc:
             secs = time.perf_counter() - t0
             billed = exc.billed_usd if exc.billed_usd is not None else self.spec.usd_per_hour * secs / 3600.0
@@ -316,7 +353,7 @@ class PoolHost:
                 cost = min(cost, strike.max_price_usd)  # never charge above the awarded price
         return StrikeOk(strike_id=sid, pool=pool, model=res.model, text=res.text, prompt_tokens=res.prompt_tokens,
                         completion_tokens=res.completion_tokens, cost_usd=cost, latency_ms=elapsed,
-                        logprob_mean=res.logprob_mean)
+                        logprob_mean=res.logprob_mean, ttft_ms=streamed.ttft_ms() if streamed else None)
 
     def cancel(self, strike_id: str) -> bool:
         """Stop a running strike (its reply becomes StrikeCancelled); remembered if it has not

@@ -13,6 +13,10 @@ travels with each message as ``ctx.request.state.principal``, so every tool acts
 tenant. HTTP sessions are bound to the principal that opened them (the SDK answers 404 to another).
 A WebSocket session ends (close code 1008) when its token expires; the client reconnects with a new one.
 With auth off, the tenant is the ``X-Tenant`` header or the default tenant.
+
+Progress: a ``query`` call whose ``_meta`` carries a ``progressToken`` streams: each piece of the
+answer's text, as the strikes produce it, is a ``notifications/progress`` whose ``message`` is the
+new text and whose ``progress`` is the characters sent so far; the result then carries the whole.
 """
 
 from __future__ import annotations
@@ -91,7 +95,10 @@ class McpServer:
         return ListToolsResult(tools=self.tools.tools)
 
     async def _call_tool(self, ctx: ServerRequestContext[Any], params: CallToolRequestParams) -> CallToolResult:
-        return await self.tools.call(self._principal(ctx), params.name, params.arguments)
+        meta: Any = ctx.meta or {}
+        wants_progress = meta.get("progress_token", meta.get("progressToken")) is not None
+        return await self.tools.call(self._principal(ctx), params.name, params.arguments,
+                                     progress=ctx.session.report_progress if wants_progress else None)
 
     def _principal(self, ctx: ServerRequestContext[Any]) -> Principal:
         conn = ctx.request

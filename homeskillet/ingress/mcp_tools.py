@@ -4,7 +4,8 @@ Arguments decode strictly (an unknown or mistyped argument is a tool error namin
 Structs whose msgspec schema is the tool's ``outputSchema``, returned as ``structuredContent`` and,
 as the spec suggests, as JSON text. The tenant is not an argument: it comes from the caller's
 credential (``Principal``); a ``tenant`` argument naming another tenant is refused with 403 (the
-caller's own is ignored), as on every ingress, so one tenant cannot act as another.
+caller's own is ignored), as on every ingress, so one tenant cannot act as another. ``query``
+given a ``Progress`` (the caller sent a progress token) reports the answer's text as it is produced.
 
 Errors: a ``HomeskilletError`` (bad arguments, no pool, another tenant's reservation…) comes back
 as a tool result with ``isError`` and an ``ErrorReply`` as structured content, so a model can read
@@ -13,6 +14,7 @@ it and correct itself; an unknown tool name is a JSON-RPC error (-32602), as the
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,6 +27,7 @@ from ..auth import Principal, Scope
 from ..clock import now_ms
 from ..errors import BadRequest, HomeskilletError
 from ..gateway import Gateway, error_reply
+from ..streaming import streamed
 from ..strict import StrictError, convert_strict
 from ..telemetry import get_logger
 from ..wire import (
@@ -39,8 +42,8 @@ from ..wire import (
     ReserveRequest,
 )
 
-__all__ = ["McpTools", "NoArgs", "PoolRow", "PoolTable", "QueryArgs", "QueryResult", "QuoteArgs", "ReservationRef",
-           "ToolSpec", "object_schema", "tool_error"]
+__all__ = ["McpTools", "NoArgs", "PoolRow", "PoolTable", "Progress", "QueryArgs", "QueryResult", "QuoteArgs",
+           "ReservationRef", "ToolSpec", "object_schema", "tool_error"]
 
 log = get_logger("homeskillet.ingress.mcp")
 
@@ -90,12 +93,15 @@ class QueryResult(msgspec.Struct, kw_only=True):
     latency_ms: float
     pools: list[str]  # the pools that served it, in fragment order, each once
     fragments: list[FragmentOutcome]  # the verdict per fragment: pool, step, why, kept, broken terms
+    strategy: str = ""  # how it was served; "(buffered)" marks what had to wait for whole answers
+    ttft_ms: float | None = None  # streamed (a progress token was given): time to the first text
 
     @classmethod
     def of(cls, a: Answer) -> QueryResult:
         return cls(query_id=a.query_id, text=a.text, covenant=a.covenant, covenant_id=a.covenant_id,
                    kept=all(f.kept for f in a.fragments), cost_usd=a.cost_usd, latency_ms=a.latency_ms,
-                   pools=list(dict.fromkeys(f.pool for f in a.fragments)), fragments=a.fragments)
+                   pools=list(dict.fromkeys(f.pool for f in a.fragments)), fragments=a.fragments,
+                   strategy=a.strategy, ttft_ms=a.ttft_ms)
 
 
 class PoolRow(msgspec.Struct, kw_only=True):
@@ -128,6 +134,7 @@ def object_schema(tp: type[msgspec.Struct], *, hide: frozenset[str] = frozenset(
 # --- the table -----------------------------------------------------------------------------------
 
 Run = Callable[[Principal, Any], Awaitable[msgspec.Struct]]
+Progress = Callable[[float, float | None, str | None], Awaitable[None]]  # (progress, total, message)
 
 
 @dataclass(frozen=True)
@@ -202,12 +209,16 @@ class McpTools:
         self.specs = {s.name: s for s in specs}
         self.tools = [s.tool() for s in specs]
 
-    async def call(self, principal: Principal, name: str, arguments: dict[str, Any] | None) -> CallToolResult:
+    async def call(self, principal: Principal, name: str, arguments: dict[str, Any] | None,
+                   progress: Progress | None = None) -> CallToolResult:
+        """Run a tool; ``progress`` (the caller asked for it) streams ``query``'s text."""
         spec = self.specs.get(name)
         if spec is None:
             raise MCPError(INVALID_PARAMS, f"unknown tool {name!r}; the tools are: {', '.join(self.specs)}")
         try:
-            result = await spec.run(principal.require(spec.scope), spec.decode(arguments or {}, principal))
+            who, args = principal.require(spec.scope), spec.decode(arguments or {}, principal)
+            streams = progress is not None and name == "query"
+            result = await (self._query(who, args, progress) if streams else spec.run(who, args))
         except HomeskilletError as exc:
             log.info("mcp_tool_failed", tool=name, tenant=principal.tenant, code=exc.code, error=exc.message)
             return tool_error(exc)
@@ -220,11 +231,22 @@ class McpTools:
 
     # --- one gateway call each ---------------------------------------------------------------------
 
-    async def _query(self, p: Principal, args: QueryArgs) -> QueryResult:
-        query = args.to_query(p.tenant)
-        if args.reservation_id is not None:
-            return QueryResult.of(await self.gateway.infer_on(args.reservation_id, p.tenant, query))
-        return QueryResult.of(await self.gateway.ask(query, p))
+    async def _query(self, p: Principal, args: QueryArgs, progress: Progress | None = None) -> QueryResult:
+        query, rid = args.to_query(p.tenant), args.reservation_id
+        if progress is None:
+            if rid is not None:
+                return QueryResult.of(await self.gateway.infer_on(rid, p.tenant, query))
+            return QueryResult.of(await self.gateway.ask(query, p))
+        sent = 0
+        items = streamed(lambda sink: self.gateway.infer_on(rid, p.tenant, query, stream=sink)
+                         if rid is not None else self.gateway.ask(query, p, stream=sink))
+        async with contextlib.aclosing(items):  # type: ignore[type-var]
+            async for item in items:
+                if isinstance(item, Answer):
+                    return QueryResult.of(item)
+                sent += len(item)
+                await progress(float(sent), None, item)
+        raise HomeskilletError("the streamed query ended without an answer")
 
     async def _quote(self, p: Principal, args: QuoteArgs) -> QuoteReply:
         return await self.gateway.quote(args.to_query(p.tenant), p)

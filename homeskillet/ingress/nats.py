@@ -13,11 +13,17 @@ NATS header, ``Authorization: Bearer <JWT>``, checked by the same rule as HTTP a
 without the scope (``hs:query`` for query/quote, ``hs:reserve`` for reserve), is a 403. With auth off
 the payload's tenant is trusted (development on one machine). Who may connect and publish at all
 stays the NATS server's business (accounts, users, permissions).
+
+Streaming: a query sent with the header ``Hs-Stream: 1`` gets ``AnswerChunk`` messages on its
+reply subject as the answer's text is produced, then the ``Answer`` (or the error) as usual. Such a
+caller subscribes to its own inbox rather than using request() (which takes the first reply);
+``wire.decode_answer_stream`` tells the three apart (README, "Streaming over NATS").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -31,11 +37,14 @@ from .. import __version__
 from ..auth import Authenticator, AuthSettings, Principal, Scope, header
 from ..errors import BadRequest, HomeskilletError
 from ..gateway import Gateway, error_reply
+from ..streaming import streamed
 from ..subjects import Subjects
 from ..telemetry import get_logger
-from ..wire import Answer, Query, ReserveRequest, decode_query, encode
+from ..wire import Answer, AnswerChunk, Query, ReserveRequest, decode_query, encode
 
-__all__ = ["NatsIngress", "identify", "respond"]
+__all__ = ["STREAM_HEADER", "NatsIngress", "identify", "respond"]
+
+STREAM_HEADER = "Hs-Stream"  # "1" on an hs.query request: stream the answer's text to the reply subject
 
 log = get_logger("homeskillet.ingress.nats")
 
@@ -129,6 +138,18 @@ class NatsIngress:
             err = HomeskilletError(f"internal error: {exc!r}")
             await req.respond_error("500", err.message, data=encode(error_reply(err)))
 
+    async def _streamed(self, query: Query, who: Principal | None, reply: str) -> Answer:
+        """Serve ``query``, publishing its text to ``reply`` as AnswerChunks (in order: one publisher)."""
+        offset = 0
+        items = streamed(lambda sink: self.gateway.ask(query, who, reply=reply, stream=sink))
+        async with contextlib.aclosing(items):  # type: ignore[type-var]
+            async for item in items:
+                if isinstance(item, Answer):
+                    return item
+                await self.nc.publish(reply, encode(AnswerChunk(query_id=query.query_id, offset=offset, text=item)))
+                offset += len(item)
+        raise HomeskilletError("the streamed query ended without an answer")
+
     async def _serve(self, req: Request) -> None:
         query: Query | None = None
         try:
@@ -137,7 +158,11 @@ class NatsIngress:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise _decode_error(exc) from None
             who = identify(self.auth, req.headers, query.tenant, "hs:query")
-            answer = await self.gateway.ask(query, who, reply=req._msg.reply or "")
+            inbox = req._msg.reply or ""
+            if inbox and (req.headers or {}).get(STREAM_HEADER) == "1":
+                answer = await self._streamed(query, who, inbox)
+            else:
+                answer = await self.gateway.ask(query, who, reply=inbox)
             await req.respond(encode(answer))
         except HomeskilletError as exc:
             reply = error_reply(exc, query.query_id if query else "")

@@ -4,16 +4,19 @@ Decode the OpenAI request into a ``Query``, call the gateway, encode the ``Answe
 completion (the cost, pools and verdict ride along in ``homeskillet``). ``model`` names a covenant
 or a model (the covenant book resolves it); ``covenant`` and ``overrides`` may come in the body.
 
-Streaming runs the query to its answer, then sends it as ``chat.completion.chunk`` events ending
-in ``data: [DONE]``: strikes return whole results over NATS today, so the stream carries the
-OpenAI framing, not token-by-token latency. Errors before the first chunk get the status and
-OpenAI's error body, which is what the SDKs raise on.
+Streaming (``stream: true``) sends each piece of the answer as a ``chat.completion.chunk`` event
+as the strikes produce it (``streaming.py``), then a last chunk with ``finish_reason`` and the
+``homeskillet`` extension, the usage chunk if asked, and ``data: [DONE]``. The response starts
+with the first text, so an error before it gets the status and OpenAI's error body (what the SDKs
+raise on); an error after it (``stream_interrupted``) is an in-band ``{"error": …}`` event, which
+the SDKs raise as ``APIError``. A client that hangs up cancels the query and its strikes.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 from starlette.requests import Request
@@ -21,6 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from ..errors import BadRequest, HomeskilletError, TenantRateLimited
+from ..streaming import streamed
 from ..wire import Answer, Message, Query
 from .http_common import context, json, principal, read_body
 from .openai_wire import (
@@ -40,17 +44,21 @@ from .openai_wire import (
     Usage,
 )
 
-__all__ = ["completion_response", "openai_error", "routes", "to_query"]
+__all__ = ["completion_response", "openai_error", "routes", "stream_response", "to_query"]
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
                 403: "permission_error", 404: "invalid_request_error", 409: "conflict_error",
                 413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
 
 
-def openai_error(exc: HomeskilletError) -> Response:
+def _error_body(exc: HomeskilletError) -> ErrorEnvelope:
     code = "model_not_found" if exc.code == "unknown_covenant" else exc.code
-    body = ErrorEnvelope(error=ErrorBody(message=exc.message, type=_ERROR_TYPES.get(exc.status, "server_error"),
+    return ErrorEnvelope(error=ErrorBody(message=exc.message, type=_ERROR_TYPES.get(exc.status, "server_error"),
                                          param=exc.term, code=code))
+
+
+def openai_error(exc: HomeskilletError) -> Response:
+    body = _error_body(exc)
     headers = {"retry-after": f"{max(1, round(exc.retry_after_s))}"} if isinstance(exc, TenantRateLimited) else {}
     if exc.status == 401:
         headers["www-authenticate"] = f'Bearer error="invalid_token", error_description="{exc.term or "invalid"}"'
@@ -86,7 +94,8 @@ def to_query(req: ChatCompletionRequest) -> Query:
 def _extension(a: Answer) -> HomeskilletExtension:
     return HomeskilletExtension(query_id=a.query_id, tenant=a.tenant, covenant=a.covenant, covenant_id=a.covenant_id,
                                 cost_usd=a.cost_usd, latency_ms=a.latency_ms, kept=all(f.kept for f in a.fragments),
-                                pools=[f.pool for f in a.fragments], fragments=a.fragments)
+                                pools=[f.pool for f in a.fragments], fragments=a.fragments, strategy=a.strategy,
+                                ttft_ms=a.ttft_ms)
 
 
 def _usage(a: Answer) -> Usage:
@@ -98,7 +107,46 @@ def _usage(a: Answer) -> Usage:
 async def chat_completions(request: Request) -> Response:
     req = await read_body(request, ChatCompletionRequest)
     who = principal(request, req.tenant, scope="hs:query")
-    return completion_response(req, await context(request).gateway.ask(to_query(req), who))
+    gateway, query = context(request).gateway, to_query(req)
+    if req.stream:
+        return await stream_response(req, query, streamed(lambda sink: gateway.ask(query, who, stream=sink)))
+    return completion_response(req, await gateway.ask(query, who))
+
+
+async def stream_response(req: ChatCompletionRequest, query: Query, items: AsyncIterator[str | Answer]) -> Response:
+    """SSE from a streamed query, started once its first text (or its answer) is there: an error
+    before that raises here, so the caller gets a status and an error body."""
+    try:
+        first = await anext(items)
+    except BaseException:
+        await items.aclose()  # type: ignore[attr-defined]
+        raise
+    cid, created = f"chatcmpl-{query.query_id}", int(time.time())  # the gateway gave it its id
+    include_usage = req.stream_options is not None and req.stream_options.include_usage
+    return StreamingResponse(_live(first, items, cid, created, req.model, include_usage),
+                             media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+def _event(cid: str, created: int, model: str, choices: list[ChunkChoice], **extra: Any) -> bytes:
+    chunk = ChatCompletionChunk(id=cid, created=created, model=model, choices=choices, **extra)
+    return b"data: " + msgspec.json.encode(chunk) + b"\n\n"
+
+
+async def _live(first: str | Answer, items: AsyncIterator[str | Answer], cid: str, created: int, model: str,
+                include_usage: bool) -> AsyncIterator[bytes]:
+    role = _event(cid, created, model, [ChunkChoice(delta=Delta(role="assistant", content=""))])
+    item = first
+    try:
+        while not isinstance(item, Answer):
+            yield role + _event(cid, created, model, [ChunkChoice(delta=Delta(content=item))])
+            role = b""  # the role chunk goes out in one write with the first text
+            item = await anext(items)
+    except HomeskilletError as exc:  # the headers are sent: report it in-band, as OpenAI does
+        yield b"data: " + msgspec.json.encode(_error_body(exc)) + b"\n\n"
+        return
+    finally:
+        await items.aclose()  # type: ignore[attr-defined]
+    yield role + b"".join(_ending(item, cid, created, model, include_usage))
 
 
 def completion_response(req: ChatCompletionRequest, answer: Answer) -> Response:
@@ -114,20 +162,20 @@ def completion_response(req: ChatCompletionRequest, answer: Answer) -> Response:
 
 
 async def _chunks(a: Answer, cid: str, created: int, model: str, include_usage: bool) -> AsyncIterator[bytes]:
-    enc = msgspec.json.encode
+    """An answer that is already whole (a reservation's), as one content chunk and the ending."""
+    yield _event(cid, created, model, [ChunkChoice(delta=Delta(role="assistant", content=""))])
+    if a.text:
+        yield _event(cid, created, model, [ChunkChoice(delta=Delta(content=a.text))])
+    for line in _ending(a, cid, created, model, include_usage):
+        yield line
 
-    def event(choices: list[ChunkChoice], **extra: object) -> bytes:
-        chunk = ChatCompletionChunk(id=cid, created=created, model=model, choices=choices, **extra)  # type: ignore[arg-type]
-        return b"data: " + enc(chunk) + b"\n\n"
 
-    yield event([ChunkChoice(delta=Delta(role="assistant", content=""))])
-    words = a.text.split(" ")
-    for i, word in enumerate(words):
-        yield event([ChunkChoice(delta=Delta(content=word if i == len(words) - 1 else word + " "))])
-    yield event([ChunkChoice(delta=Delta(), finish_reason="stop")], homeskillet=_extension(a))
+def _ending(a: Answer, cid: str, created: int, model: str, include_usage: bool) -> list[bytes]:
+    lines = [_event(cid, created, model, [ChunkChoice(delta=Delta(), finish_reason="stop")],
+                    homeskillet=_extension(a))]
     if include_usage:
-        yield event([], usage=_usage(a))
-    yield b"data: [DONE]\n\n"
+        lines.append(_event(cid, created, model, [], usage=_usage(a)))
+    return [*lines, b"data: [DONE]\n\n"]
 
 
 async def models(request: Request) -> Response:

@@ -86,6 +86,8 @@ class HomeskilletExtension(msgspec.Struct, kw_only=True):
     kept: bool  # every fragment kept its covenant terms
     pools: list[str]
     fragments: list[FragmentOutcome]
+    strategy: str = ""  # how it was served; "(buffered)" marks what had to wait for whole answers
+    ttft_ms: float | None = None  # streamed: from accepting the query to its first text sent
 
 
 class AssistantMessage(msgspec.Struct, kw_only=True):

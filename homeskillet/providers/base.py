@@ -5,6 +5,9 @@ asking for an unsupported feature raises one error listing every reason.
 Operations, all async: ``quote`` (what can be had now, at what price), ``allocate`` (turn an
 offer into a running allocation, waiting for it to be ready), ``infer`` / ``stream`` (on an
 allocation, or on the pool's standing allocation), ``release``, ``metrics``, ``health``.
+A streamed strike runs ``stream_result``: ``stream``'s pieces handed on as they come, then the
+usage as an ``InferResult`` (estimated from the text unless the connector knows better and
+overrides it); a connector that cannot stream answers with ``infer``'s whole text as one piece.
 
 Connectors that speak HTTP take ``base_url`` (so a simulator on a real port stands in for the
 real service) and an optional injected ``httpx.AsyncClient``; credentials come through
@@ -18,6 +21,7 @@ re-allocated after a preemption or expiry, released on ``close``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import ClassVar, TypeVar
@@ -25,6 +29,7 @@ from typing import ClassVar, TypeVar
 import msgspec
 
 from ..errors import HomeskilletError
+from ..sims.base import count_tokens
 from ..wire import (
     Allocation,
     AllocationMetrics,
@@ -41,6 +46,7 @@ __all__ = [
     "AllocationMetrics",
     "AllocationRequest",
     "Connector",
+    "Emit",
     "Health",
     "InferRequest",
     "InferResult",
@@ -82,6 +88,9 @@ class InferResult(msgspec.Struct, kw_only=True):
     logprob_mean: float | None = None  # mean token log-probability, when the provider returns logprobs
 
 
+Emit = Callable[[str], Awaitable[None]]  # hands one streamed text piece on
+
+
 class Connector:
     provider: ClassVar[str] = ""
     # feature -> why not; every feature in FEATURES not listed here is supported.
@@ -111,6 +120,26 @@ class Connector:
         """Text pieces as the provider produces them."""
         self.require("stream")
         raise NotImplementedError
+
+    async def stream_result(self, req: InferRequest, emit: Emit) -> InferResult:
+        """Stream ``req``: each piece of ``stream`` to ``emit`` as it comes, then the usage. Token
+        counts are estimated from the text here; connectors whose provider reports usage override."""
+        if not self.supports("stream"):
+            res = await self.infer(req)
+            if res.text:
+                await emit(res.text)
+            return res
+        t0 = time.perf_counter()
+        pieces: list[str] = []
+        async with contextlib.aclosing(self.stream(req)) as stream:  # type: ignore[type-var]
+            async for piece in stream:
+                if piece:
+                    pieces.append(piece)
+                    await emit(piece)
+        text = "".join(pieces)
+        prompt = sum(count_tokens(m.content) for m in req.context) + count_tokens(req.prompt)
+        return InferResult(text=text, model=req.model, prompt_tokens=prompt, completion_tokens=count_tokens(text),
+                           latency_ms=(time.perf_counter() - t0) * 1000.0)
 
     async def release(self, allocation: Allocation) -> Release:
         self.require("release")

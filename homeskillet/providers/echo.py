@@ -8,6 +8,13 @@ things strategies react to, all seeded so a run can be repeated:
   strike also waits ``tail_ms`` × a Pareto(``tail_alpha``) draw (≥ 1), from a seeded RNG;
 - ``quality``, ``vary_wrong``, ``logprobs``, ``confidence_right``, ``confidence_wrong``: how
   often it answers "right" and how confident it says it is (``homeskillet.sims.answers``).
+
+``stream`` yields the same text word by word: ``delay_ms`` (and any tail) before the first word,
+then ``ms_per_token`` per token between words, so a streamed strike takes as long as ``infer``.
+Tests steer a stream from the outside (the pool host runs in their process): ``hold(after)``
+makes the next streams wait on an event after ``after`` words, and ``fail_after``/``fail_with``
+(``fail_match``: only for prompts containing it) make them raise mid-stream (a preemption, a
+provider error), to check what a client sees.
 """
 
 from __future__ import annotations
@@ -17,9 +24,10 @@ import random
 import time
 from collections.abc import AsyncIterator
 
+from ..errors import ProviderError
 from ..sims.answers import AnswerModel
 from ..sims.base import count_tokens
-from .base import Connector, InferRequest, InferResult, register
+from .base import Connector, Emit, InferRequest, InferResult, register
 
 __all__ = ["EchoConnector"]
 
@@ -54,6 +62,18 @@ class EchoConnector(Connector):
         self.rng = random.Random(seed)
         self.executed = 0  # strikes actually run (the idempotency tests count these)
         self.cancelled = 0  # strikes stopped mid-run (hedge losers)
+        self.streamed = 0  # pieces yielded by ``stream`` (tests read it)
+        # Test controls for ``stream`` (see the module docstring).
+        self.gate: asyncio.Event | None = None
+        self.hold_after = -1
+        self.fail_after = -1
+        self.fail_match = ""  # fail only streams whose prompt contains this
+        self.fail_with: Exception = ProviderError("echo: the stream failed (test control)", provider="echo")
+
+    def hold(self, after: int = 1) -> asyncio.Event:
+        """Make streams wait after ``after`` pieces until the returned event is set."""
+        self.gate, self.hold_after = asyncio.Event(), after
+        return self.gate
 
     def right(self, prompt: str) -> bool:
         """Whether this pool answers ``prompt`` as a quality-1 pool would."""
@@ -91,6 +111,35 @@ class EchoConnector(Connector):
         )
 
     async def stream(self, req: InferRequest) -> AsyncIterator[str]:
-        result = await self.infer(req)
-        for word in result.text.split(" "):
-            yield word + " "
+        self.executed += 1
+        text = self._text(req)
+        words = text.split(" ")
+        completion = count_tokens(text)
+        per_word = self.ms_per_token * completion / len(words)
+        first = self._wait_ms(completion) - self.ms_per_token * completion  # delay and tail: before the first word
+        try:
+            for i, word in enumerate(words):
+                wait = first if i == 0 else per_word
+                if wait > 0:
+                    await asyncio.sleep(wait / 1000.0)
+                if i == self.fail_after and self.fail_match in req.prompt:
+                    raise self.fail_with
+                if i == self.hold_after and self.gate is not None:
+                    await self.gate.wait()
+                self.streamed += 1
+                yield word if i == len(words) - 1 else word + " "
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+    async def stream_result(self, req: InferRequest, emit: Emit) -> InferResult:
+        """The pieces of ``stream``, then the same usage ``infer`` reports (so streaming costs the same)."""
+        t0 = time.perf_counter()
+        pieces: list[str] = []
+        async for piece in self.stream(req):
+            pieces.append(piece)
+            await emit(piece)
+        text = "".join(pieces)
+        return InferResult(text=text, model=req.model, prompt_tokens=count_tokens(req.prompt),
+                           completion_tokens=count_tokens(text), latency_ms=(time.perf_counter() - t0) * 1000.0,
+                           logprob_mean=self.answers.logprob_mean(req.prompt))

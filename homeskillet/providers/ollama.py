@@ -23,7 +23,7 @@ import msgspec
 
 from ..errors import BadRequest, HomeskilletError, ProviderError
 from ..telemetry import get_logger
-from .base import AllocationRequest, Connector, Health, InferRequest, InferResult, ProviderOffer, register
+from .base import AllocationRequest, Connector, Emit, Health, InferRequest, InferResult, ProviderOffer, register
 from .http import make_client
 from .ollama_api import (
     ChatBody,
@@ -210,6 +210,22 @@ class OllamaConnector(Connector):
                            completion_tokens=done.eval_count, latency_ms=(time.perf_counter() - t0) * 1000.0)
 
     async def stream(self, req: InferRequest) -> AsyncIterator[str]:
+        async for piece in self._stream(req, None):
+            yield piece
+
+    async def stream_result(self, req: InferRequest, emit: Emit) -> InferResult:
+        """A streamed strike with the node's own token counts (from its final chunk)."""
+        t0 = time.perf_counter()
+        pieces: list[str] = []
+        final: list[Completion] = []
+        async for piece in self._stream(req, final):
+            pieces.append(piece)
+            await emit(piece)
+        done = final[-1]
+        return InferResult(text="".join(pieces), model=req.model, prompt_tokens=done.prompt_eval_count,
+                           completion_tokens=done.eval_count, latency_ms=(time.perf_counter() - t0) * 1000.0)
+
+    async def _stream(self, req: InferRequest, final: list[Completion] | None) -> AsyncIterator[str]:
         body = self._body(req, stream=True)
         with self.load.track():
             async with contextlib.aclosing(self.chunks(body, timeout_s=req.deadline_ms / 1000.0 or None)) as chunks:
@@ -217,7 +233,9 @@ class OllamaConnector(Connector):
                     if chunk.text:
                         yield chunk.text
                     if chunk.done:
-                        self._finished(body.model, chunk, "")
+                        done = self._finished(body.model, chunk, "")
+                        if final is not None:
+                            final.append(done)
                         return
         raise ProviderError(f"{self.name}: the stream ended before its final chunk", provider="ollama")
 

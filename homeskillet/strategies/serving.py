@@ -2,6 +2,12 @@
 map → reduce for long parts, then the parts fused (ordered merge, or reduce by a model).
 
 ``plan`` is pure given the quote book; ``serve_plan`` does the striking through a ``Run``.
+
+Streamed (a ``TextSink`` given): a part served by a single strike streams live, in answer order
+(``streaming.AnswerStream``). What must wait for whole answers streams its text when it is known,
+and the answer's strategy says so with "(buffered)": cascade and ensemble (they judge or vote on
+whole answers), a hedged fragment (two strikes race), a long part (map → reduce), and the parts
+of a reduce fusion (the reduce strike itself streams).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from ..cache import CacheHit, ResultCache
 from ..covenant import CovenantBook
 from ..errors import HomeskilletError
 from ..fuse import Piece, ordered_merge, reduce_prompt
+from ..streaming import AnswerStream, PartStream, TextSink
 from ..wire import Covenant, Fragment, FragmentOutcome, Offer, Query
 from .cascade import cascade
 from .ensemble import ensemble
@@ -38,10 +45,18 @@ class Plan(msgspec.Struct, kw_only=True):
 
     @property
     def strategy(self) -> str:
+        return self.describe()
+
+    def describe(self, *, streamed: bool = False) -> str:
+        """How the plan serves, e.g. "question+single+fuse:ordered"; streamed, each word that must
+        wait for whole answers says "(buffered)"."""
         st = self.cov.strategy
+        b = " (buffered)" if streamed else ""
         roles = {p.role for p in self.analysis.parts}
-        shape = "+".join(r for r in ("question", "long") if r in roles) or "whole"
-        words = [shape, st.serve] + (["hedge"] if st.hedge.enabled else []) + [f"fuse:{self.cov.fusion}"]
+        shape = "+".join(r + (b if r == "long" else "") for r in ("question", "long") if r in roles) or "whole"
+        serve = st.serve + (b if st.serve != "single" else "")
+        fusion = f"fuse:{self.cov.fusion}" + (b if self.cov.fusion == "reduce" and len(self.analysis.parts) > 1 else "")
+        words = [shape, serve] + ([f"hedge{b}"] if st.hedge.enabled else []) + [fusion]
         if self.cov.cache.mode != "off":
             words.append(f"cache:{self.cov.cache.mode}")
         return "+".join(words)
@@ -50,6 +65,7 @@ class Plan(msgspec.Struct, kw_only=True):
 class Result(msgspec.Struct, kw_only=True):
     text: str
     outcomes: list[FragmentOutcome]
+    ttft_ms: float | None = None  # streamed: from the start of the query to its first text sent
 
 
 def plan(query: Query, book: CovenantBook, offers: Sequence[Offer], *, max_fragments: int = 16) -> Plan:
@@ -80,31 +96,50 @@ def _from_cache(frag: Fragment, hit: CacheHit) -> FragmentOutcome:
     )
 
 
-async def serve_plan(run: Run, p: Plan, cache: ResultCache) -> Result:
-    cov, tenant = p.cov, run.query.tenant
+def _prefixes(prompts: list[str]) -> list[str]:
+    """What ``ordered_merge`` puts before each part's text (nothing for a lone part)."""
+    if len(prompts) == 1:
+        return [""]
+    return [f"{'' if i == 0 else chr(10) * 2}{i + 1}. {q}\n" for i, q in enumerate(prompts)]
 
-    async def serve_mode(frag: Fragment) -> Served:
+
+async def serve_plan(run: Run, p: Plan, cache: ResultCache, sink: TextSink | None = None,
+                     t0: float | None = None) -> Result:
+    """Serve the plan; with ``sink``, stream the answer's text to it as it comes (``t0``: when the
+    query was accepted, for the time to first token)."""
+    cov, tenant = p.cov, run.query.tenant
+    prompts = [part.instruction or part.text if part.role == "long" else part.text for part in p.analysis.parts]
+    reduced = cov.fusion == "reduce" and len(prompts) > 1
+    out = None if sink is None else AnswerStream(sink, [""] if reduced else _prefixes(prompts), t0)
+
+    async def serve_mode(frag: Fragment, stream: PartStream | None = None) -> Served:
         st = cov.strategy
         match st.serve:
             case "ensemble":
                 return await ensemble(run, frag, st.ensemble)
             case "cascade":
                 return await cascade(run, frag, st.cascade)
-        return await run.serve(frag)
+        return await run.serve(frag, stream)
 
-    async def serve_cached(frag: Fragment) -> Served:
+    async def serve_cached(frag: Fragment, stream: PartStream | None = None) -> Served:
         hit = cache.get(tenant, cov.covenant_id, frag, cov.cache)
         if hit is not None:
             return Served(outcome=_from_cache(frag, hit), text=hit.text)
-        served = await serve_mode(frag)
+        served = await serve_mode(frag, stream)
         if not served.outcome.degraded and not served.outcome.cached:
             cache.put(tenant, cov.covenant_id, frag, served.text, served.outcome, cov.cache)
         return served
 
     async def serve_part(i: int, part: Part, frags: list[Fragment]) -> Served:
+        stream = None if out is None or reduced else out.part(i)
         if part.role == "long":
-            return await map_reduce(p.analysis, i, part.instruction, frags, serve_cached, serve_mode, p.chunk_tokens)
-        return await serve_cached(frags[0])
+            served = await map_reduce(p.analysis, i, part.instruction, frags, serve_cached, serve_mode,
+                                      p.chunk_tokens)
+        else:
+            served = await serve_cached(frags[0], stream)
+        if stream is not None:
+            stream.finish(served.text)
+        return served
 
     results = await _gather([serve_part(i, part, frags) for i, (part, frags)
                              in enumerate(zip(p.analysis.parts, p.fragments, strict=True))])
@@ -114,7 +149,6 @@ async def serve_plan(run: Run, p: Plan, cache: ResultCache) -> Result:
                 raise r
             raise HomeskilletError(f"internal error serving query {run.query.query_id}: {r!r}") from r
     parts: list[Served] = [r for r in results if isinstance(r, Served)]
-    prompts = [part.instruction or part.text if part.role == "long" else part.text for part in p.analysis.parts]
     pieces = [Piece(fragment_id=s.outcome.fragment_id, prompt=q, text=s.text) for q, s in zip(prompts, parts,
                                                                                                 strict=True)]
     outcomes: list[FragmentOutcome] = []
@@ -122,16 +156,25 @@ async def serve_plan(run: Run, p: Plan, cache: ResultCache) -> Result:
         a = p.analysis
         reducer = make_fragment(a, f"{a.query_id}.reduce", sum(len(f) for f in p.fragments), -1,
                                 reduce_prompt(a.prompt if len(a.prompt) < 2000 else "", pieces), "reduce")
-        final = await serve_mode(reducer)
+        final = await serve_mode(reducer, out.part(0) if out is not None else None)
         for k, s in enumerate(parts):
             outcomes += [*s.others, _note(s.outcome, f"part {k + 1}/{len(parts)}, fed to the reduce")]
         last = msgspec.structs.replace(final.outcome, role="reduce", contribution=f"reduce of {len(parts)} parts")
         outcomes += [*final.others, last]
-        return Result(text=final.text, outcomes=outcomes)
+        return _result(final.text, outcomes, out)
     fused = ordered_merge(pieces)
     for s, note in zip(parts, fused.notes, strict=True):
         outcomes += [*s.others, _note(s.outcome, note) if len(parts) > 1 else s.outcome]
-    return Result(text=fused.text, outcomes=outcomes)
+    return _result(fused.text, outcomes, out)
+
+
+def _result(text: str, outcomes: list[FragmentOutcome], out: AnswerStream | None) -> Result:
+    if out is None:
+        return Result(text=text, outcomes=outcomes)
+    if out.parts and not out.parts[-1].done:
+        out.parts[-1].finish(text)  # the reduce part
+    out.close(text)
+    return Result(text=text, outcomes=outcomes, ttft_ms=out.ttft_ms)
 
 
 async def _gather(coros: list[Coroutine[Any, Any, T]]) -> list[T | BaseException]:

@@ -11,6 +11,7 @@ from typing import Protocol
 import msgspec
 
 from ..covenant import Step
+from ..streaming import PartStream
 from ..wire import Covenant, Fragment, FragmentOutcome, Offer, Query
 
 __all__ = ["Run", "Served"]
@@ -32,8 +33,9 @@ class Run(Protocol):
     query: Query
     cov: Covenant
 
-    async def serve(self, frag: Fragment) -> Served:
-        """Serve along the covenant's whole fallback chain (raises when nothing can)."""
+    async def serve(self, frag: Fragment, stream: PartStream | None = None) -> Served:
+        """Serve along the covenant's whole fallback chain (raises when nothing can); ``stream``
+        gets the text as the strike produces it."""
         ...
 
     async def serve_on(self, frag: Fragment, step: Step) -> Served | None:

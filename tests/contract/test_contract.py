@@ -6,6 +6,7 @@ naming the reason; everything else must work the same way on every provider.
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from conftest import Served
 
@@ -136,3 +137,27 @@ async def test_bad_key_is_refused_and_never_echoed(served: Served) -> None:
         assert bad not in str(info.value) and bad not in repr(info.value.args)
     finally:
         await conn.close()
+
+
+async def test_stream_result_hands_on_each_piece_then_the_usage(served: Served) -> None:
+    """What a streamed strike runs: the pieces the pool host sends on as chunks, joined, are the
+    result's text; a connector that cannot stream hands on its whole text as one piece."""
+    pair = served.pair
+    conn = pair.make_connector(served.url, pair.api_key)
+    pieces: list[str] = []
+
+    async def emit(piece: str) -> None:
+        pieces.append(piece)
+
+    try:
+        req = InferRequest(strike_id="c-sr", model=pair.model, prompt="Stream this too", max_tokens=12)
+        res = await conn.stream_result(req, emit)
+        plain = await conn.infer(msgspec.structs.replace(req, strike_id="c-sr2"))
+    finally:
+        await conn.close()
+    assert pieces and "".join(pieces) == res.text and res.text.strip()
+    assert res.prompt_tokens > 0 and res.completion_tokens > 0
+    if plain.billed_usd is not None:  # a provider that states its bill states it for a stream too
+        assert res.billed_usd is not None and res.billed_usd >= 0
+    if not conn.supports("stream"):
+        assert len(pieces) == 1

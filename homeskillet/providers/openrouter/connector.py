@@ -24,7 +24,8 @@ from httpx_sse import aconnect_sse
 
 from ...errors import HomeskilletError, ProviderError, RateLimited
 from ...secrets import resolve_secret
-from ..base import AllocationRequest, Connector, Health, InferRequest, InferResult, ProviderOffer, register
+from ...sims.base import count_tokens
+from ..base import AllocationRequest, Connector, Emit, Health, InferRequest, InferResult, ProviderOffer, register
 from ..cooldown import Cooldown
 from ..http import make_client, retry_after
 from .wire import (
@@ -223,6 +224,28 @@ class OpenRouterConnector(Connector):
 
     async def stream(self, req: InferRequest) -> AsyncIterator[str]:
         """Text pieces from OpenRouter's SSE chunks; an error event mid-stream raises."""
+        async for piece in self._stream(req, None):
+            yield piece
+
+    async def stream_result(self, req: InferRequest, emit: Emit) -> InferResult:
+        """A streamed strike, priced from the usage (and cost) OpenRouter sends in its last chunk."""
+        t0 = time.perf_counter()
+        pieces: list[str] = []
+        last: list[tuple[Usage, str]] = []
+        async for piece in self._stream(req, last):
+            pieces.append(piece)
+            await emit(piece)
+        text = "".join(pieces)
+        if not last:  # no usage chunk: estimate, as the base class does
+            usage, ran = Usage(prompt_tokens=count_tokens(req.prompt), completion_tokens=count_tokens(text)), \
+                self._model_for(req.model)
+        else:
+            usage, ran = last[-1]
+        return InferResult(text=text, model=ran, prompt_tokens=usage.prompt_tokens,
+                           completion_tokens=usage.completion_tokens, latency_ms=(time.perf_counter() - t0) * 1000.0,
+                           billed_usd=await self._cost(usage, ran))
+
+    async def _stream(self, req: InferRequest, usage_out: list[tuple[Usage, str]] | None) -> AsyncIterator[str]:
         self._cooldown.check()
         headers = {**self._auth(), "content-type": "application/json"}
         sent = 0
@@ -240,6 +263,8 @@ class OpenRouterConnector(Connector):
                     if chunk.error is not None or any(c.finish_reason == "error" for c in chunk.choices):
                         usage = chunk.usage or Usage()  # without usage, count the pieces already sent
                         raise failure(chunk.model, chunk.error, usage.completion_tokens or sent, usage.cost)
+                    if chunk.usage is not None and usage_out is not None:
+                        usage_out.append((chunk.usage, chunk.model or self._model_for(req.model)))
                     for choice in chunk.choices:
                         if choice.delta.content:
                             sent += 1
