@@ -333,6 +333,17 @@ class Orchestrator:
         tried.append(f"queue: no capacity within {cov.fallback.queue_max_wait_ms} ms")
         return None
 
+    async def _abandon(self, strike: Strike, why: str, *, sent: bool) -> None:
+        """Tell the pool a strike will not be waited for: a run still going stops (it would bill a
+        time-priced pool for nothing), and a Contract Net lease is freed now, not at its expiry."""
+        if not sent and strike.lease_id is None:
+            return  # nothing was sent and nothing is leased: the pool knows nothing of it
+        try:
+            await self.nc.publish(self.subjects.agent(strike.pool),
+                                  encode(CancelStrike(strike_id=strike.strike_id, pool=strike.pool, reason=why)))
+        except Exception as exc:  # best effort: the lease still expires, the run still ends at its deadline
+            log.warning("cancel_publish_failed", strike_id=strike.strike_id, pool=strike.pool, error=repr(exc))
+
     async def execute(self, strike: Strike, cov: Covenant, price_usd: float,
                       deadline: float) -> tuple[StrikeOk, float]:
         """Hold budget → strike → settle → verdict. Settlement is idempotent per strike_id, so a
@@ -343,16 +354,17 @@ class Orchestrator:
         ``strike.max_price_usd``). The charge never exceeds it: a provider that bills more is
         charged at the hold, and the difference is logged and counted as the pool's loss."""
         budget = cov.cost.tenant_budget_usd
-        if budget is not None:
-            await self.ledger.call(Hold(strike.tenant, strike.strike_id, price_usd, budget))
-        shared = False
+        held = shared = False
         try:
+            if budget is not None:
+                held = await self.ledger.call(Hold(strike.tenant, strike.strike_id, price_usd, budget))
             if self.budgets is not None:
                 shared = await self.budgets.hold(strike.tenant, strike.strike_id, price_usd,
                                                  ttl_s=max(0.0, deadline - time.monotonic()))
         except BaseException:
-            if budget is not None:
+            if held:
                 self.ledger.tell(Release(strike.strike_id))
+            await self._abandon(strike, "its budget hold was refused", sent=False)
             raise
         t0 = time.monotonic()
         try:
@@ -362,6 +374,7 @@ class Orchestrator:
                 self.ledger.tell_soon(Release(strike.strike_id))
             if shared and self.budgets is not None:
                 await self.budgets.release(strike.tenant, strike.strike_id)
+            await self._abandon(strike, "lost, late or stopped before its result came", sent=True)
             raise
         elapsed = (time.monotonic() - t0) * 1000.0
         result = cap_charge(result, price_usd)

@@ -253,6 +253,8 @@ class PoolHost:
     async def _run(self, strike: Strike) -> StrikeResult:
         pool, sid = self.spec.name, strike.strike_id
         if strike.deadline_ms and time.time() * 1000 > strike.deadline_ms:
+            if strike.lease_id is not None:
+                self.agent.tell(ReleaseLease(strike_id=sid))  # it will never run: free its award
             return StrikeFailure(strike_id=sid, pool=pool, code="deadline_exceeded",
                                  message="the strike arrived after its deadline", retryable=False)
         lease_id: str | None = None
@@ -269,6 +271,8 @@ class PoolHost:
                 return StrikeFailure(strike_id=sid, pool=pool, code="lease_rejected", message=why)
             lease_id = None  # the host, not the agent, accounts for it
         if sid in self.cancels:  # cancelled before it started: nothing ran, nothing billed
+            if lease_id is not None:
+                self.agent.tell(ReleaseLease(lease_id))
             return StrikeCancelled(strike_id=sid, pool=pool, message="cancelled before it started")
         self.active += 1
         f = strike.fragment
@@ -379,6 +383,9 @@ class PoolHost:
                 log.debug("bid_rejected", pool=self.spec.name, cfp_id=m.cfp_id, reason=m.reason)
             case CancelStrike():
                 stopped = self.cancel(m.strike_id)
+                # A strike under an award that will not come (its hold was refused) or is stopped:
+                # free its lease now rather than at its expiry. A running strike's own end frees it too.
+                self.agent.tell(ReleaseLease(strike_id=m.strike_id))
                 log.debug("strike_cancel", pool=self.spec.name, strike_id=m.strike_id, stopped=stopped,
                           reason=m.reason)
             case Reserve() | FreeAllocation() | MetricsAsk():
