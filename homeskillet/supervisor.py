@@ -144,7 +144,14 @@ class Supervised:
     async def call(self, msg: Any, timeout: float = 10.0) -> Any:
         call, fut = Call.new(msg)
         self.tell(call)
-        return await asyncio.wait_for(fut, timeout)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            # Said loudly: a caller on the query path waited the whole timeout for this actor.
+            log.error("actor_call_timeout", actor=self.name, message=type(msg).__name__, timeout_s=timeout,
+                      alive=self._ref.is_alive(), inbox_empty=self._ref.actor_inbox.empty())
+            raise HomeskilletError(f"actor {self.name} did not answer {type(msg).__name__} within {timeout:g}s; "
+                                   "try again") from None
 
     def _crashed(self, actor: HsActor, exc: BaseException) -> None:
         """On the crashed actor's thread: start the next incarnation and hand it, in order, what
@@ -174,6 +181,10 @@ class Supervised:
         for msg in pending:
             ref.tell(msg)
         with self._lock:
+            # A tell that saw the old incarnation alive may have put its message after the drain
+            # above (a thread switch between pykka's alive check and its put): move those too.
+            while not actor.actor_inbox.empty():
+                ref.tell(actor.actor_inbox.get().message)
             for msg in self._restarting:
                 ref.tell(msg)
             self._restarting = []

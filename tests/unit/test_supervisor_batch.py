@@ -128,3 +128,16 @@ async def test_a_tell_during_a_restart_never_blocks_the_loop_and_keeps_its_order
     state.gate.set()
     assert await answer == ["before", "during-1", "during-2"]
     assert state.incarnations == 2
+
+
+async def test_a_call_that_times_out_says_which_actor_and_message(supervisor: Supervisor) -> None:
+    from homeskillet.errors import HomeskilletError
+
+    state = Gated()
+    actor = supervisor.start("slow", SlowRestart, state)
+    actor.tell("boom")
+    assert await asyncio.to_thread(state.restarting.wait, 10)  # held down: nothing answers
+    with pytest.raises(HomeskilletError, match=r"actor slow did not answer str within 0.05s"):
+        await actor.call("?", timeout=0.05)
+    state.gate.set()
+    assert await actor.call("?") == []
