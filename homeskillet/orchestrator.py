@@ -10,6 +10,7 @@ accepted query ends in an Answer or an explicit HomeskilletError; nothing is dro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 
@@ -22,6 +23,7 @@ from .budgets import Budgets
 from .cache import ResultCache
 from .covenant import CovenantBook, Step, fallback_chain
 from .errors import (
+    BudgetExceeded,
     Cancelled,
     DeadlineExceeded,
     HomeskilletError,
@@ -354,17 +356,22 @@ class Orchestrator:
         ``strike.max_price_usd``). The charge never exceeds it: a provider that bills more is
         charged at the hold, and the difference is logged and counted as the pool's loss."""
         budget = cov.cost.tenant_budget_usd
-        held = shared = False
+        shared = False
         try:
             if budget is not None:
-                held = await self.ledger.call(Hold(strike.tenant, strike.strike_id, price_usd, budget))
+                await self.ledger.call(Hold(strike.tenant, strike.strike_id, price_usd, budget))
             if self.budgets is not None:
                 shared = await self.budgets.hold(strike.tenant, strike.strike_id, price_usd,
                                                  ttl_s=max(0.0, deadline - time.monotonic()))
-        except BaseException:
-            if held:
+        except BaseException as exc:
+            # Released whatever the failure: a hold may have been taken after we stopped waiting
+            # for it (cancelled, timed out). Both releases are idempotent per strike id.
+            if budget is not None:
                 self.ledger.tell(Release(strike.strike_id))
-            await self._abandon(strike, "its budget hold was refused", sent=False)
+            if self.budgets is not None and not isinstance(exc, BudgetExceeded):
+                with contextlib.suppress(HomeskilletError):
+                    await self.budgets.release(strike.tenant, strike.strike_id)
+            await self._abandon(strike, "its budget hold was refused or not confirmed", sent=False)
             raise
         t0 = time.monotonic()
         try:

@@ -147,7 +147,8 @@ def test_tenant_settings_are_strict(tmp_path, monkeypatch) -> None:  # type: ign
 # --- every price model: the hold covers the worst the strike can cost, the charge never exceeds it ---
 
 RACE_BUDGET = 0.032
-HOURLY = 2.304  # a 5 s hard deadline holds $0.0032: ten fit in the budget at once
+HOURLY = 0.384  # the 30 s hard deadline holds $0.0032: ten fit in the budget at once
+SLOW = {"delay_ms": 200.0}  # 4 slots: the 200th strike would wait 10 s for one
 
 
 async def race(rt: Runtime, n: int, tenant: str, **query: object) -> Counter[str]:
@@ -161,41 +162,41 @@ async def race(rt: Runtime, n: int, tenant: str, **query: object) -> Counter[str
             return "refused"
         except HomeskilletError as exc:
             return exc.code
-    return Counter(await asyncio.gather(*(one(i) for i in range(n))))
+    counts = Counter(await asyncio.gather(*(one(i) for i in range(n))))
+    # Liveness, not speed: on a loaded machine some may run out of time, but none fails otherwise.
+    assert set(counts) <= {"answered", "refused", "deadline_exceeded"}, counts
+    assert counts["answered"] >= 1 and counts["refused"] >= 100, counts
+    return counts
 
 
 async def test_time_priced_race_never_overspends(nats_url: str) -> None:
     """200 at once on a pool priced by the hour, slow enough that strikes queue: the predicted
-    price is far below what a strike costs once it waits for a slot (before: $0.155 charged
-    against $0.032). The hold is the hourly price for the time left to the hard deadline, so what
-    is charged stays inside the budget, in the shared budget and in the process ledger alike.
-    (How many are answered depends on the machine's load; that some are, and none overspends, not.)"""
-    pool = echo_pool(usd_per_mtok_in=0.0, usd_per_mtok_out=0.0, usd_per_hour=HOURLY, capacity=4,
-                     options={"delay_ms": 40.0})
+    price is far below what a strike costs once it waits for a slot (the code before charged
+    several times the budget here). The hold is the hourly price for the time left to the hard
+    deadline, so what is charged stays inside the budget, in the shared budget and in the process
+    ledger alike. (How many are answered depends on the machine's load; that none overspends, not.)"""
+    pool = echo_pool(usd_per_mtok_in=0.0, usd_per_mtok_out=0.0, usd_per_hour=HOURLY, capacity=4, options=SLOW)
     s = Settings(nats=[nats_url], prefix=f"t{uuid.uuid4().hex[:10]}", pools=[pool],
                  tenants={"hourly": TenantSettings(daily_usd=RACE_BUDGET)})
     async with Runtime(s) as rt:
-        counts = await race(rt, 200, "hourly", overrides={"qos": {"hard_deadline_ms": 5000}})
+        counts = await race(rt, 200, "hourly")
         assert rt.gateway is not None
         status = (await rt.gateway.usage("hourly")).budget
         assert status is not None and status.held_usd == 0.0
         assert status.spent_day_usd <= RACE_BUDGET, (status.spent_day_usd, counts)  # overspend <= 0
-        assert counts["answered"] >= 1 and counts["refused"] >= 150, counts  # at most 10 held at once
         report = await rt.ledger_report("hourly")
         assert report.spent_usd["hourly"] == pytest.approx(status.spent_day_usd)
 
 
 async def test_time_priced_race_against_a_covenant_budget(nats_url: str) -> None:
     """The same race against the covenant's own ``cost.tenant_budget_usd`` (the ledger actor)."""
-    pool = echo_pool(usd_per_mtok_in=0.0, usd_per_mtok_out=0.0, usd_per_hour=HOURLY, capacity=4,
-                     options={"delay_ms": 40.0})
+    pool = echo_pool(usd_per_mtok_in=0.0, usd_per_mtok_out=0.0, usd_per_hour=HOURLY, capacity=4, options=SLOW)
     s = Settings(nats=[nats_url], prefix=f"t{uuid.uuid4().hex[:10]}", pools=[pool])
     async with Runtime(s) as rt:
-        counts = await race(rt, 200, "cov", overrides={"qos": {"hard_deadline_ms": 5000},
-                                                       "cost": {"tenant_budget_usd": RACE_BUDGET}})
+        counts = await race(rt, 200, "cov", overrides={"cost": {"tenant_budget_usd": RACE_BUDGET}})
         report = await rt.ledger_report("cov")
         assert report.spent_usd["cov"] <= RACE_BUDGET, (report.spent_usd, counts)
-        assert not report.held_usd.get("cov") and counts["answered"] >= 1 and counts["refused"] >= 150, counts
+        assert not report.held_usd.get("cov"), report
 
 
 async def test_token_priced_race_never_overspends(nats_url: str) -> None:
@@ -212,4 +213,3 @@ async def test_token_priced_race_never_overspends(nats_url: str) -> None:
         status = (await rt.gateway.usage("tokens")).budget
         assert status is not None and status.held_usd == 0.0
         assert status.spent_day_usd <= budget, (status.spent_day_usd, counts)
-        assert counts["answered"] >= 1 and counts["refused"] >= 150, counts
