@@ -13,6 +13,7 @@ the rest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Iterable
@@ -32,6 +33,7 @@ from .wire import (
     Award,
     Bid,
     CallForProposals,
+    CancelStrike,
     Covenant,
     ErrorReply,
     Fragment,
@@ -216,6 +218,10 @@ class Negotiator:
         try:
             msg = await self.nc.request(self.subjects.agent(winner.bid.pool), encode(award), timeout=2.0)
         except Exception as exc:
+            # It may have leased and its answer got lost: the cancel frees that lease now.
+            with contextlib.suppress(Exception):
+                await self.nc.publish(self.subjects.agent(winner.bid.pool), encode(CancelStrike(
+                    strike_id=strike_id, pool=winner.bid.pool, reason="the award went unconfirmed")))
             raise LeaseRejected(f"{winner.bid.pool} did not confirm the award: {exc!r}") from None
         reply = msgspec.json.decode(msg.data, type=Lease | ErrorReply)
         if isinstance(reply, ErrorReply):

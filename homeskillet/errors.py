@@ -13,6 +13,7 @@
     ├── NoPoolError                  no pool can meet the covenant; names each unmet term (503)
     ├── BudgetExceeded               the tenant's budget cannot cover the hold (402)
     ├── TenantRateLimited            the tenant is over its requests/tokens per minute (429)
+    ├── SharedStateUnavailable       JetStream KV (budgets, limits) did not answer in time (503, retryable)
     ├── StrikeFailed                 a strike did not return a result (retryable on fallback)
     │   ├── Preempted                the pool evicted the strike mid-inference
     │   ├── Cancelled                we stopped the strike (a hedge lost the race); .billed_usd
@@ -49,6 +50,7 @@ __all__ = [
     "ProviderAuthError",
     "ProviderError",
     "RateLimited",
+    "SharedStateUnavailable",
     "StreamInterrupted",
     "StrikeFailed",
     "TenantRateLimited",
@@ -240,3 +242,11 @@ class Cancelled(StrikeFailed):
     def __init__(self, message: str, *, billed_usd: float = 0.0) -> None:
         super().__init__(message)
         self.billed_usd = billed_usd
+
+
+class SharedStateUnavailable(HomeskilletError):
+    """JetStream KV (tenant budgets, rate limits) did not answer in time; the request may be retried."""
+
+    code = "shared_state_unavailable"
+    status = 503
+    retryable = True

@@ -18,12 +18,13 @@ import re
 from collections.abc import Callable
 from typing import TypeVar
 
+import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from .errors import HomeskilletError
+from .errors import HomeskilletError, SharedStateUnavailable
 
 __all__ = ["KvCell", "bucket_name", "key_token", "open_bucket"]
 
@@ -67,7 +68,13 @@ class KvCell:
             entry = await self.kv.get(key)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return None, 0
+        except (TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise self._unavailable(key, exc) from None
         return entry.value, entry.revision or 0
+
+    def _unavailable(self, key: str, exc: Exception) -> SharedStateUnavailable:
+        return SharedStateUnavailable(f"shared state {self.name}/{key}: JetStream did not answer ({exc!r}); "
+                                      "try again")
 
     async def cas(self, key: str, change: Callable[[bytes | None], tuple[bytes | None, T]]) -> T:
         """Apply ``change`` atomically; returns what ``change`` returned beside the new value.
@@ -82,6 +89,10 @@ class KvCell:
                 try:
                     await self.kv.update(key, new, last=revision)
                     return result
+                except (TimeoutError, nats.errors.NoRespondersError) as exc:
+                    # The write may or may not have landed: the caller's change is idempotent per
+                    # id (a hold, a settle), and its failure path releases what it asked for.
+                    raise self._unavailable(key, exc) from None
                 except nats.js.errors.KeyWrongLastSequenceError:
                     # Another instance wrote first: back off a little (spreads the contenders), re-read.
                     await asyncio.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 20)))

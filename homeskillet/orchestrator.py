@@ -14,6 +14,7 @@ A streamed query (``serve(..., stream=sink)``) passes each strike's chunks on as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 
@@ -26,6 +27,7 @@ from .budgets import Budgets
 from .cache import ResultCache
 from .covenant import CovenantBook, Step, fallback_chain
 from .errors import (
+    BudgetExceeded,
     Cancelled,
     DeadlineExceeded,
     HomeskilletError,
@@ -40,13 +42,13 @@ from .fuse import fuse
 from .ids import new_id
 from .ledger import Hold, Release, Settle
 from .parking import ParkingLot
-from .scoring import Ranked
+from .scoring import Ranked, hold_usd
 from .strategies import Served, backup_for, from_logprob, hedge_delay_ms, hedged_execute, plan, serve_plan
 from .streaming import PartStream, TextSink
 from .strike import Dispatcher, OnChunk
 from .subjects import Subjects
 from .supervisor import Supervised
-from .telemetry import FALLBACKS, get_logger
+from .telemetry import FALLBACKS, POOL_LOSS_USD, get_logger, labelled
 from .wire import (
     Answer,
     CancelStrike,
@@ -61,11 +63,12 @@ from .wire import (
     StrikeFailure,
     StrikeOk,
     StrikePreemption,
+    StrikeResult,
     Verdict,
     encode,
 )
 
-__all__ = ["Orchestrator", "fallback_plan", "judge"]
+__all__ = ["Orchestrator", "cap_charge", "fallback_plan", "judge"]
 
 log = get_logger("homeskillet.orchestrator")
 
@@ -147,15 +150,20 @@ class Orchestrator:
         cov = self.covenants.resolve(query)
         fragments = analyze(query, cov, max_fragments=self.max_fragments)
         deadline = t0 + cov.qos.hard_deadline_ms / 1000.0
+        # A strike on an allocation costs nothing itself (the reservation pays by the hour): it
+        # holds 0. On a pinned pool it is priced like any strike and holds its worst case.
+        rates = next((o for o in self.negotiator.pools() if o.pool == res.pool), None) or _Rates(res.usd_per_hour)
 
         async def one(frag: Fragment) -> tuple[FragmentOutcome, str]:
+            left = deadline - time.monotonic()
+            hold = 0.0 if res.allocation is not None else hold_usd(rates, frag.prompt_tokens, frag.max_tokens, left)
             strike = Strike(strike_id=new_id(), query_id=query.query_id, tenant=query.tenant,
                             covenant_id=cov.covenant_id, pool=res.pool, fragment=frag,
                             model=res.model or cov.resources.model, allocation=res.allocation,
-                            deadline_ms=int((time.time() + deadline - time.monotonic()) * 1000),
+                            max_price_usd=hold, deadline_ms=int((time.time() + left) * 1000),
                             trace_id=query.trace_id)
             try:
-                ok, elapsed = await self.execute(strike, cov, 0.0, deadline)
+                ok, elapsed = await self.execute(strike, cov, hold, deadline)
             except (StrikeFailed, LeaseRejected) as exc:
                 exc.tried = (f"{res.pool} (reservation {res.reservation_id}): {exc.message}",)
                 raise
@@ -234,7 +242,7 @@ class Orchestrator:
                 strike = self._strike(query, cov, frag, choice, strike_id, lease_id, deadline)
                 backup = backup_for(cov, ranked, cfp_id is not None)
                 if backup is None:
-                    ok, elapsed = await self.execute(strike, cov, choice.bid.price_usd, deadline,
+                    ok, elapsed = await self.execute(strike, cov, strike.max_price_usd, deadline,
                                                      stream.emit if stream is not None else None)
                 else:  # hedged: two strikes race, so the fragment's text comes whole (buffered)
                     ok, elapsed, choice, strike, losers = await self._hedged(query, cov, frag, strike, choice,
@@ -273,11 +281,15 @@ class Orchestrator:
 
     def _strike(self, query: Query, cov: Covenant, frag: Fragment, choice: Ranked, strike_id: str,
                 lease_id: str | None, deadline: float) -> Strike:
+        # The strike carries its hold (the worst it can cost), not the bid's prediction: the host
+        # charges no more than that, and the budgets hold exactly that.
+        left = deadline - time.monotonic()
+        hold = max(choice.bid.price_usd, hold_usd(choice.bid.offer, frag.prompt_tokens, frag.max_tokens, left))
         return Strike(
             strike_id=strike_id, query_id=query.query_id, tenant=query.tenant, covenant_id=cov.covenant_id,
             pool=choice.bid.pool, fragment=frag, model=choice.bid.model, lease_id=lease_id,
-            quote_seq=choice.bid.quote_seq, max_price_usd=choice.bid.price_usd,
-            deadline_ms=int((time.time() + deadline - time.monotonic()) * 1000), trace_id=query.trace_id,
+            quote_seq=choice.bid.quote_seq, max_price_usd=hold,
+            deadline_ms=int((time.time() + left) * 1000), trace_id=query.trace_id,
         )
 
     async def _hedged(self, query: Query, cov: Covenant, frag: Fragment, strike: Strike, choice: Ranked,
@@ -294,8 +306,8 @@ class Orchestrator:
             await self.nc.publish(self.subjects.agent(s.pool),
                                   encode(CancelStrike(strike_id=s.strike_id, pool=s.pool, reason="hedge lost")))
 
-        h = await hedged_execute(execute, cancel, (strike, choice.bid.price_usd),
-                                 (second, backup.bid.price_usd), delay)
+        h = await hedged_execute(execute, cancel, (strike, strike.max_price_usd),
+                                 (second, second.max_price_usd), delay)
         won, won_strike = (choice, strike) if h.winner == 0 else (backup, second)
         why = (f"; hedged after {h.fired_after_ms:.0f} ms (p{cov.strategy.hedge.percentile} of "
                f"{choice.bid.pool}), {'the first pool' if h.winner == 0 else 'the hedge'} won"
@@ -342,22 +354,43 @@ class Orchestrator:
         tried.append(f"queue: no capacity within {cov.fallback.queue_max_wait_ms} ms")
         return None
 
+    async def _abandon(self, strike: Strike, why: str, *, sent: bool) -> None:
+        """Tell the pool a strike will not be waited for: a run still going stops (it would bill a
+        time-priced pool for nothing), and a Contract Net lease is freed now, not at its expiry."""
+        if not sent and strike.lease_id is None:
+            return  # nothing was sent and nothing is leased: the pool knows nothing of it
+        try:
+            await self.nc.publish(self.subjects.agent(strike.pool),
+                                  encode(CancelStrike(strike_id=strike.strike_id, pool=strike.pool, reason=why)))
+        except Exception as exc:  # best effort: the lease still expires, the run still ends at its deadline
+            log.warning("cancel_publish_failed", strike_id=strike.strike_id, pool=strike.pool, error=repr(exc))
+
     async def execute(self, strike: Strike, cov: Covenant, price_usd: float,
                       deadline: float, on_chunk: OnChunk | None = None) -> tuple[StrikeOk, float]:
         """Hold budget → strike → settle → verdict. Settlement is idempotent per strike_id, so a
         strike executed (or delivered) twice is charged once. Two holds may apply: the covenant's
-        ``tenant_budget_usd`` (ledger actor, this process) and the tenant's shared budget (KV)."""
+        ``tenant_budget_usd`` (ledger actor, this process) and the tenant's shared budget (KV).
+
+        ``price_usd`` is the hold: the worst the strike can cost (``scoring.hold_usd``, carried as
+        ``strike.max_price_usd``). The charge never exceeds it: a provider that bills more is
+        charged at the hold, and the difference is logged and counted as the pool's loss."""
         budget = cov.cost.tenant_budget_usd
-        if budget is not None:
-            await self.ledger.call(Hold(strike.tenant, strike.strike_id, price_usd, budget))
         shared = False
         try:
+            if budget is not None:
+                await self.ledger.call(Hold(strike.tenant, strike.strike_id, price_usd, budget))
             if self.budgets is not None:
                 shared = await self.budgets.hold(strike.tenant, strike.strike_id, price_usd,
                                                  ttl_s=max(0.0, deadline - time.monotonic()))
-        except BaseException:
+        except BaseException as exc:
+            # Released whatever the failure: a hold may have been taken after we stopped waiting
+            # for it (cancelled, timed out). Both releases are idempotent per strike id.
             if budget is not None:
                 self.ledger.tell(Release(strike.strike_id))
+            if self.budgets is not None and not isinstance(exc, BudgetExceeded):
+                with contextlib.suppress(HomeskilletError):
+                    await self.budgets.release(strike.tenant, strike.strike_id)
+            await self._abandon(strike, "its budget hold was refused or not confirmed", sent=False)
             raise
         t0 = time.monotonic()
         try:
@@ -367,12 +400,15 @@ class Orchestrator:
                 self.ledger.tell_soon(Release(strike.strike_id))
             if shared and self.budgets is not None:
                 await self.budgets.release(strike.tenant, strike.strike_id)
+            await self._abandon(strike, "lost, late or stopped before its result came", sent=True)
             raise
         elapsed = (time.monotonic() - t0) * 1000.0
+        result = cap_charge(result, price_usd)
         if shared and self.budgets is not None:
-            if isinstance(result, StrikeOk | StrikePreemption):
-                await self.budgets.settle(strike.tenant, strike.strike_id,
-                                          result.cost_usd if isinstance(result, StrikeOk) else result.billed_usd)
+            if isinstance(result, StrikeOk):
+                await self.budgets.settle(strike.tenant, strike.strike_id, result.cost_usd)
+            elif isinstance(result, StrikePreemption | StrikeCancelled):  # the part that ran is billed
+                await self.budgets.settle(strike.tenant, strike.strike_id, result.billed_usd)
             else:
                 await self.budgets.release(strike.tenant, strike.strike_id)
         verdict = Verdict(strike_id=strike.strike_id, query_id=strike.query_id, tenant=strike.tenant,
@@ -408,6 +444,31 @@ class Orchestrator:
                     raise LeaseRejected(result.message)
                 raise StrikeFailed(f"{strike.pool}: {result.code}: {result.message}")
         raise StrikeFailed(f"{strike.pool}: unexpected reply {type(result).__name__}")
+
+
+class _Rates(msgspec.Struct, frozen=True):
+    """A reservation's price when its pool no longer quotes (scoring.Prices)."""
+
+    usd_per_hour: float
+    usd_per_mtok_in: float = 0.0
+    usd_per_mtok_out: float = 0.0
+
+
+def cap_charge(result: StrikeResult, hold_usd: float) -> StrikeResult:
+    """``result`` charged at most ``hold_usd``; a provider's excess is the pool's loss (logged,
+    counted in ``hs_pool_loss_usd_total``), never the tenant's. The host caps first (worker.py);
+    this holds against a host that did not."""
+    match result:
+        case StrikeOk(cost_usd=charged) if charged > hold_usd:
+            result = msgspec.structs.replace(result, cost_usd=hold_usd)
+        case StrikePreemption(billed_usd=charged) | StrikeCancelled(billed_usd=charged) if charged > hold_usd:
+            result = msgspec.structs.replace(result, billed_usd=hold_usd)
+        case _:
+            return result
+    labelled(POOL_LOSS_USD, pool=result.pool).inc(charged - hold_usd)
+    log.warning("charge_capped_at_hold", strike_id=result.strike_id, pool=result.pool, billed_usd=charged,
+                hold_usd=hold_usd, pool_loss_usd=charged - hold_usd)
+    return result
 
 
 class _QueryRun:

@@ -3,12 +3,20 @@
 The agent's state is the truth about its pool: which slots are leased, how its verdicts went,
 what it predicts. It quotes (standing quotes for the hot path), bids (Contract Net), and commits
 leases, re-validating whatever quote or award the strike was priced on. Its NATS I/O is done by
-``PoolHost`` on the loop (strike.py); the agent itself never touches a socket.
+``PoolHost`` on the loop (worker.py); the agent itself never touches a socket.
+
+A Contract Net lease lives from the award until its strike ends, on every path: the strike's
+finish, a refusal before it starts (late, cancelled), and a ``CancelStrike`` from the orchestrator
+for a strike it will not send (its budget refused the hold) all release it. A lease whose strike
+never came (a lost message, an orchestrator that died) expires ``lease_ttl_ms`` after the award
+and is swept before the agent counts its capacity, so a pool never refuses calls for proposals
+because of strikes that will never run. A committed lease lives until its strike's deadline.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -46,7 +54,10 @@ class CommitLease(msgspec.Struct, frozen=True):
 
 
 class ReleaseLease(msgspec.Struct, frozen=True):
-    lease_id: str
+    """Free a lease, by its id or by its strike's (a cancel names only the strike)."""
+
+    lease_id: str = ""
+    strike_id: str = ""
 
 
 class Served(msgspec.Struct, frozen=True):
@@ -157,10 +168,15 @@ def live_from(offers: list[ProviderOffer], health: Health | None, at_ms: int) ->
                      available=sum(o.available for o in offers), warm_models=tuple(sorted(warm)), at_ms=at_ms)
 
 
+LEASE_TTL_MS = 30_000  # from award to the strike's commit; generous: holds may wait on a slow KV
+
+
 class PoolState:
-    def __init__(self, spec: PoolSpec, provider: str | None = None) -> None:
+    def __init__(self, spec: PoolSpec, provider: str | None = None, *, lease_ttl_ms: int = LEASE_TTL_MS,
+                 clock: Callable[[], int] = now_ms) -> None:
         self.spec = spec
         self.provider = provider or spec.provider
+        self.lease_ttl_ms, self.clock = lease_ttl_ms, clock
         self.leases: dict[str, Lease] = {}
         self.by_strike: dict[str, str] = {}
         self.record = TrackRecord()
@@ -202,12 +218,28 @@ class PoolState:
     def full(self) -> bool:
         return len(self.leases) >= self.spec.capacity + self.spec.queue_limit
 
+    def release(self, lease_id: str) -> bool:
+        lease = self.leases.pop(lease_id, None)
+        if lease is not None:
+            self.by_strike.pop(lease.strike_id, None)
+        return lease is not None
+
+    def sweep(self) -> int:
+        """Drop the leases past their expiry (their strike never came); returns how many."""
+        now = self.clock()
+        expired = [lid for lid, lease in self.leases.items() if lease.expires_at_ms < now]
+        for lid in expired:
+            self.release(lid)
+        return len(expired)
+
 
 class PoolAgent(HsActor):
     name = "pool"
 
     def handle(self, msg: Any) -> Any:
         s: PoolState = self.state
+        if s.leases and isinstance(msg, CurrentQuote | CallForProposals | Award):
+            s.sweep()  # before counting capacity (the quote loop runs this every quote_interval_ms)
         match msg:
             case CurrentQuote(ttl_ms=ttl, admitted=admitted):
                 if s.sold_out():
@@ -230,11 +262,8 @@ class PoolAgent(HsActor):
             case Served(model=model):
                 s.warm.add(model)
                 return None
-            case ReleaseLease(lease_id=lid):
-                lease = s.leases.pop(lid, None)
-                if lease is not None:
-                    s.by_strike.pop(lease.strike_id, None)
-                return lease is not None
+            case ReleaseLease(lease_id=lid, strike_id=sid):
+                return s.release(lid or s.by_strike.get(sid, ""))
             case Verdict() as v:
                 s.record.add(v)
                 return None
@@ -251,7 +280,7 @@ class PoolAgent(HsActor):
         if s.full():
             raise LeaseRejected(f"{s.spec.name}: no free capacity (queue full)", term="capacity")
         lease = Lease(lease_id=uuid.uuid4().hex, pool=s.spec.name, strike_id=strike_id, price_usd=bid.price_usd,
-                      expires_at_ms=now_ms() + 60_000)
+                      expires_at_ms=s.clock() + s.lease_ttl_ms)
         s.leases[lease.lease_id] = lease
         s.by_strike[strike_id] = lease.lease_id
         s.warm.add(bid.model)
@@ -261,6 +290,14 @@ class PoolAgent(HsActor):
         """A strike under a Contract Net award: its lease must still be held."""
         s: PoolState = self.state
         lease = s.leases.get(strike.lease_id or "")
-        if lease is None or lease.expires_at_ms < now_ms():
+        now = s.clock()
+        if lease is None or lease.expires_at_ms < now or lease.strike_id != strike.strike_id:
+            if lease is not None and lease.expires_at_ms < now:
+                s.release(lease.lease_id)
             raise LeaseRejected(f"{s.spec.name}: lease {strike.lease_id} is unknown or expired", term="lease")
+        # Running now: kept until the strike ends (the host releases it) or, at the latest, its deadline.
+        until = max(now, strike.deadline_ms) + s.lease_ttl_ms
+        if until > lease.expires_at_ms:
+            lease = msgspec.structs.replace(lease, expires_at_ms=until)
+            s.leases[lease.lease_id] = lease
         return lease

@@ -11,6 +11,11 @@ A pool whose connector allocates (hosted.ai, Vast.ai, RunPod, io.net, TPU) gets 
 ``hs.agent.<pool>``; its host calls ``connector.allocate`` and answers with the ``Allocation``.
 A pool that has nothing to allocate (an API, an Ollama node, local MLX) is simply pinned. Strikes
 on a reservation carry its allocation, so any host of the pool can serve them.
+
+An allocation is bought by the hour, so against the tenant's shared budget it holds its worst
+case before it is made (the hourly price × count × ``duration_s``) and settles its bill at
+release, capped at that hold. A pinned pool holds nothing here: its strikes hold and are charged
+one by one.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from .errors import BadRequest, HomeskilletError, NoPoolError, NotFound, Unmet
+from .budgets import Budgets
+from .errors import BadRequest, BudgetExceeded, HomeskilletError, NoPoolError, NotFound, Unmet
 from .ids import new_id
 from .subjects import Subjects
-from .telemetry import get_logger
+from .telemetry import POOL_LOSS_USD, get_logger, labelled
 from .wire import (
     Allocated,
     AllocationMetrics,
@@ -138,11 +144,13 @@ class Reservations:
     """The reservation table of this orchestrator, and the calls that fill and empty it."""
 
     def __init__(self, nc: NATS, subjects: Subjects, quotes: Callable[[], Sequence[Quote]], *,
-                 allocate_timeout_s: float = 180.0) -> None:
+                 allocate_timeout_s: float = 180.0, budgets: Budgets | None = None) -> None:
         self.nc, self.subjects = nc, subjects
         self._quotes = quotes
         self.allocate_timeout_s = allocate_timeout_s
+        self.budgets = budgets
         self.table: dict[str, Reservation] = {}
+        self.held: dict[str, float] = {}  # reservation_id -> what the tenant's budget holds for it
 
     def _offers(self) -> list[Offer]:
         now = int(time.time() * 1000)
@@ -153,12 +161,17 @@ class Reservations:
         rid = new_id()
         tried: list[str] = []
         unmet: list[Unmet] = []
+        refused: BudgetExceeded | None = None
         for step in plan(req, self._offers()):
             tried += [f"{step.label}: {p}" for p in step.passed]
             unmet += [Unmet("reservation", p) for p in step.passed]
             for offer in step.pools:
                 try:
-                    res = await self._hold(rid, req, offer)
+                    res = await self._budgeted(rid, req, offer)
+                except BudgetExceeded as exc:  # a cheaper pool of a later step may still fit
+                    refused = refused or exc
+                    tried.append(f"{step.label}: {offer.pool}: {exc.message}")
+                    continue
                 except HomeskilletError as exc:
                     tried.append(f"{step.label}: {offer.pool}: {exc.message}")
                     unmet.append(Unmet(exc.term or "capacity", exc.message, offer.pool))
@@ -169,8 +182,24 @@ class Reservations:
                 log.info("reserved", reservation_id=rid, pool=res.pool, tenant=req.tenant,
                          usd_per_hour=res.usd_per_hour, steps_passed=len(tried))
                 return res
+        if refused is not None:
+            raise refused  # 402: the budget, not the capacity, is what stood in the way
         raise NoPoolError(f"reservation ({req.compute_type} {req.gpu_model or 'any'} ×{req.count})", unmet,
                           tuple(tried))
+
+    async def _budgeted(self, rid: str, req: ReserveRequest, offer: Offer) -> Reservation:
+        """``_hold`` under a hold of the allocation's worst case on the tenant's budget."""
+        amount = offer.usd_per_hour * req.count * req.duration_s / 3600.0
+        if (self.budgets is None or offer.provider not in ALLOCATING_PROVIDERS
+                or not await self.budgets.hold(req.tenant, rid, amount, ttl_s=req.duration_s)):
+            return await self._hold(rid, req, offer)
+        try:
+            res = await self._hold(rid, req, offer)
+        except BaseException:
+            await self.budgets.release(req.tenant, rid)
+            raise
+        self.held[rid] = amount
+        return res
 
     async def _hold(self, rid: str, req: ReserveRequest, offer: Offer) -> Reservation:
         now = time.time()
@@ -245,6 +274,13 @@ class Reservations:
                 billed = freed.release.billed_usd
         res = msgspec.structs.replace(res, status="released", billed_usd=billed)
         self.table[reservation_id] = res
+        held = self.held.pop(reservation_id, None)
+        if held is not None and self.budgets is not None:
+            if billed > held:  # kept past its duration, or the provider billed more: not the tenant's
+                labelled(POOL_LOSS_USD, pool=res.pool).inc(billed - held)
+                log.warning("charge_capped_at_hold", reservation_id=reservation_id, billed_usd=billed,
+                            hold_usd=held, pool_loss_usd=billed - held)
+            await self.budgets.settle(tenant, reservation_id, min(billed, held))
         log.info("reservation_released", reservation_id=reservation_id, billed_usd=billed, tenant=tenant)
         return res
 

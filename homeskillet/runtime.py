@@ -129,7 +129,8 @@ class Runtime:
                                              self.ledger, max_fragments=s.max_fragments, budgets=budgets,
                                              parking=self.parking,
                                              cache=make_cache(s.cache_embedder, s.cache_max_entries))
-            self.reservations = Reservations(self.nc, self.subjects, lambda: self.negotiator.view.quotes)
+            self.reservations = Reservations(self.nc, self.subjects, lambda: self.negotiator.view.quotes,
+                                             budgets=budgets)
             self.gateway = Gateway(self.orchestrator, self.reservations, max_prompt_bytes=s.max_prompt_bytes,
                                    limits=limits)
             auth = Authenticator(s.auth)  # the same identity rule on NATS as on HTTP and MCP

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from .wire import Bid, Covenant, Offer, Refusal
 
-__all__ = ["Prices", "Ranked", "make_bid", "predicted_ms", "price_usd", "rank", "serves"]
+__all__ = ["Prices", "Ranked", "hold_usd", "make_bid", "predicted_ms", "price_usd", "rank", "serves"]
 
 
 def serves(offer: Offer, model: str) -> bool:
@@ -43,6 +43,15 @@ def price_usd(offer: Prices, prompt_tokens: int, completion_tokens: int, seconds
     """Token-priced and time-priced pools in one formula (one of the two terms is usually 0)."""
     per_token = (prompt_tokens * offer.usd_per_mtok_in + completion_tokens * offer.usd_per_mtok_out) / 1e6
     return per_token + offer.usd_per_hour * seconds / 3600.0
+
+
+def hold_usd(offer: Prices, prompt_tokens: int, max_tokens: int, seconds_left: float) -> float:
+    """The most a strike can cost, which is what a budget holds for it: the prompt and every token
+    it may generate, and the hourly price for all the time it may run (a strike runs no longer
+    than its hard deadline: the dispatcher gives up then, and a result that comes later is
+    neither used nor charged). Not the pool's p99 duration: under a burst, strikes wait for slots
+    far past any p99 measured before it, and a hold that short would leave the excess to chance."""
+    return price_usd(offer, prompt_tokens, max_tokens, max(0.0, seconds_left))
 
 
 def make_bid(

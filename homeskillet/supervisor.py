@@ -2,9 +2,11 @@
 
 An actor here is behaviour; its state is a plain object handed to every incarnation, so a
 restart keeps the ledger's holds and a pool's leases. Messages queued behind the crash are
-moved to the new incarnation, so no caller on the loop waits forever. A ``Call`` whose handler
-raised gets the exception back; a domain error (``HomeskilletError``) does not crash the actor,
-anything else does (let it crash, then restart).
+moved to the new incarnation, so no caller on the loop waits forever. A message told while the
+restart is under way waits in ``Supervised`` and follows them, in order: a tell never sleeps or
+waits for the restart (it is called on the I/O loop). A ``Call`` whose handler raised gets the
+exception back; a domain error (``HomeskilletError``) does not crash the actor, anything else
+does (let it crash, then restart).
 
 Hot-path tells from the loop (``tell_soon``) are gathered per loop iteration and delivered as one
 ``Batch``: one thread wake-up and GIL hand-off per iteration instead of one per message. A
@@ -92,7 +94,8 @@ class Supervised:
         self.max_restarts, self.window_s = max_restarts, window_s
         self.restarts: deque[float] = deque()
         self.dead: BaseException | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held for list changes and queue puts only, never for a restart
+        self._restarting: list[Any] = []  # told while the actor was down and its restart under way
         self._soon: list[Any] = []  # told with tell_soon, not yet delivered (loop thread only)
         self._soon_thread = 0
         self._stopped = False
@@ -123,22 +126,36 @@ class Supervised:
         self._tell(msg)
 
     def _tell(self, msg: Any) -> None:
-        for _ in range(50):
+        try:
+            self._ref.tell(msg)
+            return
+        except pykka.ActorDeadError:
+            pass
+        with self._lock:
             if self.dead is not None:
                 raise HomeskilletError(f"actor {self.name} is down after repeated crashes: {self.dead!r}")
-            try:
+            if self._stopped:
+                raise HomeskilletError(f"actor {self.name} is stopped")
+            if self._ref.is_alive():  # the restart finished since the first try
                 self._ref.tell(msg)
-                return
-            except pykka.ActorDeadError:
-                time.sleep(0.01)  # a restart is in progress on the actor's thread
-        raise HomeskilletError(f"actor {self.name} did not come back")
+            else:  # it crashed and its restart is under way (``_crashed``): that delivers this too
+                self._restarting.append(msg)
 
     async def call(self, msg: Any, timeout: float = 10.0) -> Any:
         call, fut = Call.new(msg)
         self.tell(call)
-        return await asyncio.wait_for(fut, timeout)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            # Said loudly: a caller on the query path waited the whole timeout for this actor.
+            log.error("actor_call_timeout", actor=self.name, message=type(msg).__name__, timeout_s=timeout,
+                      alive=self._ref.is_alive(), inbox_empty=self._ref.actor_inbox.empty())
+            raise HomeskilletError(f"actor {self.name} did not answer {type(msg).__name__} within {timeout:g}s; "
+                                   "try again") from None
 
     def _crashed(self, actor: HsActor, exc: BaseException) -> None:
+        """On the crashed actor's thread: start the next incarnation and hand it, in order, what
+        the old one left unhandled, then what was told meanwhile; or give up and fail the calls."""
         pending = list(actor.unhandled)
         while not actor.actor_inbox.empty():
             pending.append(actor.actor_inbox.get().message)
@@ -151,15 +168,27 @@ class Supervised:
             ACTOR_RESTARTS.labels(actor=self.name).inc()
             if give_up:
                 self.dead = exc
-                log.critical("actor_gave_up", actor=self.name, error=repr(exc), restarts=len(self.restarts))
-                for msg in pending:
-                    if isinstance(msg, Call):
-                        msg.reply.fail(HomeskilletError(f"actor {self.name} is down: {exc!r}"))
-                return
-            log.error("actor_restarted", actor=self.name, error=repr(exc), moved_messages=len(pending))
-            self._ref = self.actor_cls.start(self.state, self)
+                pending += self._restarting
+                self._restarting = []
+        if give_up:
+            log.critical("actor_gave_up", actor=self.name, error=repr(exc), restarts=len(self.restarts))
+            for msg in pending:
+                if isinstance(msg, Call):
+                    msg.reply.fail(HomeskilletError(f"actor {self.name} is down: {exc!r}"))
+            return
+        log.error("actor_restarted", actor=self.name, error=repr(exc), moved_messages=len(pending))
+        ref = self.actor_cls.start(self.state, self)  # outside the lock: a tell meanwhile only appends
         for msg in pending:
-            self._ref.tell(msg)
+            ref.tell(msg)
+        with self._lock:
+            # A tell that saw the old incarnation alive may have put its message after the drain
+            # above (a thread switch between pykka's alive check and its put): move those too.
+            while not actor.actor_inbox.empty():
+                ref.tell(actor.actor_inbox.get().message)
+            for msg in self._restarting:
+                ref.tell(msg)
+            self._restarting = []
+            self._ref = ref
 
     def stop(self) -> None:
         if self._soon and threading.get_ident() == self._soon_thread:

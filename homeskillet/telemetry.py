@@ -20,6 +20,7 @@ __all__ = [
     "CASCADE_STEPS",
     "FALLBACKS",
     "HEDGES",
+    "POOL_LOSS_USD",
     "QUERIES",
     "QUERY_SECONDS",
     "STRIKES",
@@ -36,6 +37,8 @@ CACHE_LOOKUPS = Counter("hs_cache_lookups_total", "Result cache lookups by mode 
                         ["mode", "result"])
 CASCADE_STEPS = Counter("hs_cascade_total", "Cascade tiers struck, by outcome (kept, escalated)", ["tier", "outcome"])
 HEDGES = Counter("hs_hedges_total", "Hedged strikes by outcome (fired, primary_won, hedge_won)", ["outcome"])
+POOL_LOSS_USD = Counter("hs_pool_loss_usd_total", "What providers billed above a strike's hold (the charge is "
+                        "capped at the hold; the excess is the pool's loss, not the tenant's)", ["pool"])
 QUERIES = Counter("hs_queries_total", "Queries by outcome", ["outcome"])
 QUERY_SECONDS = Histogram("hs_query_seconds", "End-to-end query latency")
 TTFT_SECONDS = Histogram("hs_time_to_first_token_seconds",

@@ -43,7 +43,7 @@ from .scoring import price_usd
 from .sims.base import count_tokens
 from .subjects import Subjects, token
 from .supervisor import Supervised, Supervisor
-from .telemetry import STRIKES, get_logger, labelled
+from .telemetry import POOL_LOSS_USD, STRIKES, get_logger, labelled
 from .wire import (
     Allocated,
     Award,
@@ -56,6 +56,7 @@ from .wire import (
     MetricsReply,
     Rejection,
     Reserve,
+    Strike,
     StrikeCancelled,
     StrikeChunk,
     StrikeFailure,
@@ -282,10 +283,12 @@ class PoolHost:
         if isinstance(result, StrikeOk) and strike.lease_id is None:
             self.agent.tell_soon(Served(result.model))  # after the reply: the record is not on the hot path
 
-    async def _run(self, strike: Any, stream_to: str | None = None) -> StrikeResult:
+    async def _run(self, strike: Strike, stream_to: str | None = None) -> StrikeResult:
         """Run the strike; ``stream_to``: the reply inbox its text pieces go to as they come."""
         pool, sid = self.spec.name, strike.strike_id
         if strike.deadline_ms and time.time() * 1000 > strike.deadline_ms:
+            if strike.lease_id is not None:
+                self.agent.tell(ReleaseLease(strike_id=sid))  # it will never run: free its award
             return StrikeFailure(strike_id=sid, pool=pool, code="deadline_exceeded",
                                  message="the strike arrived after its deadline", retryable=False)
         lease_id: str | None = None
@@ -302,6 +305,8 @@ class PoolHost:
                 return StrikeFailure(strike_id=sid, pool=pool, code="lease_rejected", message=why)
             lease_id = None  # the host, not the agent, accounts for it
         if sid in self.cancels:  # cancelled before it started: nothing ran, nothing billed
+            if lease_id is not None:
+                self.agent.tell(ReleaseLease(lease_id))
             return StrikeCancelled(strike_id=sid, pool=pool, message="cancelled before it started")
         self.active += 1
         f = strike.fragment
@@ -324,11 +329,13 @@ class PoolHost:
             secs = time.perf_counter() - t0
             out = streamed.tokens() if streamed is not None else 0
             return StrikeCancelled(strike_id=sid, pool=pool, message="cancelled mid-run",
-                                   billed_usd=billed_on_cancel(self.spec, f.prompt_tokens, secs, out))
+                                   billed_usd=self._capped(strike, billed_on_cancel(self.spec, f.prompt_tokens, secs,
+                                                                                    out)))
         except Preempted as exc:
             secs = time.perf_counter() - t0
             billed = exc.billed_usd if exc.billed_usd is not None else self.spec.usd_per_hour * secs / 3600.0
-            return StrikePreemption(strike_id=sid, pool=pool, message=exc.message, billed_usd=billed)
+            return StrikePreemption(strike_id=sid, pool=pool, message=exc.message,
+                                    billed_usd=self._capped(strike, billed))
         except HomeskilletError as exc:
             return StrikeFailure(strike_id=sid, pool=pool, code=exc.code, message=exc.message,
                                  retryable=exc.retryable)
@@ -341,7 +348,6 @@ class PoolHost:
             if lease_id is not None:
                 self.agent.tell(ReleaseLease(lease_id))
         elapsed = (time.perf_counter() - t0) * 1000.0
-        offer = self.spec
         cost = res.billed_usd
         if cost is None and strike.allocation is not None:
             cost = 0.0  # a reservation's strikes are covered by its hourly bill, settled at release
@@ -349,11 +355,22 @@ class PoolHost:
             # Priced from the host's own copy of the live state: the agent's state belongs to its thread.
             priced = self.live.apply(self.spec) if self.live else self.spec
             cost = price_usd(priced, res.prompt_tokens, res.completion_tokens, elapsed / 1000.0)
-            if offer.usd_per_hour == 0 and strike.max_price_usd > 0:
-                cost = min(cost, strike.max_price_usd)  # never charge above the awarded price
+        cost = self._capped(strike, cost)
         return StrikeOk(strike_id=sid, pool=pool, model=res.model, text=res.text, prompt_tokens=res.prompt_tokens,
                         completion_tokens=res.completion_tokens, cost_usd=cost, latency_ms=elapsed,
                         logprob_mean=res.logprob_mean, ttft_ms=streamed.ttft_ms() if streamed else None)
+
+    def _capped(self, strike: Strike, cost: float) -> float:
+        """Never charge above the strike's hold (``max_price_usd``: the worst case the budgets hold,
+        0 for a strike on an allocation, which its reservation pays by the hour); what the
+        provider billed beyond it is this pool's loss."""
+        hold = strike.max_price_usd
+        if cost <= hold:
+            return cost
+        labelled(POOL_LOSS_USD, pool=self.spec.name).inc(cost - hold)
+        log.warning("charge_capped_at_hold", pool=self.spec.name, strike_id=strike.strike_id, billed_usd=cost,
+                    hold_usd=hold, pool_loss_usd=cost - hold, query_id=strike.query_id)
+        return hold
 
     def cancel(self, strike_id: str) -> bool:
         """Stop a running strike (its reply becomes StrikeCancelled); remembered if it has not
@@ -404,6 +421,9 @@ class PoolHost:
                 log.debug("bid_rejected", pool=self.spec.name, cfp_id=m.cfp_id, reason=m.reason)
             case CancelStrike():
                 stopped = self.cancel(m.strike_id)
+                # A strike under an award that will not come (its hold was refused) or is stopped:
+                # free its lease now rather than at its expiry. A running strike's own end frees it too.
+                self.agent.tell(ReleaseLease(strike_id=m.strike_id))
                 log.debug("strike_cancel", pool=self.spec.name, strike_id=m.strike_id, stopped=stopped,
                           reason=m.reason)
             case Reserve() | FreeAllocation() | MetricsAsk():

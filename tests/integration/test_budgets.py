@@ -142,3 +142,74 @@ def test_tenant_settings_are_strict(tmp_path, monkeypatch) -> None:  # type: ign
         bad.write_text(f"[tenants.acme]\ndaily_usd = {value}\n")
         with pytest.raises(StrictError, match=r"tenants\.acme"):
             load_settings(bad)
+
+
+# --- every price model: the hold covers the worst the strike can cost, the charge never exceeds it ---
+
+RACE_BUDGET = 0.032
+HOURLY = 0.384  # the 30 s hard deadline holds $0.0032: ten fit in the budget at once
+SLOW = {"delay_ms": 200.0}  # 4 slots: the 200th strike would wait 10 s for one
+
+
+async def race(rt: Runtime, n: int, tenant: str, **query: object) -> Counter[str]:
+    from homeskillet.errors import HomeskilletError
+
+    async def one(i: int) -> str:
+        try:
+            await rt.ask(tenant=tenant, prompt=f"race {i} " + PROMPT, model="gemma-2b", **query)
+            return "answered"
+        except BudgetExceeded:
+            return "refused"
+        except HomeskilletError as exc:
+            return exc.code
+    counts = Counter(await asyncio.gather(*(one(i) for i in range(n))))
+    # Liveness, not speed: on a loaded machine some may run out of time, but none fails otherwise.
+    assert set(counts) <= {"answered", "refused", "deadline_exceeded"}, counts
+    assert counts["answered"] >= 1 and counts["refused"] >= 100, counts
+    return counts
+
+
+async def test_time_priced_race_never_overspends(nats_url: str) -> None:
+    """200 at once on a pool priced by the hour, slow enough that strikes queue: the predicted
+    price is far below what a strike costs once it waits for a slot (the code before charged
+    several times the budget here). The hold is the hourly price for the time left to the hard
+    deadline, so what is charged stays inside the budget, in the shared budget and in the process
+    ledger alike. (How many are answered depends on the machine's load; that none overspends, not.)"""
+    pool = echo_pool(usd_per_mtok_in=0.0, usd_per_mtok_out=0.0, usd_per_hour=HOURLY, capacity=4, options=SLOW)
+    s = Settings(nats=[nats_url], prefix=f"t{uuid.uuid4().hex[:10]}", pools=[pool],
+                 tenants={"hourly": TenantSettings(daily_usd=RACE_BUDGET)})
+    async with Runtime(s) as rt:
+        counts = await race(rt, 200, "hourly")
+        assert rt.gateway is not None
+        status = (await rt.gateway.usage("hourly")).budget
+        assert status is not None and status.held_usd == 0.0
+        assert status.spent_day_usd <= RACE_BUDGET, (status.spent_day_usd, counts)  # overspend <= 0
+        report = await rt.ledger_report("hourly")
+        assert report.spent_usd["hourly"] == pytest.approx(status.spent_day_usd)
+
+
+async def test_time_priced_race_against_a_covenant_budget(nats_url: str) -> None:
+    """The same race against the covenant's own ``cost.tenant_budget_usd`` (the ledger actor)."""
+    pool = echo_pool(usd_per_mtok_in=0.0, usd_per_mtok_out=0.0, usd_per_hour=HOURLY, capacity=4, options=SLOW)
+    s = Settings(nats=[nats_url], prefix=f"t{uuid.uuid4().hex[:10]}", pools=[pool])
+    async with Runtime(s) as rt:
+        counts = await race(rt, 200, "cov", overrides={"cost": {"tenant_budget_usd": RACE_BUDGET}})
+        report = await rt.ledger_report("cov")
+        assert report.spent_usd["cov"] <= RACE_BUDGET, (report.spent_usd, counts)
+        assert not report.held_usd.get("cov"), report
+
+
+async def test_token_priced_race_never_overspends(nats_url: str) -> None:
+    """200 at once on a pool priced per token in and out: the hold is the prompt and all of
+    max_tokens at the pool's prices; the answer is shorter, so each charge is below its hold."""
+    pool = echo_pool(usd_per_mtok_in=1.0, usd_per_mtok_out=2.0, capacity=8, options={"delay_ms": 5.0})
+    hold = (count_tokens("race 100 " + PROMPT) * 1.0 + 32 * 2.0) / 1e6
+    budget = 10.5 * hold
+    s = Settings(nats=[nats_url], prefix=f"t{uuid.uuid4().hex[:10]}", pools=[pool],
+                 tenants={"tokens": TenantSettings(daily_usd=budget)})
+    async with Runtime(s) as rt:
+        counts = await race(rt, 200, "tokens", max_tokens=32)
+        assert rt.gateway is not None
+        status = (await rt.gateway.usage("tokens")).budget
+        assert status is not None and status.held_usd == 0.0
+        assert status.spent_day_usd <= budget, (status.spent_day_usd, counts)

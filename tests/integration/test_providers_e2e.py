@@ -121,7 +121,8 @@ async def test_primary_in_outage_fails_over_to_vastai_and_passes_over_a_pool_abo
 
             report = await rt.ledger_report()
             assert set(report.by_pool) == {"hostedai/standard-us-east", "vastai/rtx4090"}
-            assert report.by_pool["hostedai/standard-us-east"] == pytest.approx(first.cost_usd, abs=NANO)  # the 503 cost nothing
+            # the 503 cost nothing
+            assert report.by_pool["hostedai/standard-us-east"] == pytest.approx(first.cost_usd, abs=NANO)
             assert active_leases(hsim, "premium-us-east") == []
 
 

@@ -126,3 +126,30 @@ async def test_an_allocation_over_the_ceiling_is_given_back_and_nothing_stays_al
             assert lease.view.status == "released" and lease.view.price_per_hour == 3.0
             assert lease.ended_s is not None and lease.ended_s - t0 < 5
             assert active_leases(sim) == [] and rt.reservations.table == {}
+
+
+async def test_a_reservation_holds_its_worst_case_on_the_tenant_budget(nats_url: str) -> None:
+    """An allocation is bought by the hour: 600 s at $0.80/h holds $0.1333 before anything is
+    allocated. A budget that cannot cover it refuses with 402 and nothing is allocated; one that
+    can holds it while the reservation lives and is charged the provider's bill at release."""
+    from homeskillet.config import TenantSettings
+    from homeskillet.errors import BudgetExceeded
+
+    want = {"provider": "hostedai", "pool_id": "standard-us-east", "model": MODEL, "duration_s": 600,
+            "min_vram_mb": 2048}
+    worst = 0.80 * 600 / 3600
+    with hostedai() as (sim, url):
+        tenants = {"poor": TenantSettings(daily_usd=0.10), "acme": TenantSettings(daily_usd=1.0)}
+        async with start_runtime(nats_url, [hostedai_pool(url, "standard")], tenants=tenants, **QUIET) as rt:
+            gw = rt.gateway
+            with pytest.raises(BudgetExceeded) as err:
+                await gw.reserve(ReserveRequest(tenant="poor", **want))
+            assert err.value.status == 402 and active_leases(sim) == []
+            res = await gw.reserve(ReserveRequest(tenant="acme", **want))
+            status = (await gw.usage("acme")).budget
+            assert status is not None and status.held_usd == pytest.approx(worst)
+            done = await gw.release(res.reservation_id, "acme")
+            status = (await gw.usage("acme")).budget
+            assert status is not None and status.held_usd == 0.0
+            assert status.spent_day_usd > 0
+            assert status.spent_day_usd == pytest.approx(min(done.billed_usd or 0.0, worst))

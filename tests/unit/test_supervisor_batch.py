@@ -81,3 +81,63 @@ async def test_stop_delivers_what_was_told_soon_and_later_tells_are_dropped_quie
     actor.tell_soon("too late")  # no error, no half-second retry loop on the event loop
     await asyncio.sleep(0)
     assert state.msgs == ["last words"]
+
+
+class Gated:
+    """State whose next incarnation waits on ``gate`` while it starts: a restart held open."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.msgs: list[Any] = []
+        self.incarnations = 0
+        self.restarting = threading.Event()
+        self.gate = threading.Event()
+
+
+class SlowRestart(HsActor):
+    name = "slow"
+
+    def __init__(self, state: Gated, handle: Any) -> None:
+        super().__init__(state, handle)
+        state.incarnations += 1
+        if state.incarnations > 1:  # runs on the crashed actor's thread, inside the supervisor's restart
+            state.restarting.set()
+            state.gate.wait(10)
+
+    def handle(self, msg: Any) -> Any:
+        if msg == "boom":
+            raise RuntimeError("boom")
+        if msg == "?":
+            return list(self.state.msgs)
+        self.state.msgs.append(msg)
+        return None
+
+
+async def test_a_tell_during_a_restart_never_blocks_the_loop_and_keeps_its_order(supervisor: Supervisor) -> None:
+    state = Gated()
+    actor = supervisor.start("slow", SlowRestart, state)
+    actor.tell("before")
+    actor.tell("boom")
+    assert await asyncio.to_thread(state.restarting.wait, 10)  # down, its restart held open
+    actor.tell("during-1")  # returns at once: it waits in the handle, not on the loop
+    actor.tell_soon("during-2")
+    answer = asyncio.ensure_future(actor.call("?"))  # told after during-2 (a call delivers the soon ones first)
+    await asyncio.sleep(0)  # the loop turns and tells both while the restart is still held
+    assert not state.gate.is_set() and not answer.done()
+    state.gate.set()
+    assert await answer == ["before", "during-1", "during-2"]
+    assert state.incarnations == 2
+
+
+async def test_a_call_that_times_out_says_which_actor_and_message(supervisor: Supervisor) -> None:
+    from homeskillet.errors import HomeskilletError
+
+    state = Gated()
+    actor = supervisor.start("slow", SlowRestart, state)
+    actor.tell("boom")
+    assert await asyncio.to_thread(state.restarting.wait, 10)  # held down: nothing answers
+    with pytest.raises(HomeskilletError, match=r"actor slow did not answer str within 0.05s"):
+        await actor.call("?", timeout=0.05)
+    state.gate.set()
+    assert await actor.call("?") == []
