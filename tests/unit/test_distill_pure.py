@@ -119,3 +119,15 @@ def test_covenant_distill_table_is_checked() -> None:
         assert err.value.term == term
     with pytest.raises(CovenantError, match=r"distill\.nope"):
         _convert({**base, "distill": {"student": "s", "nope": 1}}, "t.toml")
+
+
+def test_evaluate_scores_overall_and_unseen_wordings() -> None:
+    from homeskillet.distill.evaluate import evaluate
+
+    pairs = [mk(i, text=label) for i, label in enumerate(["billing", "refund", "outage", "billing"])]
+    said = {"p0": "Billing.", "p1": "billing", "p2": "Outage", "p3": "billing"}
+    ev = evaluate(pairs, lambda msgs: said[msgs[-1]["content"]], Distill(student="s"),
+                  groups={pairs[2].pair_id: "unseen_wording", pairs[1].pair_id: "unseen_wording"})
+    assert ev.overall.n == 4 and ev.overall.exact == 0.75 and ev.overall.agreed == 0.75
+    assert ev.groups["unseen_wording"].n == 2 and ev.groups["unseen_wording"].agreed == 0.5
+    assert ev.samples[0] == ("p0", "billing", "Billing.")
