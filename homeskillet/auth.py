@@ -1,20 +1,26 @@
-"""Who is calling: JWT bearer tokens for the HTTP and MCP ingresses, and the tenant they act for.
+"""Who is calling: JWT bearer tokens for every ingress (HTTP, MCP, NATS), and the tenant they act for.
 
-``Authenticator(settings).authenticate(authorization_header)`` returns a ``Principal`` or raises
-``errors.Unauthorized`` naming the reason (``term``: missing, malformed, expired, not_yet_valid,
-signature, algorithm, audience, issuer, claim, tenant_claim).
+``Authenticator(settings).identify(authorization, named, scope=…)`` is the one identity rule every
+ingress calls. It returns a ``Principal`` or raises ``errors.Unauthorized`` (401) naming the reason
+(``term``: missing, malformed, expired, not_yet_valid, signature, algorithm, audience, issuer,
+claim, tenant_claim) or ``errors.Forbidden`` (403: a tenant named elsewhere, or a missing scope).
 
 * Auth **on** (``enabled``, env ``JWT_ENABLED=1``): the token is verified (HS256 with ``secret``, or
   RS256/ES256 with the PEM ``public_key``); ``exp`` is required, ``iss`` and ``aud`` are checked
-  when configured. The tenant is the ``tenant_claim`` claim and overrides any tenant a client puts
-  in a body or header: a tenant cannot act as another.
+  when configured; ``exp``/``nbf``/``iat`` allow ``leeway_s`` (30 s, env ``JWT_LEEWAY_S``) of clock
+  skew. The tenant is the ``tenant_claim`` claim. A tenant the caller also names (a body's or
+  payload's ``tenant``, an ``X-Tenant`` header, a ``?tenant=`` query string, an MCP tool argument)
+  must be the token's: another is refused with 403 naming where it was (``term``: ``tenant``,
+  ``X-Tenant``, ``?tenant``), on every ingress alike. ``"default"``, the wire's value for a tenant
+  left out, counts as not named.
 * Scopes: ``hs:query`` (queries, quotes, results, usage, model lists) and ``hs:reserve``
   (reservations and allocations: reserve, look up, infer on, metrics, release). A token that carries
   any ``hs:`` scope may do only what those grant (403 ``forbidden`` otherwise); a token with no
   ``hs:`` scope (an identity provider that issues none, or only its own) may do both.
 * Auth **off** (the default, for development on one machine): no identity is checked, so the
-  caller is trusted: ``tenant_hint`` (an ``X-Tenant`` header or a body's ``tenant``) if given,
-  else ``default_tenant``. Tenant isolation then only separates well-behaved clients.
+  caller is trusted: the first tenant named (header, then query string, then body) if any, else
+  ``default_tenant``; a second place naming another tenant is refused the same way. Tenant
+  isolation then only separates well-behaved clients.
 
 ``mint_token`` makes development tokens (``homeskillet token``).
 """
@@ -24,7 +30,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,12 +39,15 @@ import msgspec
 
 from .errors import Forbidden, HomeskilletError, Unauthorized
 
-__all__ = ["SCOPES", "AuthSettings", "Authenticator", "Principal", "Scope", "auth_settings_from_env", "mint_token"]
+__all__ = ["SCOPES", "UNNAMED_TENANT", "AuthSettings", "Authenticator", "Named", "Principal", "Scope",
+           "auth_settings_from_env", "header", "mint_token"]
 
 Algorithm = Literal["HS256", "RS256", "ES256"]
 Scope = Literal["hs:query", "hs:reserve"]
 SCOPES: tuple[Scope, ...] = ("hs:query", "hs:reserve")
 _TRUE = {"1", "true", "yes", "on"}
+UNNAMED_TENANT = "default"  # what the wire Structs decode a left-out ``tenant`` to: not a claim
+Named = tuple[str, str | None]  # (where a tenant was named, e.g. "X-Tenant", the tenant or None)
 
 
 class AuthSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -73,6 +82,16 @@ class Principal(msgspec.Struct, kw_only=True, frozen=True):
                             f"use a token minted with '--scope {scope}'", term="scope")
         return self
 
+    def check_named(self, named: Iterable[Named]) -> Principal:
+        """This principal, if every tenant the caller named is its own: else 403 naming the place."""
+        for where, tenant in named:
+            if tenant and tenant != UNNAMED_TENANT and tenant != self.tenant:
+                whose = "the token's tenant" if self.authenticated else "this caller's tenant"
+                raise Forbidden(f"{where} names tenant {tenant!r} but {whose} is {self.tenant!r}: a caller "
+                                f"acts only for its own tenant; leave {where} out or make it {self.tenant!r}",
+                                term=where)
+        return self
+
     def seconds_left(self, now: float | None = None) -> float:
         """How long a connection opened with this principal may stay open (inf when unlimited)."""
         if not self.valid_until:
@@ -82,7 +101,7 @@ class Principal(msgspec.Struct, kw_only=True, frozen=True):
 
 def auth_settings_from_env(base: AuthSettings | None = None, env: dict[str, str] | None = None) -> AuthSettings:
     """Overlay ``JWT_ENABLED``, ``JWT_SECRET``/``JWT_SECRET_FILE``, ``JWT_PUBLIC_KEY``/``JWT_PUBLIC_KEY_FILE``,
-    ``JWT_ALGORITHM``, ``JWT_ISSUER``, ``JWT_AUDIENCE``, ``JWT_TENANT_CLAIM`` on ``base``."""
+    ``JWT_ALGORITHM``, ``JWT_ISSUER``, ``JWT_AUDIENCE``, ``JWT_TENANT_CLAIM``, ``JWT_LEEWAY_S`` on ``base``."""
     e = os.environ if env is None else env
     s = base or AuthSettings()
     changes: dict[str, Any] = {}
@@ -101,6 +120,11 @@ def auth_settings_from_env(base: AuthSettings | None = None, env: dict[str, str]
             changes[field] = e[var]
     if e.get("JWT_ALGORITHM"):
         changes["algorithm"] = e["JWT_ALGORITHM"]
+    if e.get("JWT_LEEWAY_S"):
+        try:
+            changes["leeway_s"] = float(e["JWT_LEEWAY_S"])
+        except ValueError:
+            raise HomeskilletError(f"JWT_LEEWAY_S must be seconds, e.g. 30, not {e['JWT_LEEWAY_S']!r}") from None
     if not changes:
         return s
     try:
@@ -159,12 +183,26 @@ class Authenticator:
             raise HomeskilletError("JWT algorithm HS256 needs a secret (JWT_SECRET), not a public key")
         if self._algorithm != "HS256" and not settings.public_key:
             raise HomeskilletError(f"JWT algorithm {self._algorithm} needs a public key (JWT_PUBLIC_KEY)")
+        if not 0 <= settings.leeway_s <= 600:
+            raise HomeskilletError(f"auth.leeway_s (JWT_LEEWAY_S) is {settings.leeway_s:g}; "
+                                   "allow 0..600 s of clock skew")
 
     @property
     def enabled(self) -> bool:
         return self.settings.enabled
 
+    def identify(self, authorization_header: str | None, named: Iterable[Named] = (), *,
+                 scope: Scope | None) -> Principal:
+        """The identity rule, the same on every ingress: who is calling (401 without a valid token when
+        auth is on), every tenant the caller ``named`` must be theirs (403 naming where), then ``scope``
+        (403). ``named`` is in precedence order: with auth off the first one named is the tenant."""
+        places = [(where, t) for where, t in named if t and t != UNNAMED_TENANT]
+        hint = places[0][1] if places else None
+        p = self.authenticate(authorization_header, tenant_hint=hint).check_named(places)
+        return p.require(scope) if scope is not None else p
+
     def authenticate(self, authorization_header: str | None, *, tenant_hint: str | None = None) -> Principal:
+        """Who is calling, without the named-tenant check (``identify`` is what ingresses call)."""
         s = self.settings
         if not s.enabled:
             return Principal(tenant=tenant_hint or s.default_tenant)
@@ -216,6 +254,14 @@ def _scopes(claims: dict[str, Any]) -> tuple[str, ...]:
     if isinstance(raw, list):
         return tuple(str(x) for x in raw)
     return ()
+
+
+def header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    """A NATS header by name, in any letter case (NATS headers are case-sensitive; HTTP's are not)."""
+    if not headers:
+        return None
+    lowered = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == lowered), None)
 
 
 def mint_token(*, tenant: str, secret: str = "", private_key: str = "", algorithm: Algorithm | None = None,

@@ -41,7 +41,9 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _ask(args: argparse.Namespace) -> int:
-    fields: dict[str, object] = {"prompt": args.prompt, "tenant": args.tenant}
+    fields: dict[str, object] = {"prompt": args.prompt}
+    if args.tenant:
+        fields["tenant"] = args.tenant
     if args.covenant:
         fields["covenant"] = args.covenant
     if args.model:
@@ -54,9 +56,12 @@ async def _ask(args: argparse.Namespace) -> int:
     if settings.nats:  # a running deployment: ask it over NATS
         import nats
 
-        nc = await nats.connect(servers=settings.nats)
+        # With auth on the server takes the tenant from this token (the same rule as HTTP and MCP).
+        token = args.token or os.environ.get("HOMESKILLET_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        nc = await nats.connect(servers=settings.nats, **settings.nats_auth.connect_options())
         try:
-            msg = await nc.request(f"{settings.prefix}.query", encode(query), timeout=args.timeout)
+            msg = await nc.request(f"{settings.prefix}.query", encode(query), timeout=args.timeout, headers=headers)
         finally:
             await nc.close()
         result = msgspec.json.decode(msg.data, type=Answer | ErrorReply)
@@ -177,7 +182,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", help="embedded JetStream directory")
     up.add_argument("--http", metavar="HOST:PORT", help="also serve the HTTP API (OpenAI-compatible, /api/v1, MCP)")
     up.add_argument("--auth", action="store_true",
-                    help="require JWT bearer tokens on HTTP and MCP (key from JWT_SECRET / JWT_PUBLIC_KEY or config)")
+                    help="require JWT bearer tokens on HTTP, MCP and NATS (key from JWT_SECRET / JWT_PUBLIC_KEY "
+                         "or config)")
     tok = sub.add_parser("token", help="mint a development JWT for a tenant")
     tok.add_argument("--config", help="settings TOML file (its [auth] table gives secret, issuer, audience)")
     tok.add_argument("--tenant", required=True)
@@ -195,7 +201,9 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("prompt")
     ask.add_argument("--covenant")
     ask.add_argument("--model")
-    ask.add_argument("--tenant", default="default")
+    ask.add_argument("--tenant", help="the tenant (auth off); with auth on it comes from the token")
+    ask.add_argument("--token", help="a bearer token for a deployment with auth on (default: HOMESKILLET_TOKEN); "
+                                     "mint one with 'homeskillet token --tenant NAME'")
     ask.add_argument("--max-tokens", type=int)
     ask.add_argument("--timeout", type=float, default=60.0)
     ask.add_argument("--json", action="store_true")

@@ -121,7 +121,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_prompt_bytes: int = 1 << 20
     max_fragments: int = 16
     parked_claim_ttl_s: float = 10.0  # a parked query whose owner is silent this long is taken over
-    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)  # JWT on HTTP and MCP
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)  # JWT on HTTP, MCP and NATS
     nats_auth: NatsAuth = msgspec.field(default_factory=NatsAuth)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     tenants: dict[str, TenantSettings] = msgspec.field(default_factory=dict)

@@ -2,9 +2,9 @@
 
 Adapters decode, call ``Gateway.ask`` (or ``quote``, ``reserve`` …), encode. Validation happens
 here, before any state changes, so bad input gets a clear error and touches nothing. An adapter
-that knows who is calling passes the ``Principal``: its tenant replaces any tenant in the query,
-so a tenant cannot act as another. Rate limits are checked here; budget holds sit on the strike
-path (``Orchestrator.execute``).
+that knows who is calling passes the ``Principal`` (``Authenticator.identify``): a query naming
+another tenant is refused (403), so a tenant cannot act as another. Rate limits are checked here;
+budget holds sit on the strike path (``Orchestrator.execute``).
 """
 
 from __future__ import annotations
@@ -20,13 +20,25 @@ from .errors import BadRequest, HomeskilletError, NotFound, PayloadTooLarge
 from .ids import new_id
 from .ledger import LedgerReport, Report
 from .limits import RateLimiter
+from .money import round_answer, round_metrics, round_quote, round_reservation, round_usage
 from .orchestrator import Orchestrator
 from .providers.base import AllocationMetrics
 from .quoting import quote_query
 from .reservations import Reservations
 from .sims.base import count_tokens
 from .telemetry import QUERIES, QUERY_SECONDS, get_logger, labelled
-from .wire import Answer, Covenant, ErrorReply, Query, QuoteReply, Readiness, Reservation, ReserveRequest, TenantUsage
+from .wire import (
+    Answer,
+    Covenant,
+    ErrorReply,
+    Query,
+    QuoteReply,
+    Readiness,
+    Reservation,
+    ReservationList,
+    ReserveRequest,
+    TenantUsage,
+)
 
 __all__ = ["Gateway", "PortOpener", "error_reply", "validate_query"]
 
@@ -87,8 +99,8 @@ class Gateway:
         self.ports: PortOpener | None = None  # dedicated local ports for reservations (set with the HTTP API)
 
     def _admit(self, query: Query, principal: Principal | None) -> None:
-        if principal is not None:
-            query.tenant = principal.tenant  # the credential's tenant, whatever the body says
+        if principal is not None:  # the one identity rule (auth.py): a tenant named in the query must be the caller's
+            query.tenant = principal.check_named((("tenant", query.tenant),)).tenant
         validate_query(query, max_prompt_bytes=self.max_prompt_bytes)
         if not query.query_id:
             query.query_id = new_id()
@@ -109,16 +121,21 @@ class Gateway:
         return res
 
     async def reservation(self, reservation_id: str, tenant: str) -> Reservation:
-        return self.reservations.get(reservation_id, tenant)
+        return round_reservation(self.reservations.get(reservation_id, tenant))
+
+    async def allocations(self, tenant: str, status: str | None = None) -> ReservationList:
+        """The tenant's own reservations, newest first (``GET /api/v1/allocations``)."""
+        return ReservationList(tenant=tenant, reservations=[round_reservation(r)
+                                                            for r in self.reservations.of(tenant, status)])
 
     async def release(self, reservation_id: str, tenant: str) -> Reservation:
         res = await self.reservations.release(reservation_id, tenant)
         if self.ports is not None:
             await self.ports.close(reservation_id)
-        return res
+        return round_reservation(res)
 
     async def reservation_metrics(self, reservation_id: str, tenant: str) -> AllocationMetrics:
-        return await self.reservations.metrics(reservation_id, tenant)
+        return round_metrics(await self.reservations.metrics(reservation_id, tenant))
 
     async def infer_on(self, reservation_id: str, tenant: str, query: Query) -> Answer:
         """Run ``query`` on one of the tenant's active reservations."""
@@ -167,7 +184,7 @@ class Gateway:
         """Negotiate without executing: per fragment, the winning bid and the ranked alternatives
         with their ``why``, and the pools that refused with the term. Nothing is held or charged."""
         self._admit(query, principal)
-        return await quote_query(self.orchestrator, query)
+        return round_quote(await quote_query(self.orchestrator, query))
 
     def covenants(self) -> list[Covenant]:
         book = self.orchestrator.covenants
@@ -191,6 +208,7 @@ class Gateway:
         return answer
 
     def _keep(self, answer: Answer) -> None:
+        round_answer(answer)  # reported USD to the nano-dollar (money.py), in the reply and in results
         self.results[answer.query_id] = answer
         while len(self.results) > self.max_results:
             self.results.popitem(last=False)
@@ -199,5 +217,6 @@ class Gateway:
         budgets = self.orchestrator.budgets
         status = await budgets.status(tenant) if budgets is not None and budgets.applies(tenant) else None
         report: LedgerReport = await self.orchestrator.ledger.call(Report(tenant))
-        return TenantUsage(tenant=tenant, budget=status, process_spent_usd=report.spent_usd.get(tenant, 0.0),
-                           process_held_usd=report.held_usd.get(tenant, 0.0))
+        return round_usage(TenantUsage(tenant=tenant, budget=status,
+                                       process_spent_usd=report.spent_usd.get(tenant, 0.0),
+                                       process_held_usd=report.held_usd.get(tenant, 0.0)))

@@ -224,6 +224,11 @@ class Reservations:
             raise NotFound(f"no reservation {reservation_id!r}", term="reservation_id")
         return res
 
+    def of(self, tenant: str, status: str | None = None) -> list[Reservation]:
+        """The tenant's reservations (only its own), newest first; ``status`` filters (e.g. "active")."""
+        mine = [r for r in self.table.values() if r.tenant == tenant and (status is None or r.status == status)]
+        return sorted(mine, key=lambda r: r.created_at, reverse=True)
+
     def set_port(self, reservation_id: str, port: int) -> Reservation:
         res = msgspec.structs.replace(self.table[reservation_id], local_port=port)
         self.table[reservation_id] = res

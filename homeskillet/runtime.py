@@ -132,9 +132,10 @@ class Runtime:
             self.reservations = Reservations(self.nc, self.subjects, lambda: self.negotiator.view.quotes)
             self.gateway = Gateway(self.orchestrator, self.reservations, max_prompt_bytes=s.max_prompt_bytes,
                                    limits=limits)
-            self.ingress = NatsIngress(self.nc, self.subjects, self.gateway)
+            auth = Authenticator(s.auth)  # the same identity rule on NATS as on HTTP and MCP
+            self.ingress = NatsIngress(self.nc, self.subjects, self.gateway, auth)
             await self.ingress.start()
-            self.reservation_ingress = ReservationIngress(self.nc, self.subjects, self.gateway)
+            self.reservation_ingress = ReservationIngress(self.nc, self.subjects, self.gateway, auth)
             await self.reservation_ingress.start()
             await self.wait_for_pools(list(self.hosts))
             await self.parking.start(self._resume)
@@ -143,7 +144,7 @@ class Runtime:
                 if len(s.http.reservation_ports) != 2:
                     raise HomeskilletError("http.reservation_ports must be [LOW, HIGH], e.g. [3000, 15000]")
                 low, high = s.http.reservation_ports
-                self.gateway.ports = ReservationPorts(self.gateway, Authenticator(s.auth), s.http,
+                self.gateway.ports = ReservationPorts(self.gateway, auth, s.http,
                                                       host=parse_listen(s.http.listen)[0], low=low, high=high)
         return self
 

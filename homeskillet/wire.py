@@ -65,6 +65,7 @@ __all__ = [
     "Rejection",
     "Release",
     "Reservation",
+    "ReservationList",
     "Reserve",
     "ReserveRequest",
     "Resources",
@@ -495,6 +496,13 @@ class Reservation(Wire, tag="reservation", kw_only=True):
     allocation: Allocation | None = None
     billed_usd: float | None = None  # set on release
     metadata: dict[str, str] = {}
+
+
+class ReservationList(Wire, tag="reservations", kw_only=True):
+    """``GET /api/v1/allocations``: the caller's own reservations (this orchestrator's), newest first."""
+
+    tenant: str
+    reservations: list[Reservation] = []
 
 
 class Reserve(Wire, tag="reserve", kw_only=True):

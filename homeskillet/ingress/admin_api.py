@@ -17,6 +17,8 @@ from .http_common import context, json, principal, read_body
 
 __all__ = ["admin_error", "routes"]
 
+_STATUSES = ("pending", "active", "released", "failed")
+
 
 def admin_error(exc: HomeskilletError) -> Response:
     headers = {"retry-after": f"{max(1, round(exc.retry_after_s))}"} if isinstance(exc, TenantRateLimited) else {}
@@ -57,6 +59,14 @@ def _id(request: Request, name: str = "allocation_id") -> str:
     return value
 
 
+async def allocations(request: Request) -> Response:
+    who = principal(request, scope="hs:reserve")
+    status = request.query_params.get("status")
+    if status is not None and status not in _STATUSES:
+        raise BadRequest(f"'status' {status!r} is not one of {', '.join(_STATUSES)}", term="status")
+    return json(await context(request).gateway.allocations(who.tenant, status))
+
+
 async def allocation(request: Request) -> Response:
     who = principal(request, scope="hs:reserve")
     return json(await context(request).gateway.reservation(_id(request), who.tenant))
@@ -93,6 +103,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/v1/query", query, methods=["POST"]),
         Route("/api/v1/quote", quote, methods=["POST"]),
         Route("/api/v1/allocations", allocate, methods=["POST"]),
+        Route("/api/v1/allocations", allocations, methods=["GET"]),
         Route("/api/v1/allocations/{allocation_id}", allocation, methods=["GET"]),
         Route("/api/v1/allocations/{allocation_id}", release, methods=["DELETE"]),
         Route("/api/v1/allocations/{allocation_id}/metrics", allocation_metrics, methods=["GET"]),

@@ -36,10 +36,12 @@ def context(request: Request) -> HttpContext:
 
 
 def principal(request: Request, body_tenant: str | None = None, *, scope: Scope) -> Principal:
-    """The caller, allowed ``scope``: from the bearer token when auth is on (its tenant claim wins),
-    else the ``X-Tenant`` header, else the body's tenant, else the default tenant."""
-    hint = request.headers.get("x-tenant") or body_tenant
-    return context(request).auth.authenticate(request.headers.get("authorization"), tenant_hint=hint).require(scope)
+    """The caller, allowed ``scope``, by the one identity rule (``Authenticator.identify``): the bearer
+    token's tenant when auth is on; an ``X-Tenant`` header, ``?tenant=`` or body tenant naming
+    another is 403. With auth off the first of those named is the tenant, else the default one."""
+    named = (("X-Tenant", request.headers.get("x-tenant")), ("?tenant", request.query_params.get("tenant")),
+             ("tenant", body_tenant))
+    return context(request).auth.identify(request.headers.get("authorization"), named, scope=scope)
 
 
 async def read_body(request: Request, typ: type[T], *, what: str = "the request body") -> T:

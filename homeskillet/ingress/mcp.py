@@ -6,7 +6,9 @@
   put ``McpServer.lifespan()`` in the app's lifespan (``mcp_app`` does).
 
 Auth: the bearer token of the upgrade request (WebSocket) or of each HTTP request is checked by
-``auth.Authenticator``; without a valid one the caller gets 401 and no session. The principal
+``auth.Authenticator.identify``, the rule every ingress shares; without a valid one the caller gets
+401 and no session, and an ``X-Tenant`` header or a ``tenant`` tool argument naming another tenant
+than the token's gets 403 (the same tenant is fine). The principal
 travels with each message as ``ctx.request.state.principal``, so every tool acts for the token's
 tenant. HTTP sessions are bound to the principal that opened them (the SDK answers 404 to another).
 A WebSocket session ends (close code 1008) when its token expires; the client reconnects with a new one.
@@ -36,7 +38,7 @@ from starlette.websockets import WebSocket
 
 from .. import __version__
 from ..auth import Authenticator, AuthSettings, Principal
-from ..errors import Unauthorized
+from ..errors import HomeskilletError
 from ..gateway import Gateway
 from ..telemetry import get_logger
 from .mcp_tools import McpTools
@@ -64,10 +66,11 @@ class _Asgi:
         await self.handler(scope, receive, send)
 
 
-def _denial(status: int, message: str) -> Response:
+def _denial(status: int, message: str, term: str | None = None) -> Response:
     headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if status == 401 else None
-    return JSONResponse({"error": "invalid_token" if status == 401 else "invalid_request",
-                         "error_description": message}, status_code=status, headers=headers)
+    error = {401: "invalid_token", 403: "forbidden"}.get(status, "invalid_request")
+    return JSONResponse({"error": error, "error_description": message, **({"term": term} if term else {})},
+                        status_code=status, headers=headers)
 
 
 class McpServer:
@@ -100,8 +103,9 @@ class McpServer:
         raise MCPError(INVALID_REQUEST, "this session carries no authenticated principal")
 
     def _authenticate(self, conn: HTTPConnection) -> Principal:
-        return self.authenticator.authenticate(conn.headers.get("authorization"),
-                                               tenant_hint=conn.headers.get("x-tenant"))
+        # The one identity rule (auth.py); scopes are checked per tool.
+        return self.authenticator.identify(conn.headers.get("authorization"),
+                                           (("X-Tenant", conn.headers.get("x-tenant")),), scope=None)
 
     # --- transports --------------------------------------------------------------------------------
 
@@ -125,8 +129,8 @@ class McpServer:
             return
         try:
             ws.state.principal = self._authenticate(ws)
-        except Unauthorized as exc:
-            await self._deny(ws, 401, exc.message)
+        except HomeskilletError as exc:  # 401 without a valid token, 403 for another tenant's X-Tenant
+            await self._deny(ws, exc.status, exc.message, exc.term)
             return
         await ws.accept(subprotocol=SUBPROTOCOL)
         # A WebSocket outlives a request: the token is checked at the upgrade, so the session ends
@@ -139,10 +143,10 @@ class McpServer:
             with suppress(RuntimeError, OSError):
                 await ws.close(POLICY_VIOLATION, "the bearer token expired; reconnect with a new token")
 
-    async def _deny(self, ws: WebSocket, status: int, message: str) -> None:
+    async def _deny(self, ws: WebSocket, status: int, message: str, term: str | None = None) -> None:
         log.info("mcp_ws_refused", status=status, reason=message)
         if "websocket.http.response" in ws.scope.get("extensions", {}):
-            await ws.send_denial_response(_denial(status, message))
+            await ws.send_denial_response(_denial(status, message, term))
         else:
             await ws.close(POLICY_VIOLATION, message[:120])  # a close reason must fit in 123 bytes
 
@@ -150,8 +154,8 @@ class McpServer:
         conn = HTTPConnection(scope)
         try:
             principal = self._authenticate(conn)
-        except Unauthorized as exc:
-            await _denial(401, exc.message)(scope, receive, send)
+        except HomeskilletError as exc:
+            await _denial(exc.status, exc.message, exc.term)(scope, receive, send)
             return
         if self._manager is None:
             await _denial(503, "the MCP HTTP transport is not running: serve the app with its lifespan "

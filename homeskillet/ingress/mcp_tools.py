@@ -2,8 +2,9 @@
 
 Arguments decode strictly (an unknown or mistyped argument is a tool error naming it); results are
 Structs whose msgspec schema is the tool's ``outputSchema``, returned as ``structuredContent`` and,
-as the spec suggests, as JSON text. The tenant is never an argument: it comes from the caller's
-credential (``Principal``), so one tenant cannot act as another.
+as the spec suggests, as JSON text. The tenant is not an argument: it comes from the caller's
+credential (``Principal``); a ``tenant`` argument naming another tenant is refused with 403 (the
+caller's own is ignored), as on every ingress, so one tenant cannot act as another.
 
 Errors: a ``HomeskilletError`` (bad arguments, no pool, another tenant's reservation…) comes back
 as a tool result with ``isError`` and an ``ErrorReply`` as structured content, so a model can read
@@ -149,9 +150,13 @@ class ToolSpec:
                                                 idempotent_hint=self.kind != "write", open_world_hint=True))
 
     def decode(self, arguments: dict[str, Any], principal: Principal) -> Any:
+        if "tenant" in arguments:  # the one identity rule (auth.py): only the caller's own tenant may be named
+            named = arguments["tenant"]
+            if not isinstance(named, str):
+                raise BadRequest("'tenant' must be a string, and only your own tenant", term="tenant")
+            principal.check_named((("tenant", named),))
+            arguments = {k: v for k, v in arguments.items() if k != "tenant"}
         if self.tenant_arg:
-            if "tenant" in arguments:
-                raise BadRequest("'tenant' is not an argument: it comes from your credential", term="tenant")
             arguments = {**arguments, "tenant": principal.tenant}
         try:
             return convert_strict(arguments, self.args, f"{self.name} arguments")

@@ -6,9 +6,13 @@ Discoverable through ``$SRV.PING/INFO/STATS``. Errors are service error headers
 (``Nats-Service-Error``, ``Nats-Service-Error-Code`` = the HTTP-like status) with an ErrorReply
 JSON body. The adapter only decodes, calls the gateway, encodes.
 
-Who may publish here is the NATS server's business (accounts, users, permissions); the tenant in
-the message is trusted, so give each tenant its own NATS user with publish rights only to the
-subjects it may use, or front it with the HTTP/MCP ingresses, which take the tenant from a JWT.
+Identity: with auth on (``up --auth`` / ``JWT_ENABLED``) every request carries a bearer token in a
+NATS header, ``Authorization: Bearer <JWT>``, checked by the same rule as HTTP and MCP
+(``Authenticator.identify``): the tenant is the token's, never the payload's. No or a bad token is a
+401 service error; a payload ``tenant`` or ``X-Tenant`` header naming another tenant, or a token
+without the scope (``hs:query`` for query/quote, ``hs:reserve`` for reserve), is a 403. With auth off
+the payload's tenant is trusted (development on one machine). Who may connect and publish at all
+stays the NATS server's business (accounts, users, permissions).
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service
 
 from .. import __version__
+from ..auth import Authenticator, AuthSettings, Principal, Scope, header
 from ..errors import BadRequest, HomeskilletError
 from ..gateway import Gateway, error_reply
 from ..subjects import Subjects
 from ..telemetry import get_logger
 from ..wire import Answer, Query, ReserveRequest, decode_query, encode
 
-__all__ = ["NatsIngress", "respond"]
+__all__ = ["NatsIngress", "identify", "respond"]
 
 log = get_logger("homeskillet.ingress.nats")
 
@@ -61,9 +66,16 @@ async def respond(nc: NATS, reply: str, outcome: Answer | HomeskilletError, quer
             "Nats-Service-Error": outcome.message, "Nats-Service-Error-Code": str(outcome.status)})
 
 
+def identify(auth: Authenticator, headers: dict[str, str] | None, tenant: str | None, scope: Scope) -> Principal:
+    """The caller of a NATS request, by the rule every ingress shares (bearer token in a header)."""
+    return auth.identify(header(headers, "Authorization"),
+                         (("X-Tenant", header(headers, "X-Tenant")), ("tenant", tenant)), scope=scope)
+
+
 class NatsIngress:
-    def __init__(self, nc: NATS, subjects: Subjects, gateway: Gateway) -> None:
+    def __init__(self, nc: NATS, subjects: Subjects, gateway: Gateway, auth: Authenticator | None = None) -> None:
         self.nc, self.subjects, self.gateway = nc, subjects, gateway
+        self.auth = auth or Authenticator(AuthSettings())
         self.service: Service | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -96,12 +108,15 @@ class NatsIngress:
 
     async def _on_quote(self, req: Request) -> None:
         async def quote(data: bytes) -> bytes:
-            return encode(await self.gateway.quote(_decode(decode_query, data, "query")))
+            q = _decode(decode_query, data, "query")
+            return encode(await self.gateway.quote(q, identify(self.auth, req.headers, q.tenant, "hs:query")))
         self._spawn(self._call(req, quote))
 
     async def _on_reserve(self, req: Request) -> None:
         async def reserve(data: bytes) -> bytes:
-            return encode(await self.gateway.reserve(_decode(_reserve_request.decode, data, "reservation request")))
+            r = _decode(_reserve_request.decode, data, "reservation request")
+            r.tenant = identify(self.auth, req.headers, r.tenant, "hs:reserve").tenant
+            return encode(await self.gateway.reserve(r))
         self._spawn(self._call(req, reserve))
 
     async def _call(self, req: Request, handler: Callable[[bytes], Awaitable[bytes]]) -> None:
@@ -121,7 +136,8 @@ class NatsIngress:
                 query = decode_query(req.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise _decode_error(exc) from None
-            answer = await self.gateway.ask(query, reply=req._msg.reply or "")
+            who = identify(self.auth, req.headers, query.tenant, "hs:query")
+            answer = await self.gateway.ask(query, who, reply=req._msg.reply or "")
             await req.respond(encode(answer))
         except HomeskilletError as exc:
             reply = error_reply(exc, query.query_id if query else "")

@@ -65,7 +65,7 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     # Homeskillet extensions (the openai SDK sends them with ``extra_body``)
     covenant: str | None = None  # a covenant template; wins over ``model`` for the lookup
     overrides: dict[str, Any] | None = None  # covenant terms for this request, e.g. {"qos": {"priority": 90}}
-    tenant: str | None = None  # only when auth is off; with auth the token's tenant is used
+    tenant: str | None = None  # auth off: the tenant; auth on: only the token's own (another is 403)
 
 
 class Usage(msgspec.Struct, kw_only=True):

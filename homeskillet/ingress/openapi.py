@@ -19,6 +19,7 @@ from ..wire import (
     QuoteReply,
     Readiness,
     Reservation,
+    ReservationList,
     ReserveRequest,
     TenantUsage,
 )
@@ -39,6 +40,8 @@ _ROUTES: list[tuple[str, str, str, type | None, type, type, tuple[int, ...], tup
      Query, QuoteReply, ErrorReply, (400, 401, 403, 404, 413, 422), ()),
     ("post", "/api/v1/allocations", "Allocate a model endpoint (a reservation that names a model)",
      ReserveRequest, Reservation, ErrorReply, (400, 401, 403, 413, 503), ()),
+    ("get", "/api/v1/allocations", "The caller's own allocations and reservations, newest first",
+     None, ReservationList, ErrorReply, (400, 401, 403), ()),
     ("get", "/api/v1/allocations/{allocation_id}", "One of the caller's allocations",
      None, Reservation, ErrorReply, (401, 403, 404), ("allocation_id",)),
     ("delete", "/api/v1/allocations/{allocation_id}", "Release an allocation",
@@ -57,6 +60,14 @@ _ROUTES: list[tuple[str, str, str, type | None, type, type, tuple[int, ...], tup
 ]
 
 _SECURED = ("/v1/", "/api/v1/")
+_BEARER = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description":
+           "A JWT whose tenant claim names the tenant the caller acts for (mint a development one with "
+           "'homeskillet token --tenant NAME'). Required on /v1 and /api/v1 when the server runs with auth on; "
+           "a body 'tenant', X-Tenant header or ?tenant= naming another tenant than the token's is 403."}
+_QUERY_PARAMS: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("get", "/api/v1/allocations"): [{"name": "status", "in": "query", "required": False, "schema": {
+        "type": "string", "enum": ["pending", "active", "released", "failed"]}}],
+}
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -70,17 +81,19 @@ def openapi_document(*, auth_enabled: bool, server_url: str = "") -> dict[str, A
     ref = dict(zip(types, refs, strict=True))
     paths: dict[str, dict[str, Any]] = {}
     for method, path, summary, body, reply, error, statuses, params in _ROUTES:
+        created = method == "post" and path.endswith(("/allocations", "/reserve"))
         op: dict[str, Any] = {"summary": summary, "operationId": f"{method}_{path.strip('/').replace('/', '_')}"
                               .replace("{", "").replace("}", ""),
-                              "responses": {"201" if path.endswith(("/allocations", "/reserve")) else "200":
+                              "responses": {"201" if created else "200":
                                             {"description": "OK", "content": _json(ref[reply])}}}
         for status in statuses:
             op["responses"][str(status)] = {"description": "error", "content": _json(ref[error])}
         if body is not None:
             op["requestBody"] = {"required": True, "content": _json(ref[body])}
-        if params:
-            op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                                for p in params]
+        parameters = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]
+        parameters += _QUERY_PARAMS.get((method, path), [])
+        if parameters:
+            op["parameters"] = parameters
         if auth_enabled and path.startswith(_SECURED):
             op["security"] = [{"bearer": []}]
         paths.setdefault(path, {})[method] = op
@@ -93,7 +106,7 @@ def openapi_document(*, auth_enabled: bool, server_url: str = "") -> dict[str, A
                                 "reservations. Errors on /v1 use OpenAI's error body; on /api/v1 an ErrorReply."},
         "paths": paths,
         "components": {"schemas": components,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+                       "securitySchemes": {"bearer": _BEARER}},
     }
     if server_url:
         doc["servers"] = [{"url": server_url}]

@@ -1,7 +1,9 @@
 """NATS endpoint of reservations: ``<prefix>.reservation.<id>`` takes a Query, returns an Answer.
 
-The reservation's tenant must match the query's tenant (another tenant's id is NotFound, as if it
-did not exist). Errors are micro-service error headers with an ErrorReply body, as on ``hs.query``.
+The caller is identified as on ``hs.query`` (``nats.identify``: with auth on, the bearer token in the
+``Authorization`` header, scope ``hs:reserve``; 401/403 otherwise), and the reservation must be the
+caller's tenant's (another tenant's id is NotFound, as if it did not exist). Errors are
+micro-service error headers with an ErrorReply body, as on ``hs.query``.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from ..auth import Authenticator, AuthSettings
 from ..errors import BadRequest, HomeskilletError
 from ..gateway import Gateway
 from ..subjects import Subjects
 from ..telemetry import get_logger
 from ..wire import decode_query
-from .nats import respond
+from .nats import identify, respond
 
 __all__ = ["ReservationIngress"]
 
@@ -26,8 +29,9 @@ log = get_logger("homeskillet.ingress.reservation")
 
 
 class ReservationIngress:
-    def __init__(self, nc: NATS, subjects: Subjects, gateway: Gateway) -> None:
+    def __init__(self, nc: NATS, subjects: Subjects, gateway: Gateway, auth: Authenticator | None = None) -> None:
         self.nc, self.subjects, self.gateway = nc, subjects, gateway
+        self.auth = auth or Authenticator(AuthSettings())
         self._sub: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -55,7 +59,8 @@ class ReservationIngress:
                 query = decode_query(msg.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise BadRequest(f"the query is not valid: {exc}", term="query") from None
-            await respond(self.nc, msg.reply, await self.gateway.infer_on(rid, query.tenant, query))
+            who = identify(self.auth, msg.headers, query.tenant, "hs:reserve")
+            await respond(self.nc, msg.reply, await self.gateway.infer_on(rid, who.tenant, query))
         except HomeskilletError as exc:
             await respond(self.nc, msg.reply, exc)
         except Exception as exc:  # never leave a caller without an answer

@@ -30,6 +30,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 
+from ..auth import UNNAMED_TENANT
 from ..covenant import CovenantBook, fallback_chain, parse_step
 from ..errors import HomeskilletError
 from ..wire import Answer, Covenant, ErrorReply, Query, encode
@@ -77,6 +78,7 @@ class HttpSender:
 
     def __init__(self, base_url: str, token: str | None = None) -> None:
         headers = {"content-type": "application/json"}
+        self.token = token
         if token:
             headers["authorization"] = f"Bearer {token}"
         # Open loop: as many connections as queries in flight.
@@ -85,6 +87,8 @@ class HttpSender:
 
     async def __call__(self, query: Query, timeout: float) -> Reply:
         try:
+            if self.token:  # the server acts for the token's tenant and refuses any other named (403)
+                query = msgspec.structs.replace(query, tenant=UNNAMED_TENANT)
             r = await self.client.post("/api/v1/query", content=encode(query), timeout=timeout)
             reply: Answer | ErrorReply = _reply.decode(r.content)
             return reply

@@ -6,7 +6,7 @@ keeps a small pool and reuses it: a session carries many calls at once (JSON-RPC
 runs each request in its own task), and a new one is opened only when every session of the tenant
 is busy, up to ``max_sessions`` in all. With auth off the server takes the tenant from the
 upgrade's ``X-Tenant`` header, fixed for the session, so sessions are kept per tenant; with a
-token the token's tenant wins.
+token every session acts for the token's tenant (no ``X-Tenant`` is sent: another would be refused).
 
 A tool result maps to the same outcome as the other targets: ``QueryResult`` to an ``Answer``, a
 tool error's ``ErrorReply`` (or a JSON-RPC error) to an explicit error, and nothing back (timeout,
@@ -79,7 +79,9 @@ class _Session:
 
     async def hold(self, url: str, token: str | None) -> None:
         try:
-            async with websocket_client(url, headers={"X-Tenant": self.tenant}, token=token) as (read, write), \
+            # With a token the server acts for the token's tenant and refuses another in X-Tenant (403).
+            headers = {} if token else {"X-Tenant": self.tenant}
+            async with websocket_client(url, headers=headers, token=token) as (read, write), \
                     ClientSession(read, write) as session:
                 await session.initialize()
                 self.ready.set_result(session)

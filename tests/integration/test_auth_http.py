@@ -1,6 +1,6 @@
 """Security over real HTTP with auth on: every bad token gets 401; a tenant cannot see, use or
-release another tenant's allocation or read its results (404, the same as an unknown id); the
-token's tenant beats any tenant in the body or headers."""
+release another tenant's allocation or read its results (404, the same as an unknown id); a tenant
+in the body or headers other than the token's is refused (403)."""
 
 from __future__ import annotations
 
@@ -68,9 +68,14 @@ async def test_bad_tokens_get_401_on_both_apis(http: tuple[Runtime, httpx.AsyncC
 async def test_tenants_are_isolated(http: tuple[Runtime, httpx.AsyncClient]) -> None:
     _, h = http
     a, b = bearer(token("tenant-a")), bearer(token("tenant-b"))
-    # The body and X-Tenant cannot move A's request to B.
-    r = await h.post("/api/v1/compute/reserve", headers={**a, "X-Tenant": "tenant-b"},
-                     json={"gpu_model": "H100", "duration_s": 600, "tenant": "tenant-b"})
+    # The body and X-Tenant cannot move A's request to B: refused, naming where B was named.
+    for headers, body, term in (({**a, "X-Tenant": "tenant-b"}, {}, "X-Tenant"), (a, {"tenant": "tenant-b"}, "tenant")):
+        r = await h.post("/api/v1/compute/reserve", headers=headers,
+                         json={"gpu_model": "H100", "duration_s": 600, **body})
+        assert r.status_code == 403 and r.json()["term"] == term, r.text
+    # Naming one's own tenant is fine.
+    r = await h.post("/api/v1/compute/reserve", headers={**a, "X-Tenant": "tenant-a"},
+                     json={"gpu_model": "H100", "duration_s": 600, "tenant": "tenant-a"})
     assert r.status_code == 201, r.text
     res = r.json()
     assert res["tenant"] == "tenant-a"

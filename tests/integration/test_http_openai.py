@@ -129,6 +129,9 @@ async def test_auth_on_needs_a_token(nats_url: str) -> None:
             assert err.value.status_code == 401 and err.value.param == "malformed"
         token = mint_token(tenant="acme", secret=SECRET, audience="homeskillet")
         async with client(rt, key=token) as c:
-            done = await c.chat.completions.create(model="gemma-2b", messages=msgs,  # type: ignore[arg-type]
-                                                   extra_body={"tenant": "someone-else"})
+            with pytest.raises(openai.PermissionDeniedError) as denied:  # another tenant in the body: refused
+                await c.chat.completions.create(model="gemma-2b", messages=msgs,  # type: ignore[arg-type]
+                                                extra_body={"tenant": "someone-else"})
+            assert denied.value.status_code == 403 and denied.value.param == "tenant"
+            done = await c.chat.completions.create(model="gemma-2b", messages=msgs)  # type: ignore[arg-type]
         assert done.model_extra["homeskillet"]["tenant"] == "acme"  # type: ignore[index]

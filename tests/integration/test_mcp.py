@@ -151,10 +151,13 @@ async def test_tenant_cannot_see_or_touch_another_tenants_reservation(addr) -> N
         assert still.structured_content["status"] == "active"
 
 
-async def test_tenant_argument_is_refused(addr) -> None:  # type: ignore[no-untyped-def]
+async def test_another_tenant_as_argument_is_refused(addr) -> None:  # type: ignore[no-untyped-def]
     async with ws_session(addr, token("acme")) as session:
-        text = error_text(await session.call_tool("reserve", {"gpu_model": "H100", "tenant": "globex"}))
-    assert "'tenant' is not an argument" in text
+        refused = await session.call_tool("reserve", {"gpu_model": "H100", "tenant": "globex"})
+        own = await session.call_tool("reserve", {"gpu_model": "H100", "tenant": "acme"})
+    assert refused.structured_content["status"] == 403 and refused.structured_content["term"] == "tenant"
+    assert "names tenant 'globex' but the token's tenant is 'acme'" in error_text(refused)
+    assert not own.is_error and own.structured_content["tenant"] == "acme"
 
 
 async def test_a_query_only_token_cannot_reserve(addr) -> None:  # type: ignore[no-untyped-def]

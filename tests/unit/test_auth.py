@@ -139,3 +139,65 @@ def test_scopes_restrict_only_when_the_token_carries_ours() -> None:
     with pytest.raises(Forbidden, match="hs:reserve") as err:
         Principal(tenant="a", scopes=("hs:query", "openid")).require("hs:reserve")
     assert err.value.status == 403 and err.value.term == "scope"
+
+
+# --- the one identity rule every ingress calls (identify), the leeway setting ----------------------------
+
+
+def _refusal(auth: Authenticator, header: str | None, named: list[tuple[str, str | None]]) -> tuple[int, str | None]:
+    from homeskillet.errors import Forbidden
+
+    with pytest.raises(Forbidden) as err:
+        auth.identify(header, named, scope="hs:query")
+    return err.value.status, err.value.term
+
+
+def test_identify_refuses_another_tenant_wherever_it_is_named() -> None:
+    auth, header = Authenticator(ON), "Bearer " + _tok()
+    for where in ("tenant", "X-Tenant", "?tenant"):
+        assert _refusal(auth, header, [(where, "victim")]) == (403, where)
+    # The same tenant, nothing, or the wire's value for "left out" is fine, in any mix.
+    ok = auth.identify(header, [("X-Tenant", "acme"), ("?tenant", None), ("tenant", "default")], scope="hs:query")
+    assert ok.tenant == "acme" and ok.authenticated
+    # A bad token is 401 before anything named is looked at; the scope is checked last.
+    with pytest.raises(Unauthorized):
+        auth.identify(None, [("tenant", "victim")], scope="hs:query")
+    assert _refusal(auth, "Bearer " + _tok(scopes=["hs:reserve"]), [("tenant", "acme")]) == (403, "scope")
+
+
+def test_identify_with_auth_off_takes_the_first_named_and_refuses_a_second() -> None:
+    auth = Authenticator(AuthSettings())
+    assert auth.identify(None, [("X-Tenant", None), ("tenant", "acme")], scope=None).tenant == "acme"
+    assert auth.identify(None, [("X-Tenant", "acme"), ("tenant", "acme")], scope=None).tenant == "acme"
+    assert auth.identify(None, [("tenant", "default")], scope=None).tenant == "default"
+    assert _refusal(auth, None, [("X-Tenant", "acme"), ("tenant", "globex")]) == (403, "tenant")
+
+
+def test_leeway_is_configurable_in_settings_and_env() -> None:
+    tok = "Bearer " + _tok(ttl_s=1, now=time.time() - 20)  # expired 19 s ago
+    assert Authenticator(ON).authenticate(tok).tenant == "acme"  # within the default 30 s
+    tight = auth_settings_from_env(ON, env={"JWT_LEEWAY_S": "5"})
+    assert tight.leeway_s == 5.0 and _reason(Authenticator(tight), tok) == "expired"
+    with pytest.raises(HomeskilletError, match="JWT_LEEWAY_S"):
+        auth_settings_from_env(env={"JWT_LEEWAY_S": "half a minute"})
+    with pytest.raises(HomeskilletError, match=r"0\.\.600"):
+        Authenticator(AuthSettings(enabled=True, secret=SECRET, leeway_s=-1))
+
+
+def test_leeway_from_the_config_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from homeskillet.config import load_settings
+
+    path = tmp_path / "hs.toml"
+    path.write_text('[auth]\nenabled = true\nsecret = "' + SECRET + '"\nleeway_s = 2.5\n')
+    assert load_settings(str(path)).auth.leeway_s == 2.5
+
+
+def test_reported_usd_is_rounded_to_the_nano_dollar() -> None:
+    import msgspec
+
+    from homeskillet.money import round_usd
+
+    noisy = 7 * 0.3 / 1e6
+    assert repr(noisy) == "2.1000000000000002e-06"
+    assert round_usd(noisy) == 2.1e-06 and msgspec.json.encode(round_usd(noisy)) == b"2.1e-6"
+    assert round_usd(1e-10) == 0.0 and round_usd(1.23456789012) == 1.23456789
