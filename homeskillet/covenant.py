@@ -203,8 +203,8 @@ def _validate_distill(cov: Covenant, bad: Callable[[str, str], CovenantError]) -
     if not d.student.strip() or d.student == cov.resources.model:
         raise bad("distill.student", f"{d.student!r}: name the student model (not the teacher {cov.resources.model!r})")
     _steps([d.student_step], "distill.student_step", bad)
-    for key in ("shadow_share", "confidence_threshold", "semantic_threshold", "promote_at", "canary_share",
-                "rollback_below"):
+    for key in ("shadow_share", "check_share", "confidence_threshold", "semantic_threshold", "promote_at",
+                "canary_share", "rollback_below"):
         value = getattr(d, key)
         if not 0.0 <= value <= 1.0:
             raise bad(f"distill.{key}", f"{value} is outside 0..1")
@@ -277,6 +277,9 @@ class CovenantBook:
         if not files:
             raise CovenantError(f"{d}: no covenant templates (*.toml) found; set HOMESKILLET_COVENANTS")
         return cls(load_covenant(p) for p in files)
+
+    def all(self) -> list[Covenant]:
+        return [self._by_name[n] for n in self.names()]
 
     def names(self) -> list[str]:
         return sorted(self._by_name)

@@ -12,12 +12,16 @@ import sys
 from typing import Any
 
 import structlog
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "ACTOR_RESTARTS",
     "CACHE_LOOKUPS",
     "CASCADE_STEPS",
+    "DISTILL_AGREEMENT",
+    "DISTILL_PAIRS",
+    "DISTILL_SERVED",
+    "DISTILL_SHADOWS",
     "FALLBACKS",
     "HEDGES",
     "QUERIES",
@@ -37,6 +41,14 @@ CASCADE_STEPS = Counter("hs_cascade_total", "Cascade tiers struck, by outcome (k
 HEDGES = Counter("hs_hedges_total", "Hedged strikes by outcome (fired, primary_won, hedge_won)", ["outcome"])
 QUERIES = Counter("hs_queries_total", "Queries by outcome", ["outcome"])
 QUERY_SECONDS = Histogram("hs_query_seconds", "End-to-end query latency")
+# Distillation (homeskillet/distill/): the loop's volume, its money and the student's agreement.
+DISTILL_SHADOWS = Counter("hs_distill_shadow_total", "Shadow strikes by side (student, teacher) and result",
+                          ["student", "side", "result"])
+DISTILL_PAIRS = Counter("hs_distill_pairs_total", "Teacher/student pairs captured", ["student"])
+DISTILL_SERVED = Counter("hs_distill_served_total", "Family fragments by the tier that answered (teacher, student)",
+                         ["student", "tier"])
+DISTILL_AGREEMENT = Gauge("hs_distill_agreement", "Student agreement with the teacher: live window and held-out",
+                          ["student", "window"])
 
 
 @functools.cache

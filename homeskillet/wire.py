@@ -36,6 +36,7 @@ __all__ = [
     "Cost",
     "Covenant",
     "Distill",
+    "DistillEvent",
     "DistillPair",
     "Ensemble",
     "ErrorReply",
@@ -235,6 +236,7 @@ class Distill(Term, kw_only=True):
     promote_at: float = 0.85  # held-out agreement a trained student needs to start its canary
     canary_share: float = 0.1  # 0..1 of the family's live fragments served by a canary student
     canary_min_samples: int = 50  # shadowed canary verdicts before promotion is decided
+    check_share: float = 0.1  # 0..1 of a promoted student's answers also struck on the teacher (canary: all)
     rollback_below: float = 0.75  # live agreement under which a canary or promoted student goes back
     share_across_tenants: bool = False  # a tenant's pairs may train a student other tenants use
 
@@ -694,6 +696,17 @@ class DistillPair(Wire, tag="pair", kw_only=True):
     agreement: float | None = None  # 0..1 by the covenant's measure
     agreed: bool | None = None
     captured_at: float = 0.0  # unix seconds
+
+
+class DistillEvent(Wire, tag="distill_event", kw_only=True):
+    """A distiller decision or step, on ``hs.events.distill.<student>.<action>`` and in the log."""
+
+    student: str  # the student key: "<student>" or "<student>.<tenant>" when pairs stay per tenant
+    action: str  # captured | trained | evaluated | start_canary | reject | promote | rollback | train_failed
+    stage: str
+    reason: str = ""
+    figures: dict[str, float] = {}
+    at: float = 0.0  # unix seconds
 
 
 class ErrorReply(Wire, tag="error", kw_only=True):

@@ -15,10 +15,12 @@ import msgspec
 from ..analyze import Analysis, Assessment, Part, assess, choose_covenant, decompose, fragments_of, make_fragment
 from ..cache import CacheHit, ResultCache
 from ..covenant import CovenantBook
+from ..distill.distiller import Distiller
 from ..errors import HomeskilletError
 from ..fuse import Piece, ordered_merge, reduce_prompt
 from ..wire import Covenant, Fragment, FragmentOutcome, Offer, Query
 from .cascade import cascade
+from .distill import distilled
 from .ensemble import ensemble
 from .mapreduce import chunk_budget, map_reduce
 from .types import Run, Served
@@ -80,10 +82,16 @@ def _from_cache(frag: Fragment, hit: CacheHit) -> FragmentOutcome:
     )
 
 
-async def serve_plan(run: Run, p: Plan, cache: ResultCache) -> Result:
+async def serve_plan(run: Run, p: Plan, cache: ResultCache, distiller: Distiller | None = None) -> Result:
     cov, tenant = p.cov, run.query.tenant
+    terms = distiller.terms(cov.distill) if distiller is not None else None
 
     async def serve_mode(frag: Fragment) -> Served:
+        if terms is not None and distiller is not None and frag.role != "reduce":
+            return await distilled(run, frag, terms, distiller, serve_chosen)
+        return await serve_chosen(frag)
+
+    async def serve_chosen(frag: Fragment) -> Served:
         st = cov.strategy
         match st.serve:
             case "ensemble":

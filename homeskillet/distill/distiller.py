@@ -1,0 +1,189 @@
+"""The distiller: owns each student's state and sits in the serving path of a ``[distill]`` covenant.
+
+Per family fragment (strategies/distill.py asks it):
+
+- **route**: a canary or promoted student answers (``canary.routes_to_student``); else the teacher.
+- **capture**: a share (``shadow_share``) of teacher answers is also struck on the student; the pair
+  (teacher's answer and confidence, student's answer, agreement, both costs) goes to ``HS_DISTILL``.
+  In ``async`` mode that strike runs after the answer has gone back; a failure is counted, never
+  surfaced.
+- **check**: a share of the student's live answers is also struck on the teacher; each comparison
+  is a live verdict in the student's window, and ``canary.decide`` may promote or roll back.
+
+State lives on the I/O loop (one writer) and in the KV bucket ``hs-distill-<prefix>`` (stage,
+adapter, held-out scores), so a restarted orchestrator serves a promoted student as before. A
+student is keyed by name, plus the tenant unless the covenant shares pairs across tenants (a
+tenant's pairs never train another tenant's student unless it says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from ..config import DistillationSettings
+from ..subjects import Subjects, token
+from ..telemetry import DISTILL_AGREEMENT, DISTILL_PAIRS, DISTILL_SHADOWS, get_logger
+from ..wire import Distill, DistillEvent, DistillPair, Fragment, encode
+from .agreement import Embed, agree
+from .canary import Decision, StudentState, decide, routes_to_student
+from .capture import PairStore, pair_id
+
+__all__ = ["Distiller", "adapter_name", "student_key"]
+
+log = get_logger("homeskillet.distill")
+
+
+def student_key(terms: Distill, tenant: str) -> str:
+    return terms.student if terms.share_across_tenants else f"{terms.student}.{token(tenant)}"
+
+
+class Distiller:
+    def __init__(self, nc: NATS, subjects: Subjects, *, settings: DistillationSettings | None = None,
+                 embed: Embed | None = None, replicas: int = 1, seed: int | None = None) -> None:
+        self.nc, self.subjects = nc, subjects
+        self.settings = settings or DistillationSettings()
+        self.store = PairStore(nc, subjects, replicas=replicas)
+        self.embed = embed
+        self.replicas = replicas
+        self.states: dict[str, StudentState] = {}
+        self.shadow_failures = 0
+        self.rng = random.Random(seed)
+        self._kv: KeyValue | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        await self.store.start()
+        self._kv = await self.nc.jetstream().create_key_value(KeyValueConfig(
+            bucket=f"hs-distill-{token(self.subjects.prefix)}", history=1, storage=StorageType.FILE,
+            replicas=self.replicas))
+        with contextlib.suppress(Exception):  # no keys yet
+            for key in await self._kv.keys():
+                with contextlib.suppress(KeyNotFoundError, msgspec.DecodeError):
+                    entry = await self._kv.get(key)
+                    if entry.value:
+                        state = msgspec.json.decode(entry.value, type=StudentState)
+                        self.states[state.student] = state
+
+    async def stop(self) -> None:
+        """Let shadow strikes in flight finish (they are billed already) for a moment, then cancel."""
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=5.0)
+            for t in pending:
+                t.cancel()
+
+    # --- the covenant's terms, with the deployment's settings laid on them ---
+
+    def terms(self, terms: Distill | None) -> Distill | None:
+        s = self.settings
+        if terms is None or not terms.enabled or not s.enabled:
+            return None
+        over: dict[str, Any] = {}
+        if s.mode:
+            over["mode"] = s.mode
+        for field, value in (("confidence_threshold", s.confidence_threshold),
+                             ("max_examples", s.max_training_examples), ("auto_train", s.auto_train),
+                             ("training_frequency", s.training_frequency)):
+            if value is not None:
+                over[field] = value
+        return msgspec.structs.replace(terms, **over) if over else terms
+
+    def state(self, key: str) -> StudentState:
+        if key not in self.states:
+            self.states[key] = StudentState(student=key)
+        return self.states[key]
+
+    # --- the serving path ---
+
+    def to_student(self, terms: Distill, tenant: str) -> bool:
+        return routes_to_student(self.state(student_key(terms, tenant)), terms, self.rng.random())
+
+    def sample(self, share: float) -> bool:
+        return share >= 1.0 or self.rng.random() < share
+
+    def student_model(self, terms: Distill, tenant: str) -> str:
+        """The model name a student strike carries: the base, or ``<base>+<adapter>`` once trained."""
+        state = self.state(student_key(terms, tenant))
+        return f"{terms.base_model}+{adapter_name(state.student)}" if state.adapter else terms.base_model
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def shadow_failed(self, terms: Distill, tenant: str, side: str, why: str) -> None:
+        self.shadow_failures += 1
+        DISTILL_SHADOWS.labels(student=student_key(terms, tenant), side=side, result="failed").inc()
+        log.info("distill_shadow_failed", student=student_key(terms, tenant), side=side, error=why)
+
+    async def capture(self, *, terms: Distill, tenant: str, covenant: str, query_id: str, frag: Fragment,
+                      teacher_text: str, teacher_model: str, teacher_pool: str, teacher_confidence: float | None,
+                      teacher_cost: float, student_text: str | None, student_model: str = "",
+                      student_pool: str = "", student_cost: float = 0.0) -> DistillPair:
+        """Keep one pair (replacing an earlier capture of the same fragment)."""
+        key = student_key(terms, tenant)
+        agreement = agreed = None
+        if student_text is not None:
+            a = agree(student_text, teacher_text, measure=terms.agreement, threshold=terms.semantic_threshold,
+                      embed=self.embed if terms.agreement == "semantic" else None)
+            agreement, agreed = a.score, a.agreed
+            DISTILL_SHADOWS.labels(student=key, side="student", result="ok").inc()
+        pair = DistillPair(
+            pair_id=pair_id(tenant, terms.student, frag.hash), tenant=tenant, covenant=covenant, student=terms.student,
+            query_id=query_id, fragment_hash=frag.hash, prompt=frag.prompt, context=list(frag.context),
+            teacher_model=teacher_model, teacher_pool=teacher_pool, teacher_text=teacher_text,
+            teacher_confidence=teacher_confidence, teacher_cost_usd=teacher_cost, student_model=student_model,
+            student_pool=student_pool, student_text=student_text, student_cost_usd=student_cost, agreement=agreement,
+            agreed=agreed, captured_at=time.time())
+        await self.store.put(pair)
+        DISTILL_PAIRS.labels(student=key).inc()
+        return pair
+
+    async def observe(self, terms: Distill, tenant: str, student_text: str, teacher_text: str) -> Decision:
+        """One live verdict for a serving student (its answer against the teacher's on the same fragment)."""
+        key = student_key(terms, tenant)
+        a = agree(student_text, teacher_text, measure=terms.agreement, threshold=terms.semantic_threshold,
+                  embed=self.embed if terms.agreement == "semantic" else None)
+        state = self.state(key)
+        state.observe(a.agreed, self.settings.live_window)
+        live = state.live_agreement()
+        if live is not None:
+            DISTILL_AGREEMENT.labels(student=key, window="live").set(live)
+        return await self.apply(key, decide(state, terms), terms)
+
+    async def apply(self, key: str, d: Decision, terms: Distill) -> Decision:
+        """Make a decision true: the new stage, saved, published, logged."""
+        if d.action == "none":
+            return d
+        state = self.state(key)
+        state.stage = d.stage
+        if d.action in ("promote", "rollback", "start_canary"):
+            state.window = []  # a new stage is judged on its own verdicts
+        await self.save(state)
+        await self.event(key, d.action, d.stage, d.reason)
+        return d
+
+    async def save(self, state: StudentState) -> None:
+        if self._kv is not None:
+            await self._kv.put(token(state.student), msgspec.json.encode(state))
+
+    async def event(self, key: str, action: str, stage: str, reason: str = "",
+                    figures: dict[str, float] | None = None) -> None:
+        ev = DistillEvent(student=key, action=action, stage=stage, reason=reason, figures=figures or {}, at=time.time())
+        log.info("distill_" + action, student=key, stage=stage, reason=reason, **(figures or {}))
+        await self.nc.publish(self.subjects.distill_event(key, action), encode(ev))
+
+
+def adapter_name(key: str) -> str:
+    """A student key as an adapter name the local pools accept (letters, digits, ``._-``)."""
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in key)[:128]
