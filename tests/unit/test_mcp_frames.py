@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from mcp_types import JSONRPCNotification, JSONRPCRequest, JSONRPCResponse
 
 from homeskillet.auth import Principal
-from homeskillet.errors import BadRequest
+from homeskillet.errors import BadRequest, Forbidden
 from homeskillet.ingress.mcp_tools import McpTools, QueryArgs, QueryResult, object_schema
 from homeskillet.ingress.mcp_websocket import BadFrame, encode_message, parse_frame
 from homeskillet.wire import Answer, FragmentOutcome, Reservation
@@ -80,8 +80,9 @@ def test_the_tenant_is_hidden_from_the_reserve_schema_and_refused_as_an_argument
     reserve = tools.specs["reserve"]
     assert "tenant" not in reserve.tool().input_schema["properties"]
     assert reserve.decode({"gpu_model": "H100"}, ACME).tenant == "acme"
-    with pytest.raises(BadRequest, match="comes from your credential"):
+    with pytest.raises(Forbidden, match="names tenant 'globex'") as err:  # the one rule of every ingress
         reserve.decode({"tenant": "globex"}, ACME)
+    assert err.value.status == 403 and err.value.term == "tenant"
 
 
 @pytest.mark.parametrize(("args", "named"), [
@@ -113,7 +114,7 @@ def test_any_arguments_decode_or_are_a_bad_request(args: dict[str, object]) -> N
     for name in ("query", "quote", "reserve"):
         try:
             tools.specs[name].decode(args, ACME)
-        except BadRequest as exc:
+        except (BadRequest, Forbidden) as exc:  # Forbidden: a tenant argument that is not the caller's
             assert exc.message
 
 
