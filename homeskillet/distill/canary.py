@@ -52,7 +52,8 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
 class StudentState(msgspec.Struct, kw_only=True):
     student: str
     stage: Stage = "base"
-    adapter: str = ""  # the adapter directory serving this student ("" = the base model)
+    adapter: str = ""  # the adapter name the local pools serve it as (<base>+<adapter>); "" = the base model
+    version: int = 0  # adapter versions trained so far (the adapter is "<student>-v<version>")
     heldout_before: float | None = None
     heldout_after: float | None = None
     student_arm: Arm = msgspec.field(default_factory=Arm)

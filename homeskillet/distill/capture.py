@@ -50,8 +50,8 @@ class PairStore:
                               stream=self.stream)
 
     async def pairs(self, tenant: str, student: str, *, limit: int = 10_000) -> list[DistillPair]:
-        """The newest ``limit`` pairs of one tenant for one student, oldest first."""
-        subject = f"{self.subjects.distill_pairs}.{token(tenant)}.{token(student)}.>"
+        """The newest ``limit`` pairs of one tenant (``*``: every tenant) for one student, oldest first."""
+        subject = f"{self.subjects.distill_pairs}.{'*' if tenant == '*' else token(tenant)}.{token(student)}.>"
         try:
             info = await self.js.stream_info(self.stream, subjects_filter=subject)
         except NotFoundError:

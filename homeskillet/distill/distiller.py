@@ -114,7 +114,7 @@ class Distiller:
     def student_model(self, terms: Distill, tenant: str) -> str:
         """The model name a student strike carries: the base, or ``<base>+<adapter>`` once trained."""
         state = self.state(student_key(terms, tenant))
-        return f"{terms.base_model}+{adapter_name(state.student)}" if state.adapter else terms.base_model
+        return f"{terms.base_model}+{state.adapter}" if state.adapter else terms.base_model
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -29,6 +29,9 @@ from typing import Any
 
 import msgspec
 
+from ..wire import Distill, DistillPair
+from .evaluate import Evaluation, evaluate
+
 __all__ = ["TrainJob", "TrainProgress", "TrainResult", "run_job"]
 
 
@@ -47,6 +50,14 @@ class TrainJob(msgspec.Struct, frozen=True, kw_only=True):
     max_seq_length: int = 512
     save_every: int = 10
     seed: int = 0
+    # Held-out evaluation in the same process (the model is loaded once): the base student first,
+    # then the trained one. heldout_path: JSONL of DistillPair; groups_path: {pair_id: group} JSON.
+    heldout_path: str = ""
+    groups_path: str = ""
+    measure: str = "exact"
+    semantic_threshold: float = 0.8
+    eval_max_tokens: int = 16
+    system: str = ""
 
 
 class TrainProgress(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,7 +75,9 @@ class TrainResult(msgspec.Struct, frozen=True, kw_only=True):
     steps: int
     resumed_at: int  # 0 for a fresh run
     final_loss: float
-    elapsed_s: float
+    elapsed_s: float  # training only
+    before: Evaluation | None = None  # the base student on the held-out pairs
+    after: Evaluation | None = None  # the trained student on the same pairs
 
 
 def _adapter_config(job: TrainJob) -> dict[str, Any]:
@@ -121,6 +134,8 @@ def run_job(job: TrainJob, progress: Callable[[TrainProgress], None] | None = No
     if start_from is not None:
         model.load_weights(str(start_from), strict=False)
     (out / "adapter_config.json").write_text(json.dumps(config, indent=1))
+    heldout = _heldout(job)
+    before = heldout(model, tokenizer, "") if start_from is None else None  # LoRA starts at zero: the base
 
     ns = type("DataArgs", (), {"mask_prompt": True, "chat_feature": "messages"})()
     train_set, valid_set, _ = load_local_dataset(Path(job.data_dir), tokenizer, ns)  # type: ignore[arg-type]
@@ -151,8 +166,37 @@ def run_job(job: TrainJob, progress: Callable[[TrainProgress], None] | None = No
           val_dataset=CacheDataset(valid_set), args=args, training_callback=Report())
     os.replace(run_dir / "adapters.safetensors", out / "adapters.safetensors")
     (out / "progress.json").write_text(json.dumps({"step": job.steps, "checkpoint": str(out / "adapters.safetensors")}))
+    elapsed = time.monotonic() - began
     return TrainResult(student=job.student, adapter_dir=str(out), steps=job.steps, resumed_at=done,
-                       final_loss=last_loss[0], elapsed_s=time.monotonic() - began)
+                       final_loss=last_loss[0], elapsed_s=elapsed, before=before,
+                       after=heldout(model, tokenizer, str(out)))
+
+
+def _heldout(job: TrainJob) -> Callable[[Any, Any, str], Evaluation | None]:
+    """Score a loaded model (base or with its adapter) on the job's held-out pairs, greedy."""
+    if not job.heldout_path:
+        return lambda model, tokenizer, adapter: None
+    pairs = [msgspec.json.decode(line, type=DistillPair)
+             for line in Path(job.heldout_path).read_bytes().splitlines() if line.strip()]
+    groups = json.loads(Path(job.groups_path).read_text()) if job.groups_path else None
+    terms = Distill(student=job.student, agreement="semantic" if job.measure == "semantic" else "exact",
+                    semantic_threshold=job.semantic_threshold)
+    embed = None
+    if job.measure == "semantic":
+        from ..embeddings import MiniLMEmbedder
+
+        embed = MiniLMEmbedder()
+
+    def score(model: Any, tokenizer: Any, adapter: str) -> Evaluation:
+        from mlx_lm import generate
+
+        def answer(messages: list[dict[str, str]]) -> str:
+            prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            return str(generate(model, tokenizer, prompt=prompt, max_tokens=job.eval_max_tokens, verbose=False))
+
+        return evaluate(pairs, answer, terms, adapter=adapter, embed=embed, groups=groups, system=job.system)
+
+    return score
 
 
 def main(argv: list[str] | None = None) -> int:
