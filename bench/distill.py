@@ -74,8 +74,8 @@ def main() -> int:
     print("| student | held-out exact match | seen wordings | unseen wordings |")
     print("|---|---|---|---|")
     for name, ev in (("base SmolLM2-135M", r.before), (f"after {a.steps} LoRA steps", r.after)):
-        g = ev.groups
-        print(f"| {name} | {ev.overall.agreed:.1%} | {g['seen_wording'].agreed:.1%} | {g['unseen_wording'].agreed:.1%} |")
+        seen, unseen = ev.groups["seen_wording"].agreed, ev.groups["unseen_wording"].agreed
+        print(f"| {name} | {ev.overall.agreed:.1%} | {seen:.1%} | {unseen:.1%} |")
     print(f"\ntraining {r.elapsed_s:.0f} s ({r.elapsed_s / a.steps:.2f} s/step), whole job with both evaluations "
           f"{wall:.0f} s; final loss {r.final_loss:.3f}")
     print("samples after:", r.after.samples[:3])
