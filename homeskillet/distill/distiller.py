@@ -28,7 +28,6 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from ..config import DistillationSettings
@@ -61,22 +60,43 @@ class Distiller:
         self.rng = random.Random(seed)
         self._kv: KeyValue | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._watching: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.store.start()
         self._kv = await self.nc.jetstream().create_key_value(KeyValueConfig(
             bucket=f"hs-distill-{token(self.subjects.prefix)}", history=1, storage=StorageType.FILE,
             replicas=self.replicas))
-        with contextlib.suppress(Exception):  # no keys yet
-            for key in await self._kv.keys():
-                with contextlib.suppress(KeyNotFoundError, msgspec.DecodeError):
-                    entry = await self._kv.get(key)
-                    if entry.value:
-                        state = msgspec.json.decode(entry.value, type=StudentState)
-                        self.states[state.student] = state
+        # Every orchestrator and `homeskillet distill promote|rollback` writes here: follow them all.
+        watcher = await self._kv.watchall()
+        while True:  # the current values, then None once they are all in
+            entry = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]
+            if entry is None:
+                break
+            self._adopt(entry.value)
+        self._watching = asyncio.create_task(self._follow(watcher), name="distill-state")
+
+    async def _follow(self, watcher: Any) -> None:
+        async for entry in watcher:
+            if entry is not None:
+                self._adopt(entry.value)
+
+    def _adopt(self, value: bytes | None) -> None:
+        """A stage, adapter or version set elsewhere replaces ours (and its live window starts afresh)."""
+        if not value:
+            return
+        with contextlib.suppress(msgspec.DecodeError):
+            remote = msgspec.json.decode(value, type=StudentState)
+            local = self.states.get(remote.student)
+            if local is None or (local.stage, local.adapter, local.version) != (remote.stage, remote.adapter,
+                                                                                remote.version):
+                remote.window = []
+                self.states[remote.student] = remote
 
     async def stop(self) -> None:
         """Let shadow strikes in flight finish (they are billed already) for a moment, then cancel."""
+        if self._watching is not None:
+            self._watching.cancel()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=5.0)
             for t in pending:

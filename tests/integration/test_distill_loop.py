@@ -129,3 +129,11 @@ async def test_canary_is_promoted_or_rolled_back_by_live_verdicts(nats_url: str,
         if stage == "rolled_back":  # the family goes back to the teacher at once
             answer = await ask(rt, "Where is parcel 99?")
             assert answer.fragments[0].pool == "echo/teacher"
+        # Another orchestrator on the same deployment (or this one restarted) serves the same stage.
+        settings = msgspec.structs.replace(rt.settings, pools=[])
+        peer = Runtime(settings)
+        await peer.start()
+        try:
+            assert peer.distiller is not None and peer.distiller.states[key].stage == stage
+        finally:
+            await peer.stop()
