@@ -51,6 +51,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
 
 class StudentState(msgspec.Struct, kw_only=True):
     student: str
+    tenant: str = ""  # whose pairs train it ("" = every tenant that shares)
     stage: Stage = "base"
     adapter: str = ""  # the adapter name the local pools serve it as (<base>+<adapter>); "" = the base model
     version: int = 0  # adapter versions trained so far (the adapter is "<student>-v<version>")

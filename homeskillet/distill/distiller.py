@@ -118,15 +118,16 @@ class Distiller:
                 over[field] = value
         return msgspec.structs.replace(terms, **over) if over else terms
 
-    def state(self, key: str) -> StudentState:
+    def state(self, key: str, tenant: str = "") -> StudentState:
         if key not in self.states:
-            self.states[key] = StudentState(student=key)
+            self.states[key] = StudentState(student=key, tenant=tenant)
         return self.states[key]
 
     # --- the serving path ---
 
     def to_student(self, terms: Distill, tenant: str) -> bool:
-        return routes_to_student(self.state(student_key(terms, tenant)), terms, self.rng.random())
+        state = self.state(student_key(terms, tenant), "" if terms.share_across_tenants else tenant)
+        return routes_to_student(state, terms, self.rng.random())
 
     def sample(self, share: float) -> bool:
         return share >= 1.0 or self.rng.random() < share
@@ -179,9 +180,9 @@ class Distiller:
         live = state.live_agreement()
         if live is not None:
             DISTILL_AGREEMENT.labels(student=key, window="live").set(live)
-        return await self.apply(key, decide(state, terms), terms)
+        return await self.apply(key, decide(state, terms))
 
-    async def apply(self, key: str, d: Decision, terms: Distill) -> Decision:
+    async def apply(self, key: str, d: Decision) -> Decision:
         """Make a decision true: the new stage, saved, published, logged."""
         if d.action == "none":
             return d

@@ -107,7 +107,7 @@ async def run_round(d: Distiller, terms: Distill, tenant: str, *, work_root: Pat
         figures["heldout_before"] = result.before.overall.agreed
     if result.after is not None:
         figures["heldout_after"] = result.after.overall.agreed
-    trained = StudentState(student=key, stage="trained", adapter=Path(result.adapter_dir).name,
+    trained = StudentState(student=key, tenant=state.tenant, stage="trained", adapter=Path(result.adapter_dir).name,
                            version=state.version + 1, heldout_before=figures.get("heldout_before"),
                            heldout_after=figures.get("heldout_after"))
     # A new version starts its own record; the old one keeps serving until this one clears the bar.
@@ -118,7 +118,7 @@ async def run_round(d: Distiller, terms: Distill, tenant: str, *, work_root: Pat
         state.version = trained.version
     await d.event(key, "trained", "trained", f"v{trained.version}", figures)
     if verdict.action == "start_canary":
-        await d.apply(key, verdict, terms)
+        await d.apply(key, verdict)
     else:  # rejected: the previous version (or the teacher) keeps serving
         await d.event(key, verdict.action, state.stage, verdict.reason, figures)
         await d.save(state)

@@ -134,14 +134,14 @@ def _fill(text: str, rng: random.Random, half: int) -> str:
 def triage(n_train: int, n_heldout: int, seed: int = 0) -> tuple[list[Example], list[Example]]:
     """``n_train`` training tickets and ``n_heldout`` held-out ones (half on unseen wordings), labels balanced."""
     rng = random.Random(seed)
-    train: list[Example] = []
-    seen_prompts: set[str] = set()
-    while len(train) < n_train:
-        label = LABELS[len(train) % len(LABELS)]
-        prompt = _fill(rng.choice(_WORDINGS[label][:8]), rng, 0)
-        if prompt not in seen_prompts or len(seen_prompts) > 0.9 * n_train:
-            seen_prompts.add(prompt)
-            train.append(Example(prompt=prompt, answer=label, group="train"))
+    # Distinct training prompts per label, drawn without replacement (repeats only past the pool's size).
+    pools: dict[str, list[str]] = {}
+    for label in LABELS:
+        distinct = sorted({_fill(w, rng, 0) for w in _WORDINGS[label][:8] for _ in range(12)})
+        rng.shuffle(distinct)
+        pools[label] = distinct
+    train = [Example(prompt=pools[LABELS[i % len(LABELS)]][(i // len(LABELS)) % len(pools[LABELS[i % len(LABELS)]])],
+                     answer=LABELS[i % len(LABELS)], group="train") for i in range(n_train)]
     held: list[Example] = []
     for i in range(n_heldout):
         label = LABELS[i % len(LABELS)]
