@@ -22,6 +22,7 @@
     │       └── NoCapacity           nothing to rent or allocate that fits, right now
     ├── LeaseRejected                the pool would not commit a lease (stale quote, no capacity)
     ├── DeadlineExceeded             the covenant's hard deadline passed (504)
+    ├── TrainingFailed               a distillation training round did not finish (its job's last words)
     └── ExtraMissing                 an optional extra is not installed; says which to install
 
 Errors carry the facts a caller decides on: ``retryable``, the covenant ``term`` that failed,
@@ -50,6 +51,7 @@ __all__ = [
     "RateLimited",
     "StrikeFailed",
     "TenantRateLimited",
+    "TrainingFailed",
     "Unauthorized",
     "UnknownCovenant",
     "Unmet",
@@ -228,3 +230,8 @@ class Cancelled(StrikeFailed):
     def __init__(self, message: str, *, billed_usd: float = 0.0) -> None:
         super().__init__(message)
         self.billed_usd = billed_usd
+
+
+class TrainingFailed(HomeskilletError):
+    code = "training_failed"
+    status = 500

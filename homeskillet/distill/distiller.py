@@ -61,6 +61,8 @@ class Distiller:
         self._kv: KeyValue | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watching: asyncio.Task[None] | None = None
+        self.training: dict[str, asyncio.Task[Any]] = {}  # student key -> its training round in flight
+        self.since_train: dict[str, int] = {}  # pairs captured since the student's last round (auto_train)
 
     async def start(self) -> None:
         await self.store.start()
@@ -97,6 +99,8 @@ class Distiller:
         """Let shadow strikes in flight finish (they are billed already) for a moment, then cancel."""
         if self._watching is not None:
             self._watching.cancel()
+        for task in self.training.values():
+            task.cancel()  # the job resumes from its last checkpoint next round
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=5.0)
             for t in pending:
@@ -168,7 +172,36 @@ class Distiller:
             agreed=agreed, captured_at=time.time())
         await self.store.put(pair)
         DISTILL_PAIRS.labels(student=key).inc()
+        self.since_train[key] = self.since_train.get(key, 0) + 1
+        if terms.auto_train and self.since_train[key] >= terms.training_frequency:
+            self.start_training(terms, tenant)
         return pair
+
+    def start_training(self, terms: Distill, tenant: str, base_model_dir: str = "") -> asyncio.Task[Any]:
+        """A training round in the background (one per student at a time); returns the round's task."""
+        key = student_key(terms, tenant)
+        running = self.training.get(key)
+        if running is not None and not running.done():
+            return running
+        self.since_train[key] = 0
+        task = asyncio.create_task(self._train(terms, tenant, base_model_dir), name=f"distill-train-{key}")
+        self.training[key] = task
+        return task
+
+    async def _train(self, terms: Distill, tenant: str, base_model_dir: str) -> Any:
+        from .paths import adapters_dir, distill_dir
+        from .pipeline import run_round
+
+        if not base_model_dir:
+            from ..localmodel import resolve_model_dir
+
+            base_model_dir = str(await asyncio.to_thread(resolve_model_dir))
+        try:
+            return await run_round(self, terms, tenant, work_root=distill_dir(), adapters_root=adapters_dir(),
+                                   base_model_dir=base_model_dir)
+        except Exception as exc:  # counted and published by run_round; the serving path never sees it
+            log.warning("distill_train_failed", student=student_key(terms, tenant), error=str(exc))
+            return None
 
     async def observe(self, terms: Distill, tenant: str, student_text: str, teacher_text: str) -> Decision:
         """One live verdict for a serving student (its answer against the teacher's on the same fragment)."""

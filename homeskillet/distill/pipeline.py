@@ -18,19 +18,14 @@ from pathlib import Path
 
 import msgspec
 
-from ..errors import BadRequest, HomeskilletError
+from ..errors import BadRequest, TrainingFailed
 from ..wire import Distill, DistillPair
 from .canary import StudentState, decide
 from .dataset import split_pairs, to_chat_record, trainable, write_jsonl
 from .distiller import Distiller, adapter_name, student_key
 from .train import TrainJob, TrainProgress, TrainResult
 
-__all__ = ["TrainingFailed", "prepare_round", "run_round"]
-
-
-class TrainingFailed(HomeskilletError):
-    code = "training_failed"
-    status = 500
+__all__ = ["prepare_round", "run_job_in_child", "run_round"]
 
 
 def prepare_round(pairs: list[DistillPair], terms: Distill, key: str, version: int, *, work_root: Path,

@@ -4,6 +4,7 @@ promotion and rollback decided from live verdicts, each decision an event."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -137,3 +138,42 @@ async def test_canary_is_promoted_or_rolled_back_by_live_verdicts(nats_url: str,
             assert peer.distiller is not None and peer.distiller.states[key].stage == stage
         finally:
             await peer.stop()
+
+
+async def test_the_seeds_endpoints_capture_export_and_status_per_tenant(nats_url: str, tmp_path: Path) -> None:
+    import httpx
+
+    from homeskillet.config import HttpSettings
+
+    http = HttpSettings(listen="127.0.0.1:0")
+    async with start_runtime(nats_url, pools(), covenants_dir=covenants(tmp_path), http=http) as rt:
+        assert rt.http is not None and rt.distiller is not None
+        async with httpx.AsyncClient(base_url=rt.http.url, headers={"X-Tenant": "acme"}) as c:
+            r = await c.post("/api/v1/distillation/query", json={"input": "My card was billed twice",
+                                                                 "teacher_model": "teacher-xl"})
+            assert r.status_code == 200 and r.json()["text"].startswith("echo:")
+            r = await c.post("/api/v1/distillation/query", json={"input": "Not this one", "covenant": "triage",
+                                                                 "capture_training": False})
+            assert r.status_code == 200
+
+            async def one_pair() -> bool:
+                return await rt.distiller.store.count("acme", "triage-s") == 1 and not rt.distiller._tasks  # type: ignore[union-attr]
+
+            await until(one_pair)
+            r = await c.get("/api/v1/distillation/export", params={"format": "jsonl", "student": "triage-s"})
+            lines = [json.loads(line) for line in r.text.splitlines()]
+            assert r.status_code == 200 and len(lines) == 1
+            assert lines[0]["messages"][-2:] == [{"role": "user", "content": "My card was billed twice"},
+                                                 {"role": "assistant", "content": lines[0]["messages"][-1]["content"]}]
+            other = await c.get("/api/v1/distillation/export", params={"student": "triage-s"},
+                                headers={"X-Tenant": "beta"})
+            assert other.status_code == 200 and other.text == ""  # another tenant sees none of acme's pairs
+            bad = await c.post("/api/v1/distillation/query", json={"input": "x", "teacher_model": "teacher-xl",
+                                                                   "nope": 1})
+            assert bad.status_code == 400 and "nope" in bad.text
+            bad = await c.post("/api/v1/distillation/train", json={"covenant": "triage", "validation_split": 2})
+            assert bad.status_code == 400 and bad.json()["term"] == "validation_split"
+            r = await c.get("/api/v1/distillation/status")
+            assert [(s["student"], s["stage"]) for s in r.json()["students"]] == [("triage-s.acme", "base")]
+            r = await c.get("/api/v1/distillation/status", headers={"X-Tenant": "beta"})
+            assert r.status_code == 200 and r.json()["students"] == []
