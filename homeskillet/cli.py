@@ -227,15 +227,17 @@ def _parser() -> argparse.ArgumentParser:
     node = sub.add_parser("node", help="serve the Ollama API backed by local MLX")
     node.add_argument("--host", default="127.0.0.1")
     node.add_argument("--port", type=int, default=11434)
+    from .distill.commands import add_parsers as add_distill_parsers
     from .replay.commands import add_parsers as add_replay_parsers
 
     add_replay_parsers(sub)
+    add_distill_parsers(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    quiet = args.cmd in ("demo", "ask", "covenant", "token")
+    quiet = args.cmd in ("demo", "ask", "covenant", "token", "distill")
     # The demo's one preemption is deliberate and its table shows it; replay drives thousands of strikes
     # whose refusals and fallbacks are expected (the report counts them): no warnings on stderr for them.
     default = "ERROR" if args.cmd in ("demo", "replay", "simulate") else "WARNING" if quiet else "INFO"
@@ -266,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
                 from .replay.commands import simulate_command
 
                 return simulate_command(args)
+            case "distill":
+                from .distill.commands import distill_command
+
+                return distill_command(args)
     except HomeskilletError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

@@ -18,7 +18,8 @@ from .errors import HomeskilletError
 from .secrets import resolve_secret
 from .strict import StrictError, convert_strict, load_toml
 
-__all__ = ["HttpSettings", "NatsAuth", "PoolSpec", "Settings", "TenantSettings", "default_pools", "load_settings"]
+__all__ = ["DistillationSettings", "HttpSettings", "NatsAuth", "PoolSpec", "Settings", "TenantSettings",
+           "default_pools", "load_settings"]
 
 
 class PoolSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -106,6 +107,41 @@ class HttpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reservation_ports: list[int] = msgspec.field(default_factory=lambda: [3000, 15000])  # local_port range
 
 
+class DistillationSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The seeds' ``[distillation]`` table and ``DISTILLATION_*`` variables; they override covenants."""
+
+    enabled: bool = True  # DISTILLATION_ENABLED: false switches every [distill] table off
+    mode: str = ""  # DISTILLATION_MODE: async | sync, for every covenant ("" = each covenant's own)
+    confidence_threshold: float | None = None  # CONFIDENCE_THRESHOLD
+    max_training_examples: int | None = None  # MAX_TRAINING_EXAMPLES
+    auto_train: bool | None = None
+    training_frequency: int | None = None
+    live_window: int = 200  # live verdicts kept per student
+
+    @classmethod
+    def from_env(cls, base: DistillationSettings | None = None) -> DistillationSettings:
+        """The ``DISTILLATION_*``, ``CONFIDENCE_THRESHOLD`` and ``MAX_TRAINING_EXAMPLES`` variables on ``base``."""
+        s = base or cls()
+        env = os.environ
+        over: dict[str, Any] = {}
+        if "DISTILLATION_ENABLED" in env:
+            over["enabled"] = env["DISTILLATION_ENABLED"].strip().lower() in ("1", "true", "yes", "on")
+        if env.get("DISTILLATION_MODE"):
+            over["mode"] = env["DISTILLATION_MODE"].strip().lower()
+        if env.get("CONFIDENCE_THRESHOLD"):
+            over["confidence_threshold"] = float(env["CONFIDENCE_THRESHOLD"])
+        if env.get("MAX_TRAINING_EXAMPLES"):
+            over["max_training_examples"] = int(env["MAX_TRAINING_EXAMPLES"])
+        out = msgspec.structs.replace(s, **over)
+        if out.mode not in ("", "async", "sync"):
+            raise ValueError(f"DISTILLATION_MODE={out.mode!r}: use async or sync")
+        if out.confidence_threshold is not None and not 0.0 <= out.confidence_threshold <= 1.0:
+            raise ValueError(f"CONFIDENCE_THRESHOLD={out.confidence_threshold} is outside 0..1")
+        if out.max_training_examples is not None and out.max_training_examples < 1:
+            raise ValueError(f"MAX_TRAINING_EXAMPLES={out.max_training_examples} must be ≥ 1")
+        return out
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nats: list[str] = msgspec.field(default_factory=list)  # empty: start an embedded server
     data_dir: str = ""  # embedded server's JetStream directory; "" = the user's state dir
@@ -127,6 +163,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tenants: dict[str, TenantSettings] = msgspec.field(default_factory=dict)
     cache_embedder: str = "hashing"  # semantic cache embedding: "hashing" or "minilm" (the [embed] extra)
     cache_max_entries: int = 10_000
+    distillation: DistillationSettings = msgspec.field(default_factory=DistillationSettings)  # [distillation]
 
 
 def default_pools(echo_delay_ms: float = 0.0) -> list[PoolSpec]:
@@ -170,4 +207,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
     if env and not settings.nats:
         settings = msgspec.structs.replace(settings, nats=[u.strip() for u in env.split(",") if u.strip()])
     settings.auth = auth_settings_from_env(settings.auth)
+    try:
+        settings.distillation = DistillationSettings.from_env(settings.distillation)
+    except ValueError as exc:
+        raise HomeskilletError(f"distillation settings: {exc}") from None
     return settings

@@ -137,6 +137,8 @@ def validate(cov: Covenant, source: str) -> Covenant:
     if cov.fusion not in FUSIONS:
         raise bad("fusion", f"{cov.fusion!r} is not one of {', '.join(FUSIONS)}")
     _validate_strategy(cov, bad)
+    if cov.distill is not None:
+        _validate_distill(cov, bad)
     if not 1 <= cov.max_tokens <= 32768:
         raise bad("max_tokens", f"{cov.max_tokens} is outside 1..32768")
     terms = msgspec.json.encode(msgspec.structs.replace(cov, covenant_id=""))
@@ -194,6 +196,32 @@ def _validate_strategy(cov: Covenant, bad: Callable[[str, str], CovenantError]) 
         raise bad("cache.ttl_s", "must be > 0")
 
 
+def _validate_distill(cov: Covenant, bad: Callable[[str, str], CovenantError]) -> None:
+    """The ``[distill]`` table: shares and bars are fractions, the student a model name, counts positive."""
+    d = cov.distill
+    assert d is not None
+    if not d.student.strip() or d.student == cov.resources.model:
+        raise bad("distill.student", f"{d.student!r}: name the student model (not the teacher {cov.resources.model!r})")
+    _steps([d.student_step], "distill.student_step", bad)
+    for key in ("shadow_share", "check_share", "confidence_threshold", "semantic_threshold", "promote_at",
+                "canary_share", "rollback_below"):
+        value = getattr(d, key)
+        if not 0.0 <= value <= 1.0:
+            raise bad(f"distill.{key}", f"{value} is outside 0..1")
+    if not 0.0 <= d.validation_split < 1.0:
+        raise bad("distill.validation_split", f"{d.validation_split} is outside [0, 1)")
+    if d.rollback_below > d.promote_at:
+        raise bad("distill.rollback_below", f"{d.rollback_below} is above promote_at {d.promote_at}")
+    for key, low, high in (("max_examples", 1, 1_000_000), ("training_frequency", 1, 1_000_000),
+                           ("train_steps", 1, 100_000), ("lora_rank", 1, 256), ("batch_size", 1, 1024),
+                           ("canary_min_samples", 2, 100_000)):
+        value = getattr(d, key)
+        if not low <= value <= high:
+            raise bad(f"distill.{key}", f"{value} is outside {low}..{high}")
+    if not 0.0 < d.learning_rate < 1.0:
+        raise bad("distill.learning_rate", f"{d.learning_rate} is outside (0, 1)")
+
+
 def _convert(data: dict[str, Any], source: str) -> Covenant:
     try:
         cov = convert_strict(data, Covenant, source)
@@ -249,6 +277,9 @@ class CovenantBook:
         if not files:
             raise CovenantError(f"{d}: no covenant templates (*.toml) found; set HOMESKILLET_COVENANTS")
         return cls(load_covenant(p) for p in files)
+
+    def all(self) -> list[Covenant]:
+        return [self._by_name[n] for n in self.names()]
 
     def names(self) -> list[str]:
         return sorted(self._by_name)

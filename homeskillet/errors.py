@@ -24,6 +24,7 @@
     ├── LeaseRejected                the pool would not commit a lease (stale quote, no capacity)
     ├── DeadlineExceeded             the covenant's hard deadline passed (504)
     ├── StreamInterrupted            a strike failed after part of its text was streamed (502)
+    ├── TrainingFailed               a distillation training round did not finish (its job's last words)
     └── ExtraMissing                 an optional extra is not installed; says which to install
 
 Errors carry the facts a caller decides on: ``retryable``, the covenant ``term`` that failed,
@@ -54,6 +55,7 @@ __all__ = [
     "StreamInterrupted",
     "StrikeFailed",
     "TenantRateLimited",
+    "TrainingFailed",
     "Unauthorized",
     "UnknownCovenant",
     "Unmet",
@@ -250,3 +252,8 @@ class SharedStateUnavailable(HomeskilletError):
     code = "shared_state_unavailable"
     status = 503
     retryable = True
+
+
+class TrainingFailed(HomeskilletError):
+    code = "training_failed"
+    status = 500

@@ -16,6 +16,7 @@ from typing import Protocol
 import structlog
 
 from .auth import Principal
+from .distill.service import DistillService
 from .errors import BadRequest, HomeskilletError, NotFound, PayloadTooLarge
 from .ids import new_id
 from .ledger import LedgerReport, Report
@@ -98,6 +99,8 @@ class Gateway:
         self.max_results = max_results
         self.results: OrderedDict[str, Answer] = OrderedDict()  # recent answers, for GET /api/v1/results/{id}
         self.ports: PortOpener | None = None  # dedicated local ports for reservations (set with the HTTP API)
+        d = orchestrator.distiller
+        self.distill = DistillService(d, orchestrator.covenants) if d is not None else None  # None: off
 
     def _admit(self, query: Query, principal: Principal | None) -> None:
         if principal is not None:  # the one identity rule (auth.py): a tenant named in the query must be the caller's

@@ -26,6 +26,7 @@ from .broker import Negotiator
 from .budgets import Budgets
 from .cache import ResultCache
 from .covenant import CovenantBook, Step, fallback_chain
+from .distill.distiller import Distiller
 from .errors import (
     BudgetExceeded,
     Cancelled,
@@ -96,13 +97,14 @@ class Orchestrator:
     def __init__(self, nc: NATS, subjects: Subjects, covenants: CovenantBook, negotiator: Negotiator,
                  dispatcher: Dispatcher, ledger: Supervised, *, max_fragments: int = 16,
                  parking: ParkingLot | None = None, budgets: Budgets | None = None,
-                 cache: ResultCache | None = None) -> None:
+                 cache: ResultCache | None = None, distiller: Distiller | None = None) -> None:
         self.nc, self.subjects, self.covenants = nc, subjects, covenants
         self.negotiator, self.dispatcher, self.ledger = negotiator, dispatcher, ledger
         self.budgets = budgets  # the tenants' shared daily/monthly budgets (JetStream KV)
         self.max_fragments = max_fragments
         self.parking = parking  # durable queue step; None: parked fragments live in memory only
         self.cache = cache if cache is not None else ResultCache()
+        self.distiller = distiller  # knowledge distillation for [distill] covenants; None: off
         self.parked: dict[str, Fragment] = {}  # fragments waiting in the queue step, by fragment_id
         self._replies: dict[str, str] = {}  # query_id -> the caller's NATS reply subject, while served
 
@@ -132,7 +134,7 @@ class Orchestrator:
         p = plan(query, self.covenants, self.negotiator.pools(), max_fragments=self.max_fragments)
         cov = p.cov
         run = _QueryRun(self, query, cov, t0 + cov.qos.hard_deadline_ms / 1000.0)
-        result = await serve_plan(run, p, self.cache, stream, t0)
+        result = await serve_plan(run, p, self.cache, stream, t0, self.distiller)
         return Answer(
             query_id=query.query_id, tenant=query.tenant, text=result.text, covenant=cov.name,
             covenant_id=cov.covenant_id, fusion=cov.fusion, fragments=result.outcomes,
@@ -482,6 +484,9 @@ class _QueryRun:
 
     async def serve_on(self, frag: Fragment, step: Step) -> Served | None:
         return await self.orch._try_step(self.query, self.cov, frag, step, True, self.deadline, [], [])
+
+    async def serve_as(self, frag: Fragment, cov: Covenant, step: Step) -> Served | None:
+        return await self.orch._try_step(self.query, cov, frag, step, False, self.deadline, [], [])
 
     def offers(self) -> list[Offer]:
         return self.orch.negotiator.pools()

@@ -23,6 +23,7 @@ from .budgets import Budgets
 from .cache import make_cache
 from .config import PoolSpec, Settings
 from .covenant import CovenantBook
+from .distill.distiller import Distiller
 from .errors import HomeskilletError
 from .gateway import Gateway
 from .ids import new_id
@@ -83,6 +84,7 @@ class Runtime:
         self.hosts: dict[str, PoolHost] = {}
         self.disabled: dict[str, str] = {}  # pool -> why it is not served here
         self.gateway: Gateway | None = None
+        self.distiller: Distiller | None = None  # set when a covenant has a [distill] table
         self.instance = new_id()  # this orchestrator, as the owner of parked queries
         self.http: HttpServer | None = None  # settings.http.listen: the HTTP API on this loop
 
@@ -125,9 +127,10 @@ class Runtime:
             # Tenant budgets and rate limits live in JetStream KV, shared with every other instance.
             budgets = await Budgets.open(self.nc.jetstream(), s.prefix, s.tenants) if s.tenants else None
             limits = await RateLimiter.open(self.nc.jetstream(), s.prefix, s.tenants) if s.tenants else None
+            self.distiller = await self._distiller(covenants)
             self.orchestrator = Orchestrator(self.nc, self.subjects, covenants, self.negotiator, self.dispatcher,
                                              self.ledger, max_fragments=s.max_fragments, budgets=budgets,
-                                             parking=self.parking,
+                                             parking=self.parking, distiller=self.distiller,
                                              cache=make_cache(s.cache_embedder, s.cache_max_entries))
             self.reservations = Reservations(self.nc, self.subjects, lambda: self.negotiator.view.quotes,
                                              budgets=budgets)
@@ -148,6 +151,16 @@ class Runtime:
                 self.gateway.ports = ReservationPorts(self.gateway, auth, s.http,
                                                       host=parse_listen(s.http.listen)[0], low=low, high=high)
         return self
+
+    async def _distiller(self, covenants: CovenantBook) -> Distiller | None:
+        """A distiller when some covenant has a ``[distill]`` table (others never touch it)."""
+        s = self.settings
+        if not s.distillation.enabled or not any(c.distill and c.distill.enabled for c in covenants.all()):
+            return None
+        assert self.nc is not None
+        d = Distiller(self.nc, self.subjects, settings=s.distillation)
+        await d.start()
+        return d
 
     async def add_pool(self, spec: PoolSpec) -> PoolHost | None:
         assert self.nc is not None
@@ -198,7 +211,7 @@ class Runtime:
             await self.http.stop()
         if self.gateway is not None and isinstance(self.gateway.ports, ReservationPorts):
             await self.gateway.ports.close_all()
-        for part in ("parking", "ingress", "reservation_ingress"):
+        for part in ("parking", "ingress", "reservation_ingress", "distiller"):
             if (obj := getattr(self, part, None)) is not None:
                 await obj.stop()
         if (reservations := getattr(self, "reservations", None)) is not None:

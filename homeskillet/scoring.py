@@ -13,11 +13,17 @@ from typing import Protocol
 
 from .wire import Bid, Covenant, Offer, Refusal
 
-__all__ = ["Prices", "Ranked", "hold_usd", "make_bid", "predicted_ms", "price_usd", "rank", "serves"]
+__all__ = ["Prices", "Ranked", "hold_usd", "make_bid", "model_served", "predicted_ms", "price_usd", "rank", "serves"]
 
 
 def serves(offer: Offer, model: str) -> bool:
-    return "*" in offer.models or model in offer.models
+    return model_served(offer.models, model)
+
+
+def model_served(models: list[str], model: str) -> bool:
+    """``<base>+<adapter>`` (a LoRA student) is served by a pool serving the base; the pool's engine
+    refuses an adapter it does not hold when struck."""
+    return "*" in models or model in models or ("+" in model and model.partition("+")[0] in models)
 
 
 def predicted_ms(offer: Offer, max_tokens: int) -> tuple[float, float]:

@@ -27,6 +27,8 @@ class Subjects:
         self.parked_stream = "HS_PARKED" if prefix == "hs" else f"HS_PARKED_{token(prefix).upper()}"
         self.parked = f"{prefix}.parked"
         self.reservation_all = f"{prefix}.reservation.*"
+        self.distill_stream = "HS_DISTILL" if prefix == "hs" else f"HS_DISTILL_{token(prefix).upper()}"
+        self.distill_pairs = f"{prefix}.distill.pairs"
 
     def cfp(self, model: str) -> str:
         return f"{self.prefix}.cfp.{token(model)}"
@@ -45,3 +47,10 @@ class Subjects:
 
     def verdict(self, pool: str) -> str:
         return f"{self.prefix}.events.verdict.{token(pool)}"
+
+    def distill_pair(self, tenant: str, student: str, pair_id: str) -> str:
+        """One subject per pair: the stream keeps one message per subject, so a re-capture replaces."""
+        return f"{self.distill_pairs}.{token(tenant)}.{token(student)}.{token(pair_id)}"
+
+    def distill_event(self, student: str, action: str) -> str:
+        return f"{self.prefix}.events.distill.{token(student)}.{token(action)}"

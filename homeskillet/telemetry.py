@@ -12,12 +12,16 @@ import sys
 from typing import Any
 
 import structlog
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "ACTOR_RESTARTS",
     "CACHE_LOOKUPS",
     "CASCADE_STEPS",
+    "DISTILL_AGREEMENT",
+    "DISTILL_PAIRS",
+    "DISTILL_SERVED",
+    "DISTILL_SHADOWS",
     "FALLBACKS",
     "HEDGES",
     "POOL_LOSS_USD",
@@ -44,6 +48,14 @@ QUERY_SECONDS = Histogram("hs_query_seconds", "End-to-end query latency")
 TTFT_SECONDS = Histogram("hs_time_to_first_token_seconds",
                          "Streamed queries: from accepting the query to sending its first text",
                          buckets=(.005, .01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0, 10.0, 30.0))
+# Distillation (homeskillet/distill/): the loop's volume, its money and the student's agreement.
+DISTILL_SHADOWS = Counter("hs_distill_shadow_total", "Shadow strikes by side (student, teacher) and result",
+                          ["student", "side", "result"])
+DISTILL_PAIRS = Counter("hs_distill_pairs_total", "Teacher/student pairs captured", ["student"])
+DISTILL_SERVED = Counter("hs_distill_served_total", "Family fragments by the tier that answered (teacher, student)",
+                         ["student", "tier"])
+DISTILL_AGREEMENT = Gauge("hs_distill_agreement", "Student agreement with the teacher: live window and held-out",
+                          ["student", "window"])
 
 
 @functools.cache

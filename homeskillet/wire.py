@@ -42,6 +42,9 @@ __all__ = [
     "Cascade",
     "Cost",
     "Covenant",
+    "Distill",
+    "DistillEvent",
+    "DistillPair",
     "Ensemble",
     "ErrorReply",
     "Fallback",
@@ -220,6 +223,35 @@ class Strategy(Term, kw_only=True):
     route: list[Route] = []
 
 
+class Distill(Term, kw_only=True):
+    """A covenant's ``[distill]`` table: shadow a student beside the teacher that serves the covenant,
+    keep the pairs, train the student on them, canary it, promote it or roll it back."""
+
+    enabled: bool = True
+    student: str  # the student's model name: an adapter over ``base_model`` once trained
+    base_model: str = "smollm2-135m"  # what the local pools serve; the student starts as this
+    student_step: str = "local"  # the fallback-style step the student is struck on
+    mode: Literal["async", "sync"] = "async"  # async: shadow after the teacher's answer is returned
+    shadow_share: float = 1.0  # 0..1 of teacher-served fragments also struck on the student
+    confidence_threshold: float = 0.8  # a pair trains only when the teacher was at least this sure
+    max_examples: int = 10_000  # pairs kept per (tenant, student); the oldest leave first
+    agreement: Literal["exact", "semantic"] = "exact"  # short-form answers: exact; free-form: semantic
+    semantic_threshold: float = 0.8  # cosine (MiniLM) at which a free-form answer counts as agreeing
+    auto_train: bool = False
+    training_frequency: int = 1000  # with auto_train: train again after this many new pairs
+    train_steps: int = 50
+    lora_rank: int = 8
+    batch_size: int = 4
+    learning_rate: float = 2e-4
+    validation_split: float = 0.2
+    promote_at: float = 0.85  # held-out agreement a trained student needs to start its canary
+    canary_share: float = 0.1  # 0..1 of the family's live fragments served by a canary student
+    canary_min_samples: int = 50  # shadowed canary verdicts before promotion is decided
+    check_share: float = 0.1  # 0..1 of a promoted student's answers also struck on the teacher (canary: all)
+    rollback_below: float = 0.75  # live agreement under which a canary or promoted student goes back
+    share_across_tenants: bool = False  # a tenant's pairs may train a student other tenants use
+
+
 class CachePolicy(Term, kw_only=True):
     """The fragment result cache: per tenant, exact by hash, semantic by embedding similarity."""
 
@@ -239,6 +271,7 @@ class Covenant(Term, kw_only=True):
     cache: CachePolicy = msgspec.field(default_factory=CachePolicy)
     max_tokens: int = 256
     negotiation: Literal["quotes", "cfp"] = "quotes"  # standing quotes (hot path) or full Contract Net
+    distill: Distill | None = None  # knowledge distillation into a student (homeskillet/distill/)
     covenant_id: str = ""  # name + digest of the terms, set by covenant.resolve()
 
 
@@ -673,6 +706,42 @@ class AnswerChunk(Wire, tag="answer_chunk", kw_only=True):
     query_id: str
     offset: int
     text: str
+
+
+class DistillPair(Wire, tag="pair", kw_only=True):
+    """One captured teacher/student pair on ``HS_DISTILL``; ``pair_id`` de-duplicates per fragment."""
+
+    pair_id: str  # sha256(tenant, student, fragment hash)[:32]: JetStream's Nats-Msg-Id
+    tenant: str
+    covenant: str
+    student: str
+    query_id: str
+    fragment_hash: str
+    prompt: str
+    context: list[Message] = []
+    teacher_model: str
+    teacher_pool: str
+    teacher_text: str
+    teacher_confidence: float | None = None
+    teacher_cost_usd: float = 0.0
+    student_model: str = ""
+    student_pool: str = ""
+    student_text: str | None = None  # None: the shadow strike failed (counted, never surfaced)
+    student_cost_usd: float = 0.0
+    agreement: float | None = None  # 0..1 by the covenant's measure
+    agreed: bool | None = None
+    captured_at: float = 0.0  # unix seconds
+
+
+class DistillEvent(Wire, tag="distill_event", kw_only=True):
+    """A distiller decision or step, on ``hs.events.distill.<student>.<action>`` and in the log."""
+
+    student: str  # the student key: "<student>" or "<student>.<tenant>" when pairs stay per tenant
+    action: str  # captured | trained | evaluated | start_canary | reject | promote | rollback | train_failed
+    stage: str
+    reason: str = ""
+    figures: dict[str, float] = {}
+    at: float = 0.0  # unix seconds
 
 
 class ErrorReply(Wire, tag="error", kw_only=True):

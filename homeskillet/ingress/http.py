@@ -28,7 +28,7 @@ from ..config import HttpSettings
 from ..errors import BadRequest, HomeskilletError, NotFound
 from ..gateway import Gateway
 from ..telemetry import get_logger
-from . import admin_api, openai_api
+from . import admin_api, distill_api, openai_api
 from .http_common import HttpContext, context, json
 from .openapi import openapi_document
 
@@ -93,6 +93,7 @@ def create_http_app(gateway: Gateway, *, auth: Authenticator, settings: HttpSett
     routes: list[BaseRoute] = [
         *openai_api.routes(),
         *admin_api.routes(),
+        *distill_api.routes(),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

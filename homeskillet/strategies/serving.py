@@ -21,11 +21,13 @@ import msgspec
 from ..analyze import Analysis, Assessment, Part, assess, choose_covenant, decompose, fragments_of, make_fragment
 from ..cache import CacheHit, ResultCache
 from ..covenant import CovenantBook
+from ..distill.distiller import Distiller
 from ..errors import HomeskilletError
 from ..fuse import Piece, ordered_merge, reduce_prompt
 from ..streaming import AnswerStream, PartStream, TextSink
 from ..wire import Covenant, Fragment, FragmentOutcome, Offer, Query
 from .cascade import cascade
+from .distill import distilled
 from .ensemble import ensemble
 from .mapreduce import chunk_budget, map_reduce
 from .types import Run, Served
@@ -104,15 +106,22 @@ def _prefixes(prompts: list[str]) -> list[str]:
 
 
 async def serve_plan(run: Run, p: Plan, cache: ResultCache, sink: TextSink | None = None,
-                     t0: float | None = None) -> Result:
+                     t0: float | None = None, distiller: Distiller | None = None) -> Result:
     """Serve the plan; with ``sink``, stream the answer's text to it as it comes (``t0``: when the
-    query was accepted, for the time to first token)."""
+    query was accepted, for the time to first token). A ``[distill]`` covenant's fragments go
+    through ``distilled`` (a student's answer comes whole; the teacher's streams)."""
     cov, tenant = p.cov, run.query.tenant
     prompts = [part.instruction or part.text if part.role == "long" else part.text for part in p.analysis.parts]
     reduced = cov.fusion == "reduce" and len(prompts) > 1
     out = None if sink is None else AnswerStream(sink, [""] if reduced else _prefixes(prompts), t0)
+    terms = distiller.terms(cov.distill) if distiller is not None else None
 
     async def serve_mode(frag: Fragment, stream: PartStream | None = None) -> Served:
+        if terms is not None and distiller is not None and frag.role != "reduce":
+            return await distilled(run, frag, terms, distiller, lambda f: serve_chosen(f, stream))
+        return await serve_chosen(frag, stream)
+
+    async def serve_chosen(frag: Fragment, stream: PartStream | None = None) -> Served:
         st = cov.strategy
         match st.serve:
             case "ensemble":

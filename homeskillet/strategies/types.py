@@ -42,6 +42,10 @@ class Run(Protocol):
         """Serve on one step only; None when no pool of the step could."""
         ...
 
+    async def serve_as(self, frag: Fragment, cov: Covenant, step: Step) -> Served | None:
+        """Serve on one step under another covenant (a student's model); None when no pool could."""
+        ...
+
     def offers(self) -> list[Offer]:
         """The pools quoting now."""
         ...
