@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from typing import Protocol
 
+import msgspec
 import structlog
 
 from .auth import Principal
@@ -33,8 +34,15 @@ __all__ = ["Gateway", "PortOpener", "error_reply", "validate_query"]
 log = get_logger("homeskillet.gateway")
 
 
+def _short_id(value: str, name: str) -> None:
+    # ids travel in NATS subjects, headers and KV keys: short, one printable token
+    if len(value) > 128 or not value.isprintable() or any(c.isspace() for c in value):
+        raise BadRequest(f"'{name}' must be at most 128 printable characters without spaces", term=name)
+
+
 def validate_query(q: Query, *, max_prompt_bytes: int) -> None:
-    """Raise BadRequest naming what is wrong; a valid query passes through untouched."""
+    """Raise BadRequest naming what is wrong; a valid query passes through untouched. The covenant
+    terms (overrides, ``max_tokens`` against the pools' windows) are checked by ``CovenantBook.check``."""
     if q.prompt is None and not q.messages:
         raise BadRequest("the query has neither 'prompt' nor 'messages'; send one of them", term="prompt")
     if q.prompt is not None and q.messages:
@@ -49,8 +57,10 @@ def validate_query(q: Query, *, max_prompt_bytes: int) -> None:
     size = sum(len(t.encode()) for t in texts)
     if size > max_prompt_bytes:
         raise PayloadTooLarge(f"the prompt is {size} bytes; the limit is {max_prompt_bytes} bytes", term="prompt")
-    if not q.tenant or len(q.tenant) > 128:
-        raise BadRequest("'tenant' must be 1..128 characters", term="tenant")
+    if not q.tenant or len(q.tenant) > 128 or not q.tenant.isprintable():
+        raise BadRequest("'tenant' must be 1..128 printable characters", term="tenant")
+    _short_id(q.query_id, "query_id")
+    _short_id(q.trace_id, "trace_id")
     if not 0.0 <= q.temperature <= 2.0:
         raise BadRequest(f"'temperature' {q.temperature} is outside 0..2", term="temperature")
     if q.max_tokens is not None and not 1 <= q.max_tokens <= 32768:
@@ -90,6 +100,7 @@ class Gateway:
         if principal is not None:
             query.tenant = principal.tenant  # the credential's tenant, whatever the body says
         validate_query(query, max_prompt_bytes=self.max_prompt_bytes)
+        self.orchestrator.covenants.check(query, self.orchestrator.negotiator.pools())
         if not query.query_id:
             query.query_id = new_id()
 
@@ -127,6 +138,8 @@ class Gateway:
             raise BadRequest(f"reservation {reservation_id!r} is {res.status}; reserve again", term="reservation_id")
         query.tenant = tenant
         validate_query(query, max_prompt_bytes=self.max_prompt_bytes)
+        named = query.model or query.covenant or not res.model  # as Orchestrator.serve_on picks the covenant
+        self.orchestrator.covenants.check(query if named else msgspec.structs.replace(query, model=res.model), [])
         if not query.query_id:
             query.query_id = new_id()
         if self.limits is not None:
