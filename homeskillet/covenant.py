@@ -248,11 +248,11 @@ def _validate_strategy(cov: Covenant, bad: Callable[[str, str], CovenantError]) 
         raise bad("cache.ttl_s", f"{cache.ttl_s} is out of range")
 
 
-def _convert(data: dict[str, Any], source: str) -> Covenant:
+def _convert(data: dict[str, Any], source: str, whole: str) -> Covenant:
     try:
         cov = convert_strict(data, Covenant, source)
     except StrictError as exc:
-        raise CovenantError(str(exc), term=exc.key or None) from None
+        raise CovenantError(str(exc), term=exc.key or whole) from None
     return validate(cov, source)
 
 
@@ -262,9 +262,9 @@ def load_covenant(path: str | Path) -> Covenant:
     try:
         data = load_toml(p)
     except StrictError as exc:
-        raise CovenantError(str(exc), term=exc.key or None) from None
+        raise CovenantError(str(exc), term=exc.key or str(p)) from None
     data.setdefault("name", p.stem)
-    return _convert(data, str(p))
+    return _convert(data, str(p), str(p))
 
 
 def default_covenant_dir() -> Path:
@@ -363,7 +363,7 @@ class CovenantBook:
             merged = merge_overrides(msgspec.to_builtins(msgspec.structs.replace(base, covenant_id="")), over)
             merged.pop("covenant_id", None)
             _cap_queue_wait(merged, over)
-            cov = _convert(merged, source)
+            cov = _convert(merged, source, "overrides")
             if len(self._resolved) >= 256:
                 self._resolved.pop(next(iter(self._resolved)), None)
             self._resolved[key] = cov

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Protocol
 
 import msgspec
 import structlog
 
 from .auth import Principal
+from .covenant import CovenantBook
 from .errors import BadRequest, HomeskilletError, NotFound, PayloadTooLarge
 from .ids import new_id
 from .ledger import LedgerReport, Report
@@ -27,9 +29,20 @@ from .quoting import quote_query
 from .reservations import Reservations
 from .sims.base import count_tokens
 from .telemetry import QUERIES, QUERY_SECONDS, get_logger, labelled
-from .wire import Answer, Covenant, ErrorReply, Query, QuoteReply, Readiness, Reservation, ReserveRequest, TenantUsage
+from .wire import (
+    Answer,
+    Covenant,
+    ErrorReply,
+    Offer,
+    Query,
+    QuoteReply,
+    Readiness,
+    Reservation,
+    ReserveRequest,
+    TenantUsage,
+)
 
-__all__ = ["Gateway", "PortOpener", "error_reply", "validate_query"]
+__all__ = ["Gateway", "PortOpener", "admit_query", "error_reply", "validate_query"]
 
 log = get_logger("homeskillet.gateway")
 
@@ -67,6 +80,14 @@ def validate_query(q: Query, *, max_prompt_bytes: int) -> None:
         raise BadRequest(f"'max_tokens' {q.max_tokens} is outside 1..32768", term="max_tokens")
 
 
+def admit_query(q: Query, book: CovenantBook, offers: Iterable[Offer], *, max_prompt_bytes: int) -> Covenant:
+    """Everything checked before a query may change any state (rate limits, holds, parking): its
+    fields, then its covenant (overrides, ranges, ``max_tokens`` within the pools' windows). Pure:
+    the decode+validate layer every ingress shares, and what the fuzz harness drives."""
+    validate_query(q, max_prompt_bytes=max_prompt_bytes)
+    return book.check(q, offers)
+
+
 def error_reply(exc: HomeskilletError, query_id: str = "") -> ErrorReply:
     return ErrorReply(code=exc.code, message=exc.message, status=exc.status, query_id=query_id, term=exc.term,
                       tried=list(exc.tried), retryable=exc.retryable)
@@ -99,8 +120,8 @@ class Gateway:
     def _admit(self, query: Query, principal: Principal | None) -> None:
         if principal is not None:
             query.tenant = principal.tenant  # the credential's tenant, whatever the body says
-        validate_query(query, max_prompt_bytes=self.max_prompt_bytes)
-        self.orchestrator.covenants.check(query, self.orchestrator.negotiator.pools())
+        admit_query(query, self.orchestrator.covenants, self.orchestrator.negotiator.pools(),
+                    max_prompt_bytes=self.max_prompt_bytes)
         if not query.query_id:
             query.query_id = new_id()
 

@@ -24,8 +24,10 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from .covenant import PROVIDERS
 from .errors import BadRequest, HomeskilletError, NoPoolError, NotFound, Unmet
 from .ids import new_id
+from .providers.base import _REGISTRY
 from .subjects import Subjects
 from .telemetry import get_logger
 from .wire import (
@@ -61,7 +63,16 @@ class Step:
     passed: list[str] = field(default_factory=list)  # pools of this step left out, with why
 
 
+def _known_providers() -> set[str]:
+    return {*PROVIDERS, *_REGISTRY}
+
+
 def validate_reserve(req: ReserveRequest) -> None:
+    for key, names in (("provider", [req.provider]), ("fallback_providers", req.fallback_providers)):
+        unknown = [n for n in names if n != "auto" and n not in _known_providers()]
+        if unknown:
+            raise BadRequest(f"'{key}' names no known provider: {unknown[0][:64]!r} (known: auto, "
+                             f"{', '.join(sorted(_known_providers()))})", term=key)
     if not 1 <= req.count <= 1024:
         raise BadRequest(f"'count' {req.count} is outside 1..1024", term="count")
     if not 60 <= req.duration_s <= 30 * 86400:

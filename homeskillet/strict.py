@@ -10,6 +10,7 @@ key, so a hostile value is refused here rather than overflowing (or recursing) s
 
 from __future__ import annotations
 
+import functools
 import math
 import typing
 from pathlib import Path
@@ -36,9 +37,16 @@ class StrictError(ValueError):
 
 
 def error_path(exc: msgspec.ValidationError) -> str:
-    """``Expected `int`, got `str` - at `$.qos.priority``` → ``qos.priority`` ("" at the root)."""
-    _, sep, where = str(exc).rpartition("at `$")
-    return where.rstrip("`").lstrip(".").replace("[...]", "") if sep else ""
+    """The dotted path msgspec names: ``Expected `int`, got `str` - at `$.qos.priority``` →
+    ``qos.priority``; ``Object missing required field `model` - at `$.resources``` →
+    ``resources.model`` ("" when it names none)."""
+    text = str(exc)
+    head, sep, where = text.rpartition(" - at `$")
+    path = where.rstrip("`").lstrip(".").replace("[...]", "") if sep else ""
+    _, sep, missing = (head if sep else text).partition("missing required field `")
+    if sep:
+        path = f"{path}.{missing.rstrip('`')}" if path else missing.rstrip("`")
+    return path
 
 
 def check_values(data: Any, source: str, *, max_depth: int = MAX_DEPTH, path: str = "") -> None:
@@ -72,12 +80,16 @@ def _struct_of(tp: Any) -> type[msgspec.Struct] | None:
     return None
 
 
+@functools.cache
+def _fields(typ: type[msgspec.Struct]) -> tuple[dict[str, Any], frozenset[str]]:
+    return typing.get_type_hints(typ), frozenset(typ.__struct_fields__)
+
+
 def check_keys(data: Any, typ: type[msgspec.Struct], source: str, path: str = "") -> None:
     """Raise StrictError on the first key in ``data`` that ``typ`` does not declare."""
     if not isinstance(data, dict):
         return
-    hints = typing.get_type_hints(typ)
-    known = set(typ.__struct_fields__)
+    hints, known = _fields(typ)
     for key, value in data.items():
         where = f"{path}.{key}" if path else key
         if key not in known:
@@ -108,12 +120,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         data = msgspec.toml.decode(p.read_bytes())
     except FileNotFoundError:
         raise StrictError(f"{p}: no such file") from None
-    except msgspec.DecodeError as exc:
-        raise StrictError(f"{p}: not valid TOML: {exc}") from None
+    except msgspec.DecodeError as exc:  # the file as a whole is at fault: its path is the "key"
+        raise StrictError(f"{p}: not valid TOML: {exc}", str(p)) from None
     except RecursionError:
-        raise StrictError(f"{p}: not valid TOML: nested too deeply") from None
+        raise StrictError(f"{p}: not valid TOML: nested too deeply", str(p)) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise StrictError(f"{p}: cannot read it: {exc}") from None
+        raise StrictError(f"{p}: cannot read it: {exc}", str(p)) from None
     if not isinstance(data, dict):
-        raise StrictError(f"{p}: expected a TOML table at the top level")
+        raise StrictError(f"{p}: expected a TOML table at the top level", str(p))
     return data
