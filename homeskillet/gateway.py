@@ -72,6 +72,8 @@ def validate_query(q: Query, *, max_prompt_bytes: int) -> None:
         raise PayloadTooLarge(f"the prompt is {size} bytes; the limit is {max_prompt_bytes} bytes", term="prompt")
     if not q.tenant or len(q.tenant) > 128 or not q.tenant.isprintable():
         raise BadRequest("'tenant' must be 1..128 printable characters", term="tenant")
+    if not 0 <= q.v < 1 << 31:
+        raise BadRequest(f"'v' (the wire version) {q.v} is out of range", term="v")
     _short_id(q.query_id, "query_id")
     _short_id(q.trace_id, "trace_id")
     if not 0.0 <= q.temperature <= 2.0:

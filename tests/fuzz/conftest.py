@@ -9,57 +9,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import nats
 import pytest
 import structlog
-from fuzzkit import FULL, TALLY, Pure
+from fuzzkit import FULL, TALLY, TENANT, Pure, World
 from mcp.client.client import Client
-from nats.aio.client import Client as NATS
 
 from homeskillet.auth import Authenticator, AuthSettings
 from homeskillet.config import TenantSettings
 from homeskillet.ingress.http import create_http_app
 from homeskillet.ingress.mcp import McpServer
-from homeskillet.kvstate import key_token
-from homeskillet.runtime import Runtime
 from homeskillet.testing import echo_pool, start_runtime
 
-T = TypeVar("T")
-TENANT = "fuzz"
 POOLS = [echo_pool("echo/standard", context_tokens=4096), echo_pool("echo/premium", pool_class="premium",
                                                                     context_tokens=8192),
          echo_pool("echo/preemptible", pool_class="preemptible", preemptible=True, context_tokens=2048)]
-
-
-@dataclass
-class World:
-    loop: asyncio.AbstractEventLoop
-    rt: Runtime
-    http: httpx.AsyncClient
-    nc: NATS
-    mcp: Client
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    async def state(self) -> tuple[Any, ...]:
-        """What a rejected input must leave as it was: the books, budgets, rate-limit windows,
-        reservations, kept results and parked fragments."""
-        rt = self.rt
-        report = await rt.ledger_report()
-        budgets = rt.orchestrator.budgets
-        budget = await budgets.status(TENANT) if budgets is not None else None
-        limits = rt.gateway.limits
-        window = (await limits.cell.read(key_token(TENANT)))[0] if limits is not None else None
-        return (report.spent_usd, report.held_usd, report.settlements, budget, window,
-                {k: v.status for k, v in rt.reservations.table.items()}, len(rt.gateway.results),
-                len(rt.orchestrator.parked))
 
 
 @pytest.fixture(scope="session")

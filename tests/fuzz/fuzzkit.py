@@ -13,20 +13,24 @@ at the end of the session (``make fuzz`` puts them in docs/benchmarks.md).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
 import string
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
 import msgspec
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from mcp.client.client import Client
+from nats.aio.client import Client as NATS
 
 from homeskillet.auth import Authenticator, AuthSettings
 from homeskillet.covenant import CovenantBook, load_covenant
@@ -36,16 +40,19 @@ from homeskillet.ingress.decoding import decode_json
 from homeskillet.ingress.mcp_tools import McpTools, QuoteArgs
 from homeskillet.ingress.openai_api import to_query
 from homeskillet.ingress.openai_wire import ChatCompletionRequest
+from homeskillet.kvstate import key_token
 from homeskillet.replay.scenario import default_scenario_dir, load_scenario
 from homeskillet.reservations import validate_reserve
+from homeskillet.runtime import Runtime
 from homeskillet.wire import Offer, Query, ReserveRequest
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 PRINCIPAL = Authenticator(AuthSettings()).authenticate(None, tenant_hint="fuzz")  # auth off: the MCP caller
 FULL = int(os.environ.get("HS_FUZZ_EXAMPLES", "0"))  # make fuzz: 10000 inputs per decoder; the suite: a share
-BATCH = 20 if FULL else 4  # inputs per hypothesis example: spreads the engine's own cost per example
-PURE_INPUTS = FULL or 100
-E2E_INPUTS = int(os.environ.get("HS_FUZZ_E2E", "0")) or (max(1000, FULL // 10) if FULL else 12)
+BATCH = 20 if FULL else 6  # inputs per hypothesis example: spreads the engine's own cost per example
+PURE_INPUTS = FULL or 60
+E2E_INPUTS = int(os.environ.get("HS_FUZZ_E2E", "0")) or (max(1000, FULL // 10) if FULL else 8)
 MAX_PROMPT_BYTES = 1 << 20
 
 
@@ -58,6 +65,38 @@ def fuzz_settings(inputs: int) -> settings:
 
 def batch(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[list[Any]]:
     return st.lists(strategy, min_size=BATCH, max_size=BATCH)
+
+
+# --- the world the end-to-end share runs in (built by conftest's ``world`` fixture) ---------------
+
+TENANT = "fuzz"
+
+
+@dataclass
+class World:
+    loop: asyncio.AbstractEventLoop
+    rt: Runtime
+    http: httpx.AsyncClient
+    nc: NATS
+    mcp: Client
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
+        """Run ``coro`` on the world's loop (its own thread) and wait for the result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def state(self) -> tuple[Any, ...]:
+        """What a rejected input must leave as it was: the books, budgets, rate-limit windows,
+        reservations, kept results and parked fragments."""
+        rt = self.rt
+        report = await rt.ledger_report()
+        budgets = rt.orchestrator.budgets
+        budget = await budgets.status(TENANT) if budgets is not None else None
+        limits = rt.gateway.limits
+        window = (await limits.cell.read(key_token(TENANT)))[0] if limits is not None else None
+        return (report.spent_usd, report.held_usd, report.settlements, budget, window,
+                {k: v.status for k, v in rt.reservations.table.items()}, len(rt.gateway.results),
+                len(rt.orchestrator.parked))
+
 
 
 # --- the tally -----------------------------------------------------------------------------------

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import World
 from fuzzkit import (
     COVENANT_FILES,
     PURE_INPUTS,
     SCENARIO_FILES,
     FileDriver,
     Pure,
+    World,
     batch,
     chat_body,
     drive,

@@ -21,13 +21,13 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import World
 from fuzzkit import (
     E2E_INPUTS,
     MAX_PROMPT_BYTES,
     TALLY,
     Pure,
     Row,
+    World,
     batch,
     chat_body,
     fuzz_settings,
