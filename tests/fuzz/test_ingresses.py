@@ -152,6 +152,9 @@ def test_http_v1(world: World, pure: Pure, inputs: list[bytes]) -> None:
         run_one(world, "HTTP /v1 end to end", admitted, http_send(world, "POST", "/v1/chat/completions", data))
 
 
+# An id with a "/" (even escaped: the router matches the decoded path) or only dots names another
+# path, which the router answers with a 307 to the path without the trailing slash or a 404.
+ids = texts.filter(lambda t: "/" not in t and t.strip(".") != "")
 API_ROUTES = [("POST", "/api/v1/query", "query"), ("POST", "/api/v1/quote", "query"),
               ("POST", "/api/v1/compute/reserve", "reserve"), ("POST", "/api/v1/allocations", "reserve"),
               ("POST", "/api/v1/inference/{id}", "query"), ("GET", "/api/v1/results/{id}", ""),
@@ -161,7 +164,7 @@ API_ROUTES = [("POST", "/api/v1/query", "query"), ("POST", "/api/v1/quote", "que
 
 @fuzz_settings(E2E_INPUTS)
 @given(inputs=batch(st.tuples(st.sampled_from(API_ROUTES), query_body, reserve_body,
-                              texts.filter(lambda t: t.strip(".") != ""))))
+                              ids)))
 def test_http_api_v1(world: World, pure: Pure, inputs: list[tuple[tuple[str, str, str], bytes, bytes, str]]) -> None:
     for (method, path, kind), query, reserve, ident in inputs:
         data = {"query": query, "reserve": reserve}.get(kind)
