@@ -4,6 +4,11 @@ A covenant is the contract one fragment is served under. Templates are strict (a
 a wrong type or inconsistent terms is an error naming the file and the key); a query may override
 any term, and the merged covenant is checked again. ``fallback_chain`` turns the covenant into the
 ordered steps the orchestrator walks: primary pool class, then the fallback steps.
+
+Every numeric term has a range (``RANGES``, also in docs/architecture.md), checked by ``validate``
+before anything is held, charged or parked: a query's overrides get the same checks as a file.
+``check_window`` refuses a ``max_tokens`` larger than the context window of every pool serving the
+covenant's models (when those pools state their window).
 """
 
 from __future__ import annotations
@@ -18,16 +23,18 @@ from typing import Any
 import msgspec
 
 from .errors import CovenantError, UnknownCovenant
-from .strict import StrictError, convert_strict, load_toml
-from .wire import Covenant, Query
+from .strict import StrictError, check_values, convert_strict, load_toml
+from .wire import Covenant, Offer, Query
 
 __all__ = [
     "DECOMPOSERS",
     "FUSIONS",
     "POOL_CLASSES",
     "PROVIDERS",
+    "RANGES",
     "CovenantBook",
     "Step",
+    "check_window",
     "default_covenant_dir",
     "default_pool_class",
     "fallback_chain",
@@ -42,6 +49,32 @@ POOL_CLASSES = ("standard", "premium", "preemptible", "dedicated", "marketplace"
 PROVIDERS = ("echo", "mlx", "hostedai", "vastai", "ionet", "runpod", "tpu", "openrouter", "ollama")
 FUSIONS = ("ordered", "reduce")  # how parts become one answer (alternatives are fused by the ensemble's fuse)
 DECOMPOSERS = ("questions", "long_context")  # analysis steps a covenant may list in strategy.decompose
+
+MAX_DEADLINE_MS = 3_600_000  # one hour: past it a caller has long gone, and a parked query with it
+MAX_USD = 1e9
+MAX_TOKENS = 32_768
+# The documented range of every numeric term (inclusive unless the text says otherwise).
+RANGES: dict[str, str] = {
+    "resources.min_vram_mb": "0..16777216 (16 TiB)",
+    "resources.max_vram_mb": "min_vram_mb..16777216",
+    "resources.min_tflops": "0..1e7, finite",
+    "qos.latency_target_ms": "1..hard_deadline_ms",
+    "qos.hard_deadline_ms": f"latency_target_ms..{MAX_DEADLINE_MS} (one hour)",
+    "qos.priority": "0..100",
+    "cost.max_usd_per_request": "over 0, up to 1e9, finite (omit it for no limit)",
+    "cost.max_usd_per_hour": "over 0, up to 1e9, finite (omit it for no limit)",
+    "cost.tenant_budget_usd": "over 0, up to 1e9, finite (omit it for no limit)",
+    "fallback.queue_max_wait_ms": "1..hard_deadline_ms",
+    "strategy.cascade.threshold": "0..1",
+    "strategy.cascade.samples": "1..8",
+    "strategy.hedge.min_samples": "1..100000",
+    "strategy.map_reduce.chunk_tokens": "0 (from the pools) or 32..1048576",
+    "strategy.map_reduce.max_chunks": "2..1024",
+    "strategy.route[].min_complexity": "0..1, rising from one route to the next",
+    "cache.threshold": "over 0, up to 1",
+    "cache.ttl_s": "over 0, up to 2592000 (30 days)",
+    "max_tokens": f"1..{MAX_TOKENS}, and no more than the largest context window among the pools serving the model",
+}
 
 
 class Step(msgspec.Struct, frozen=True):
@@ -101,30 +134,35 @@ def _chain(primary: str, steps: tuple[str, ...]) -> tuple[Step, ...]:
 
 
 def validate(cov: Covenant, source: str) -> Covenant:
-    """Check the terms are consistent with each other; return the covenant with its id set."""
+    """Check every term is within its range (``RANGES``) and the terms are consistent with each
+    other; return the covenant with its id set."""
 
     def bad(key: str, why: str) -> CovenantError:
-        return CovenantError(f"{source}: {key}: {why}", term=key)
+        return CovenantError(f"{source}: {key}: {why} (range: {RANGES.get(key, 'see docs')})"
+                             if key in RANGES else f"{source}: {key}: {why}", term=key)
 
     r, q, c, f = cov.resources, cov.qos, cov.cost, cov.fallback
     if not r.model.strip():
         raise bad("resources.model", "must name a model")
-    if r.min_vram_mb < 0 or r.min_tflops < 0:
-        raise bad("resources.min_vram_mb" if r.min_vram_mb < 0 else "resources.min_tflops", "must be ≥ 0")
-    if r.max_vram_mb is not None and r.max_vram_mb < r.min_vram_mb:
-        raise bad("resources.max_vram_mb", f"{r.max_vram_mb} is below min_vram_mb {r.min_vram_mb}")
+    if not 0 <= r.min_vram_mb <= 16 << 20:
+        raise bad("resources.min_vram_mb", f"{r.min_vram_mb} is out of range")
+    if r.max_vram_mb is not None and not r.min_vram_mb <= r.max_vram_mb <= 16 << 20:
+        raise bad("resources.max_vram_mb", f"{r.max_vram_mb} is below min_vram_mb {r.min_vram_mb} or too large")
+    if not 0 <= r.min_tflops <= 1e7:  # False for NaN too
+        raise bad("resources.min_tflops", f"{r.min_tflops} is out of range")
     if r.pool_class is not None and r.pool_class not in POOL_CLASSES:
         raise bad("resources.pool_class", f"{r.pool_class!r} is not one of {', '.join(POOL_CLASSES)}")
-    if q.latency_target_ms <= 0:
-        raise bad("qos.latency_target_ms", "must be > 0")
-    if q.hard_deadline_ms < q.latency_target_ms:
-        raise bad("qos.hard_deadline_ms", f"{q.hard_deadline_ms} is below latency_target_ms {q.latency_target_ms}")
+    if not 1 <= q.hard_deadline_ms <= MAX_DEADLINE_MS:
+        raise bad("qos.hard_deadline_ms", f"{q.hard_deadline_ms} is out of range")
+    if not 1 <= q.latency_target_ms <= q.hard_deadline_ms:
+        raise bad("qos.latency_target_ms", f"{q.latency_target_ms} must be > 0 and within hard_deadline_ms "
+                  f"{q.hard_deadline_ms}")
     if not 0 <= q.priority <= 100:
         raise bad("qos.priority", f"{q.priority} is outside 0..100")
     for key in ("max_usd_per_request", "max_usd_per_hour", "tenant_budget_usd"):
         value = getattr(c, key)
-        if value is not None and value <= 0:
-            raise bad(f"cost.{key}", f"{value} must be > 0 (omit it for no limit)")
+        if value is not None and not 0 < value <= MAX_USD:  # False for NaN too
+            raise bad(f"cost.{key}", f"{value} is out of range")
     for text in f.steps:
         try:
             parse_step(text)
@@ -132,17 +170,31 @@ def validate(cov: Covenant, source: str) -> Covenant:
             raise bad("fallback.steps", str(exc)) from None
     if "fail" in f.steps and f.steps.index("fail") != len(f.steps) - 1:
         raise bad("fallback.steps", "'fail' must be the last step")
-    if f.queue_max_wait_ms <= 0:
-        raise bad("fallback.queue_max_wait_ms", "must be > 0")
+    if not 1 <= f.queue_max_wait_ms <= q.hard_deadline_ms:
+        raise bad("fallback.queue_max_wait_ms", f"{f.queue_max_wait_ms} must be > 0 and within hard_deadline_ms "
+                  f"{q.hard_deadline_ms}: a parked query is answered by its deadline")
     if cov.fusion not in FUSIONS:
         raise bad("fusion", f"{cov.fusion!r} is not one of {', '.join(FUSIONS)}")
     _validate_strategy(cov, bad)
     if cov.distill is not None:
         _validate_distill(cov, bad)
-    if not 1 <= cov.max_tokens <= 32768:
-        raise bad("max_tokens", f"{cov.max_tokens} is outside 1..32768")
+    if not 1 <= cov.max_tokens <= MAX_TOKENS:
+        raise bad("max_tokens", f"{cov.max_tokens} is out of range")
     terms = msgspec.json.encode(msgspec.structs.replace(cov, covenant_id=""))
     return msgspec.structs.replace(cov, covenant_id=f"{cov.name}@{hashlib.sha256(terms).hexdigest()[:10]}")
+
+
+def check_window(cov: Covenant, offers: Iterable[Offer]) -> None:
+    """Refuse a ``max_tokens`` no pool serving the covenant's models could hold: over the largest
+    context window among them. Pools that state no window (0), or none quoting, pass."""
+    models = {cov.resources.model, *cov.fallback.degrade_to}
+    windows = [o.context_tokens for o in offers if "*" in o.models or not models.isdisjoint(o.models)]
+    if not windows or min(windows) <= 0:
+        return
+    if cov.max_tokens > max(windows):
+        raise CovenantError(f"max_tokens: {cov.max_tokens} is more than the largest context window "
+                            f"({max(windows)} tokens) among the pools serving {cov.resources.model!r}; "
+                            f"ask for at most {max(windows)}", term="max_tokens")
 
 
 def _steps(texts: list[str], key: str, bad: Callable[[str, str], CovenantError]) -> None:
@@ -176,12 +228,14 @@ def _validate_strategy(cov: Covenant, bad: Callable[[str, str], CovenantError]) 
         raise bad("strategy.cascade.threshold", f"{cas.threshold} is outside 0..1")
     if not 1 <= cas.samples <= 8:
         raise bad("strategy.cascade.samples", f"{cas.samples} is outside 1..8")
-    if hedge.min_samples < 1:
-        raise bad("strategy.hedge.min_samples", "must be ≥ 1")
-    if mr.chunk_tokens < 0 or (0 < mr.chunk_tokens < 32):
-        raise bad("strategy.map_reduce.chunk_tokens", f"{mr.chunk_tokens}: use 0 (from the pools) or ≥ 32")
+    if not 1 <= hedge.min_samples <= 100_000:
+        raise bad("strategy.hedge.min_samples", f"{hedge.min_samples} is out of range")
+    if not (mr.chunk_tokens == 0 or 32 <= mr.chunk_tokens <= 1 << 20):
+        raise bad("strategy.map_reduce.chunk_tokens", f"{mr.chunk_tokens}: use 0 (from the pools) or 32..1048576")
     if not 2 <= mr.max_chunks <= 1024:
         raise bad("strategy.map_reduce.max_chunks", f"{mr.max_chunks} is outside 2..1024")
+    if len(st.route) > 16:
+        raise bad("strategy.route", f"{len(st.route)} routes; at most 16")
     last = -1.0
     for i, r in enumerate(st.route):
         if not 0.0 <= r.min_complexity <= 1.0 or r.min_complexity <= last:
@@ -192,8 +246,8 @@ def _validate_strategy(cov: Covenant, bad: Callable[[str, str], CovenantError]) 
         last = r.min_complexity
     if cache.threshold is not None and not 0.0 < cache.threshold <= 1.0:
         raise bad("cache.threshold", f"{cache.threshold} is outside (0, 1]")
-    if cache.ttl_s <= 0:
-        raise bad("cache.ttl_s", "must be > 0")
+    if not 0 < cache.ttl_s <= 30 * 86400:  # False for NaN too
+        raise bad("cache.ttl_s", f"{cache.ttl_s} is out of range")
 
 
 def _validate_distill(cov: Covenant, bad: Callable[[str, str], CovenantError]) -> None:
@@ -222,11 +276,11 @@ def _validate_distill(cov: Covenant, bad: Callable[[str, str], CovenantError]) -
         raise bad("distill.learning_rate", f"{d.learning_rate} is outside (0, 1)")
 
 
-def _convert(data: dict[str, Any], source: str) -> Covenant:
+def _convert(data: dict[str, Any], source: str, whole: str) -> Covenant:
     try:
         cov = convert_strict(data, Covenant, source)
     except StrictError as exc:
-        raise CovenantError(str(exc)) from None
+        raise CovenantError(str(exc), term=exc.key or whole) from None
     return validate(cov, source)
 
 
@@ -236,9 +290,9 @@ def load_covenant(path: str | Path) -> Covenant:
     try:
         data = load_toml(p)
     except StrictError as exc:
-        raise CovenantError(str(exc)) from None
+        raise CovenantError(str(exc), term=exc.key or str(p)) from None
     data.setdefault("name", p.stem)
-    return _convert(data, str(p))
+    return _convert(data, str(p), str(p))
 
 
 def default_covenant_dir() -> Path:
@@ -261,6 +315,7 @@ class CovenantBook:
     def __init__(self, covenants: Iterable[Covenant]) -> None:
         self._by_name = {c.name: c for c in covenants}
         self._by_model: dict[str, Covenant] = {}
+        self._resolved: dict[tuple[str, bytes], Covenant] = {}  # (template, overrides) -> covenant, FIFO
         # A template named after its model wins the lookup by model.
         for c in sorted(self._by_name.values(), key=lambda c: c.name != c.resources.model):
             self._by_model.setdefault(c.resources.model, c)
@@ -292,6 +347,19 @@ class CovenantBook:
                 f"unknown covenant {name!r}; known: {', '.join(self.names())}", term="covenant"
             ) from None
 
+    def check(self, query: Query, offers: Iterable[Offer]) -> Covenant:
+        """The query's covenant, checked before anything is held: its overrides within range, on its
+        template and on every template its routes may move it to, and ``max_tokens`` within the
+        pools' windows. Raises what ``resolve`` raises (404 unknown covenant, 422 naming the term)."""
+        cov = self.resolve(query)
+        offers = list(offers)
+        check_window(cov, offers)
+        if not query.model:
+            for r in cov.strategy.route:
+                if r.covenant != cov.name:
+                    check_window(self.resolve(msgspec.structs.replace(query, covenant=r.covenant)), offers)
+        return cov
+
     def resolve(self, query: Query) -> Covenant:
         """The covenant a query is served under: its template, then its overrides."""
         if query.covenant:
@@ -313,6 +381,34 @@ class CovenantBook:
             over["max_tokens"] = query.max_tokens
         if not over:
             return base
-        merged = merge_overrides(msgspec.to_builtins(msgspec.structs.replace(base, covenant_id="")), over)
-        merged.pop("covenant_id", None)
-        return _convert(merged, f"covenant {base.name!r} with the query's overrides")
+        source = f"covenant {base.name!r} with the query's overrides"
+        try:
+            check_values(over, source, path="")
+        except StrictError as exc:
+            raise CovenantError(str(exc), term=exc.key or "overrides") from None
+        # The gateway checks a query's covenant before admitting it and the orchestrator resolves
+        # it again: remember the last few (the same overrides tend to come again and again).
+        key = (base.name, msgspec.json.encode(over))
+        cov = self._resolved.get(key)
+        if cov is None:
+            merged = merge_overrides(msgspec.to_builtins(msgspec.structs.replace(base, covenant_id="")), over)
+            merged.pop("covenant_id", None)
+            _cap_queue_wait(merged, over)
+            cov = _convert(merged, source, "overrides")
+            if len(self._resolved) >= 256:
+                self._resolved.pop(next(iter(self._resolved)), None)
+            self._resolved[key] = cov
+        return cov
+
+
+def _cap_queue_wait(merged: dict[str, Any], over: dict[str, Any]) -> None:
+    """An override that shortens the hard deadline and says nothing of the queue wait gets the
+    template's wait cut to the new deadline, rather than a refusal for a term it never named."""
+    fb, qos, fb_over = merged.get("fallback"), merged.get("qos"), over.get("fallback")
+    if isinstance(fb_over, dict) and "queue_max_wait_ms" in fb_over:
+        return
+    if not (isinstance(fb, dict) and isinstance(qos, dict)):
+        return
+    wait, deadline = fb.get("queue_max_wait_ms"), qos.get("hard_deadline_ms")
+    if type(wait) is int and type(deadline) is int and 0 < deadline < wait:
+        fb["queue_max_wait_ms"] = deadline

@@ -28,12 +28,16 @@
     └── ExtraMissing                 an optional extra is not installed; says which to install
 
 Errors carry the facts a caller decides on: ``retryable``, the covenant ``term`` that failed,
-and the fallback steps ``tried``. Ingresses map ``code``/``status`` onto their own envelopes.
+and the fallback steps ``tried`` (each once, in order, at most ``MAX_TRIED``). Ingresses map
+``code``/``status`` onto their own envelopes; what goes in a header is ``header_text`` (one line,
+at most ``MAX_HEADER_BYTES``), the whole message and ``tried`` go in the body.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "MAX_HEADER_BYTES",
+    "MAX_TRIED",
     "BadRequest",
     "BudgetExceeded",
     "Cancelled",
@@ -59,7 +63,30 @@ __all__ = [
     "Unauthorized",
     "UnknownCovenant",
     "Unmet",
+    "header_text",
+    "unique_tried",
 ]
+
+MAX_TRIED = 64  # a fallback walk that loops (a parked query retrying) must not grow an error without end
+MAX_HEADER_BYTES = 512  # well under the 1 KB a header may take (NATS service errors, HTTP)
+
+
+def unique_tried(tried: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Each entry once, first seen first; past ``MAX_TRIED`` the rest are counted, not listed."""
+    seen = tuple(dict.fromkeys(tried))
+    if len(seen) <= MAX_TRIED:
+        return seen
+    return (*seen[:MAX_TRIED - 1], f"… and {len(seen) - MAX_TRIED + 1} more")
+
+
+def header_text(text: str, limit: int = MAX_HEADER_BYTES) -> str:
+    """``text`` fit for a header value: one line, no control characters, at most ``limit`` UTF-8
+    bytes (cut with "…"); the full text belongs in the body."""
+    flat = "".join(c if c.isprintable() else " " for c in text)
+    raw = flat.encode()
+    if len(raw) <= limit:
+        return flat
+    return raw[:limit - 3].decode(errors="ignore") + "…"
 
 
 class HomeskilletError(Exception):
@@ -72,6 +99,14 @@ class HomeskilletError(Exception):
         self.message = message
         self.term = term
         self.tried = tried
+
+    @property
+    def tried(self) -> tuple[str, ...]:
+        return self._tried
+
+    @tried.setter
+    def tried(self, value: tuple[str, ...] | list[str]) -> None:
+        self._tried = unique_tried(value)
 
 
 class BadRequest(HomeskilletError):
@@ -142,6 +177,7 @@ class NoPoolError(HomeskilletError):
             first = next((u for u in unmet if u.term == term), None)
             lines.append(f"{term} ({first.detail}{', ' + first.pool if first and first.pool else ''})"
                          if first else term)
+        tried = unique_tried(tried)
         tried_txt = f"; fallback steps tried: {', '.join(tried)}" if tried else ""
         super().__init__(
             f"no pool can meet covenant {covenant!r}: unmet {'; '.join(lines)}{tried_txt}",

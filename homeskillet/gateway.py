@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Protocol
 
+import msgspec
 import structlog
 
 from .auth import Principal
+from .covenant import CovenantBook
 from .distill.service import DistillService
 from .errors import BadRequest, HomeskilletError, NotFound, PayloadTooLarge
 from .ids import new_id
@@ -33,6 +36,7 @@ from .wire import (
     Answer,
     Covenant,
     ErrorReply,
+    Offer,
     Query,
     QuoteReply,
     Readiness,
@@ -42,13 +46,20 @@ from .wire import (
     TenantUsage,
 )
 
-__all__ = ["Gateway", "PortOpener", "error_reply", "validate_query"]
+__all__ = ["Gateway", "PortOpener", "admit_query", "error_reply", "validate_query"]
 
 log = get_logger("homeskillet.gateway")
 
 
+def _short_id(value: str, name: str) -> None:
+    # ids travel in NATS subjects, headers and KV keys: short, one printable token
+    if len(value) > 128 or not value.isprintable() or any(c.isspace() for c in value):
+        raise BadRequest(f"'{name}' must be at most 128 printable characters without spaces", term=name)
+
+
 def validate_query(q: Query, *, max_prompt_bytes: int) -> None:
-    """Raise BadRequest naming what is wrong; a valid query passes through untouched."""
+    """Raise BadRequest naming what is wrong; a valid query passes through untouched. The covenant
+    terms (overrides, ``max_tokens`` against the pools' windows) are checked by ``CovenantBook.check``."""
     if q.prompt is None and not q.messages:
         raise BadRequest("the query has neither 'prompt' nor 'messages'; send one of them", term="prompt")
     if q.prompt is not None and q.messages:
@@ -63,12 +74,24 @@ def validate_query(q: Query, *, max_prompt_bytes: int) -> None:
     size = sum(len(t.encode()) for t in texts)
     if size > max_prompt_bytes:
         raise PayloadTooLarge(f"the prompt is {size} bytes; the limit is {max_prompt_bytes} bytes", term="prompt")
-    if not q.tenant or len(q.tenant) > 128:
-        raise BadRequest("'tenant' must be 1..128 characters", term="tenant")
+    if not q.tenant or len(q.tenant) > 128 or not q.tenant.isprintable():
+        raise BadRequest("'tenant' must be 1..128 printable characters", term="tenant")
+    if not 0 <= q.v < 1 << 31:
+        raise BadRequest(f"'v' (the wire version) {q.v} is out of range", term="v")
+    _short_id(q.query_id, "query_id")
+    _short_id(q.trace_id, "trace_id")
     if not 0.0 <= q.temperature <= 2.0:
         raise BadRequest(f"'temperature' {q.temperature} is outside 0..2", term="temperature")
     if q.max_tokens is not None and not 1 <= q.max_tokens <= 32768:
         raise BadRequest(f"'max_tokens' {q.max_tokens} is outside 1..32768", term="max_tokens")
+
+
+def admit_query(q: Query, book: CovenantBook, offers: Iterable[Offer], *, max_prompt_bytes: int) -> Covenant:
+    """Everything checked before a query may change any state (rate limits, holds, parking): its
+    fields, then its covenant (overrides, ranges, ``max_tokens`` within the pools' windows). Pure:
+    the decode+validate layer every ingress shares, and what the fuzz harness drives."""
+    validate_query(q, max_prompt_bytes=max_prompt_bytes)
+    return book.check(q, offers)
 
 
 def error_reply(exc: HomeskilletError, query_id: str = "") -> ErrorReply:
@@ -105,7 +128,8 @@ class Gateway:
     def _admit(self, query: Query, principal: Principal | None) -> None:
         if principal is not None:  # the one identity rule (auth.py): a tenant named in the query must be the caller's
             query.tenant = principal.check_named((("tenant", query.tenant),)).tenant
-        validate_query(query, max_prompt_bytes=self.max_prompt_bytes)
+        admit_query(query, self.orchestrator.covenants, self.orchestrator.negotiator.pools(),
+                    max_prompt_bytes=self.max_prompt_bytes)
         if not query.query_id:
             query.query_id = new_id()
 
@@ -150,6 +174,8 @@ class Gateway:
             raise BadRequest(f"reservation {reservation_id!r} is {res.status}; reserve again", term="reservation_id")
         query.tenant = tenant
         validate_query(query, max_prompt_bytes=self.max_prompt_bytes)
+        named = query.model or query.covenant or not res.model  # as Orchestrator.serve_on picks the covenant
+        self.orchestrator.covenants.check(query if named else msgspec.structs.replace(query, model=res.model), [])
         if not query.query_id:
             query.query_id = new_id()
         if self.limits is not None:

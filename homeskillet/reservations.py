@@ -30,8 +30,10 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from .budgets import Budgets
+from .covenant import PROVIDERS
 from .errors import BadRequest, BudgetExceeded, HomeskilletError, NoPoolError, NotFound, Unmet
 from .ids import new_id
+from .providers.base import _REGISTRY
 from .subjects import Subjects
 from .telemetry import POOL_LOSS_USD, get_logger, labelled
 from .wire import (
@@ -67,19 +69,36 @@ class Step:
     passed: list[str] = field(default_factory=list)  # pools of this step left out, with why
 
 
+def _known_providers() -> set[str]:
+    return {*PROVIDERS, *_REGISTRY}
+
+
 def validate_reserve(req: ReserveRequest) -> None:
+    for key, names in (("provider", [req.provider]), ("fallback_providers", req.fallback_providers)):
+        unknown = [n for n in names if n != "auto" and n not in _known_providers()]
+        if unknown:
+            raise BadRequest(f"'{key}' names no known provider: {unknown[0][:64]!r} (known: auto, "
+                             f"{', '.join(sorted(_known_providers()))})", term=key)
     if not 1 <= req.count <= 1024:
         raise BadRequest(f"'count' {req.count} is outside 1..1024", term="count")
     if not 60 <= req.duration_s <= 30 * 86400:
         raise BadRequest(f"'duration_s' {req.duration_s} is outside 60..2592000 (one minute to 30 days)",
                          term="duration_s")
-    if req.max_cost_per_hr < 0:
-        raise BadRequest("'max_cost_per_hr' must be 0 (no ceiling) or positive", term="max_cost_per_hr")
+    if not 0 <= req.max_cost_per_hr <= 1e9:
+        raise BadRequest("'max_cost_per_hr' must be 0 (no ceiling) or positive, up to 1e9", term="max_cost_per_hr")
+    for key in ("min_vram_mb", "max_vram_mb"):
+        if not 0 <= getattr(req, key) <= 16 << 20:
+            raise BadRequest(f"'{key}' {getattr(req, key)} is outside 0..16777216 (MB)", term=key)
     if req.max_vram_mb and req.max_vram_mb < req.min_vram_mb:
         raise BadRequest(f"'max_vram_mb' {req.max_vram_mb} is below 'min_vram_mb' {req.min_vram_mb}",
                          term="max_vram_mb")
-    if not req.tenant or len(req.tenant) > 128:
-        raise BadRequest("'tenant' must be 1..128 characters", term="tenant")
+    if not 0 <= req.min_tflops <= 1e7:
+        raise BadRequest(f"'min_tflops' {req.min_tflops} is outside 0..1e7", term="min_tflops")
+    if len(req.fallback_providers) > 16 or len(req.metadata) > 64:
+        raise BadRequest("at most 16 'fallback_providers' and 64 'metadata' entries",
+                         term="fallback_providers" if len(req.fallback_providers) > 16 else "metadata")
+    if not req.tenant or len(req.tenant) > 128 or not req.tenant.isprintable():
+        raise BadRequest("'tenant' must be 1..128 printable characters", term="tenant")
 
 
 def _why_not(req: ReserveRequest, o: Offer) -> str | None:

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..errors import BadRequest, HomeskilletError, TenantRateLimited
+from ..errors import BadRequest, HomeskilletError, TenantRateLimited, header_text
 from ..gateway import error_reply
 from ..wire import Query, ReserveRequest
 from .http_common import context, json, principal, read_body
@@ -23,7 +23,8 @@ _STATUSES = ("pending", "active", "released", "failed")
 def admin_error(exc: HomeskilletError) -> Response:
     headers = {"retry-after": f"{max(1, round(exc.retry_after_s))}"} if isinstance(exc, TenantRateLimited) else {}
     if exc.status == 401:
-        headers["www-authenticate"] = f'Bearer error="invalid_token", error_description="{exc.term or "invalid"}"'
+        why = header_text(exc.term or "invalid", 200).replace('"', "'")
+        headers["www-authenticate"] = f'Bearer error="invalid_token", error_description="{why}"'
     return json(error_reply(exc), exc.status, headers)
 
 

@@ -57,7 +57,7 @@ async def on_error(request: Request, exc: Exception) -> Response:
         err.status = exc.status_code
         return _render(request, err)
     log.exception("http_crashed", path=request.url.path)
-    return _render(request, HomeskilletError(f"internal error: {exc!r}"))
+    return _render(request, HomeskilletError(f"internal error: {type(exc).__name__}"))
 
 
 async def healthz(request: Request) -> Response:

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from ..auth import Authenticator, Principal, Scope
 from ..errors import BadRequest, PayloadTooLarge
 from ..gateway import Gateway
+from .decoding import decode_json
 
 __all__ = ["HttpContext", "json", "principal", "read_body"]
 
@@ -60,18 +61,7 @@ async def read_body(request: Request, typ: type[T], *, what: str = "the request 
     data = b"".join(chunks)
     if not data.strip():
         raise BadRequest(f"{what} is empty; send a JSON object", term="body")
-    try:
-        return msgspec.json.decode(data, type=typ)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"{what} does not fit the schema: {exc}", term=_field(str(exc))) from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"{what} is not valid JSON: {exc}", term="body") from None
-
-
-def _field(message: str) -> str:
-    """``…- at `$.messages[0].role``` → ``messages[0].role`` (the OpenAI error's ``param``)."""
-    _, sep, where = message.rpartition("at `$.")
-    return where.rstrip("`") if sep else "body"
+    return decode_json(typ, data, what)  # a 400 whose term is the field (the OpenAI error's ``param``)
 
 
 def json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

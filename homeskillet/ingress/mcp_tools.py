@@ -168,7 +168,7 @@ class ToolSpec:
         try:
             return convert_strict(arguments, self.args, f"{self.name} arguments")
         except StrictError as exc:
-            raise BadRequest(str(exc), term="arguments") from None
+            raise BadRequest(str(exc), term=exc.key or "arguments") from None
 
 
 def tool_error(exc: HomeskilletError) -> CallToolResult:

@@ -3,8 +3,9 @@
 Reservation).
 
 Discoverable through ``$SRV.PING/INFO/STATS``. Errors are service error headers
-(``Nats-Service-Error``, ``Nats-Service-Error-Code`` = the HTTP-like status) with an ErrorReply
-JSON body. The adapter only decodes, calls the gateway, encodes.
+(``Nats-Service-Error``: the message on one line, cut to 512 bytes; ``Nats-Service-Error-Code`` =
+the HTTP-like status) with an ErrorReply JSON body carrying the whole message and ``tried``. The
+adapter only decodes, calls the gateway, encodes.
 
 Identity: with auth on (``up --auth`` / ``JWT_ENABLED``) every request carries a bearer token in a
 NATS header, ``Authorization: Bearer <JWT>``, checked by the same rule as HTTP and MCP
@@ -25,9 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.micro import add_service
 from nats.micro.request import Request
@@ -35,12 +35,13 @@ from nats.micro.service import EndpointConfig, Service
 
 from .. import __version__
 from ..auth import Authenticator, AuthSettings, Principal, Scope, header
-from ..errors import BadRequest, HomeskilletError
+from ..errors import HomeskilletError, header_text
 from ..gateway import Gateway, error_reply
 from ..streaming import streamed
 from ..subjects import Subjects
 from ..telemetry import get_logger
-from ..wire import Answer, AnswerChunk, Query, ReserveRequest, decode_query, encode
+from ..wire import Answer, AnswerChunk, Query, ReserveRequest, encode
+from .decoding import decode_json
 
 __all__ = ["STREAM_HEADER", "NatsIngress", "identify", "respond"]
 
@@ -48,21 +49,10 @@ STREAM_HEADER = "Hs-Stream"  # "1" on an hs.query request: stream the answer's t
 
 log = get_logger("homeskillet.ingress.nats")
 
-T = TypeVar("T")
-_reserve_request = msgspec.json.Decoder(ReserveRequest)
 
 
-def _decode_error(exc: Exception, what: str = "query") -> BadRequest:
-    if isinstance(exc, msgspec.ValidationError):
-        return BadRequest(f"the {what} does not fit the schema: {exc}", term=what)
-    return BadRequest(f"the {what} is not valid JSON: {exc}", term=what)
-
-
-def _decode(decode: Callable[[bytes], T], data: bytes, what: str) -> T:
-    try:
-        return decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise _decode_error(exc, what) from None
+def _headers(exc: HomeskilletError) -> dict[str, str]:
+    return {"Nats-Service-Error": header_text(exc.message), "Nats-Service-Error-Code": str(exc.status)}
 
 
 async def respond(nc: NATS, reply: str, outcome: Answer | HomeskilletError, query_id: str = "") -> None:
@@ -71,8 +61,7 @@ async def respond(nc: NATS, reply: str, outcome: Answer | HomeskilletError, quer
     if isinstance(outcome, Answer):
         await nc.publish(reply, encode(outcome))
     else:
-        await nc.publish(reply, encode(error_reply(outcome, query_id)), headers={
-            "Nats-Service-Error": outcome.message, "Nats-Service-Error-Code": str(outcome.status)})
+        await nc.publish(reply, encode(error_reply(outcome, query_id)), headers=_headers(outcome))
 
 
 def identify(auth: Authenticator, headers: dict[str, str] | None, tenant: str | None, scope: Scope) -> Principal:
@@ -117,13 +106,13 @@ class NatsIngress:
 
     async def _on_quote(self, req: Request) -> None:
         async def quote(data: bytes) -> bytes:
-            q = _decode(decode_query, data, "query")
+            q = decode_json(Query, data, "the query", whole="query")
             return encode(await self.gateway.quote(q, identify(self.auth, req.headers, q.tenant, "hs:query")))
         self._spawn(self._call(req, quote))
 
     async def _on_reserve(self, req: Request) -> None:
         async def reserve(data: bytes) -> bytes:
-            r = _decode(_reserve_request.decode, data, "reservation request")
+            r = decode_json(ReserveRequest, data, "the reservation request", whole="reservation request")
             r.tenant = identify(self.auth, req.headers, r.tenant, "hs:reserve").tenant
             return encode(await self.gateway.reserve(r))
         self._spawn(self._call(req, reserve))
@@ -132,10 +121,10 @@ class NatsIngress:
         try:
             await req.respond(await handler(req.data))
         except HomeskilletError as exc:
-            await req.respond_error(str(exc.status), exc.message, data=encode(error_reply(exc)))
+            await req.respond_error(str(exc.status), header_text(exc.message), data=encode(error_reply(exc)))
         except Exception as exc:  # never leave a caller without an answer
             log.exception("request_crashed", subject=req.subject)
-            err = HomeskilletError(f"internal error: {exc!r}")
+            err = HomeskilletError(f"internal error: {type(exc).__name__}")
             await req.respond_error("500", err.message, data=encode(error_reply(err)))
 
     async def _streamed(self, query: Query, who: Principal | None, reply: str) -> Answer:
@@ -153,10 +142,7 @@ class NatsIngress:
     async def _serve(self, req: Request) -> None:
         query: Query | None = None
         try:
-            try:
-                query = decode_query(req.data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise _decode_error(exc) from None
+            query = decode_json(Query, req.data, "the query", whole="query")
             who = identify(self.auth, req.headers, query.tenant, "hs:query")
             inbox = req._msg.reply or ""
             if inbox and (req.headers or {}).get(STREAM_HEADER) == "1":
@@ -166,8 +152,8 @@ class NatsIngress:
             await req.respond(encode(answer))
         except HomeskilletError as exc:
             reply = error_reply(exc, query.query_id if query else "")
-            await req.respond_error(str(exc.status), exc.message, data=encode(reply))
+            await req.respond_error(str(exc.status), header_text(exc.message), data=encode(reply))
         except Exception as exc:  # never leave a caller without an answer
             log.exception("query_crashed")
-            err = HomeskilletError(f"internal error: {exc!r}")
+            err = HomeskilletError(f"internal error: {type(exc).__name__}")
             await req.respond_error("500", err.message, data=encode(error_reply(err)))

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from ..errors import BadRequest, HomeskilletError, TenantRateLimited
+from ..errors import BadRequest, HomeskilletError, TenantRateLimited, header_text
 from ..streaming import streamed
 from ..wire import Answer, Message, Query
 from .http_common import context, json, principal, read_body
@@ -61,7 +61,8 @@ def openai_error(exc: HomeskilletError) -> Response:
     body = _error_body(exc)
     headers = {"retry-after": f"{max(1, round(exc.retry_after_s))}"} if isinstance(exc, TenantRateLimited) else {}
     if exc.status == 401:
-        headers["www-authenticate"] = f'Bearer error="invalid_token", error_description="{exc.term or "invalid"}"'
+        why = header_text(exc.term or "invalid", 200).replace('"', "'")
+        headers["www-authenticate"] = f'Bearer error="invalid_token", error_description="{why}"'
     return json(body, exc.status, headers)
 
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from ..auth import Authenticator, AuthSettings
-from ..errors import BadRequest, HomeskilletError
+from ..errors import HomeskilletError
 from ..gateway import Gateway
 from ..subjects import Subjects
 from ..telemetry import get_logger
-from ..wire import decode_query
+from ..wire import Query
+from .decoding import decode_json
 from .nats import identify, respond
 
 __all__ = ["ReservationIngress"]
@@ -55,14 +55,11 @@ class ReservationIngress:
             return
         rid = msg.subject.rsplit(".", 1)[-1]
         try:
-            try:
-                query = decode_query(msg.data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise BadRequest(f"the query is not valid: {exc}", term="query") from None
+            query = decode_json(Query, msg.data, "the query", whole="query")
             who = identify(self.auth, msg.headers, query.tenant, "hs:reserve")
             await respond(self.nc, msg.reply, await self.gateway.infer_on(rid, who.tenant, query))
         except HomeskilletError as exc:
             await respond(self.nc, msg.reply, exc)
         except Exception as exc:  # never leave a caller without an answer
             log.exception("reservation_query_crashed", reservation_id=rid)
-            await respond(self.nc, msg.reply, HomeskilletError(f"internal error: {exc!r}"))
+            await respond(self.nc, msg.reply, HomeskilletError(f"internal error: {type(exc).__name__}"))

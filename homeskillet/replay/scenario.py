@@ -372,7 +372,7 @@ def load_scenario(path: str | Path, covenants: CovenantBook | None = None) -> Sc
         data["source"] = str(p)
         scenario = convert_strict(data, Scenario, str(p))
     except StrictError as exc:
-        raise ScenarioError(str(exc)) from None
+        raise ScenarioError(str(exc), term=exc.key or str(p)) from None
     _check(scenario, covenants or CovenantBook.load())
     return scenario
 
