@@ -24,7 +24,7 @@ import msgspec
 
 from .errors import CovenantError, UnknownCovenant
 from .strict import StrictError, check_values, convert_strict, load_toml
-from .wire import Covenant, Offer, Query
+from .wire import Covenant, Fallback, Offer, Query
 
 __all__ = [
     "DECOMPOSERS",
@@ -292,6 +292,12 @@ def load_covenant(path: str | Path) -> Covenant:
     except StrictError as exc:
         raise CovenantError(str(exc), term=exc.key or str(p)) from None
     data.setdefault("name", p.stem)
+    fb, qos = data.get("fallback", {}), data.get("qos", {})
+    if isinstance(fb, dict) and isinstance(qos, dict) and "queue_max_wait_ms" not in fb:
+        # A template that states a short deadline and no queue wait waits at most its deadline.
+        deadline = qos.get("hard_deadline_ms")
+        if type(deadline) is int and 0 < deadline < Fallback().queue_max_wait_ms:
+            data["fallback"] = {**fb, "queue_max_wait_ms": deadline}
     return _convert(data, str(p), str(p))
 
 

@@ -107,7 +107,7 @@ def test_covenant_distill_table_is_checked() -> None:
     from homeskillet.errors import CovenantError
 
     base = {"name": "triage", "resources": {"model": "claude"}}
-    cov = _convert({**base, "distill": {"student": "triage-s", "canary_share": 0.2}}, "t.toml")
+    cov = _convert({**base, "distill": {"student": "triage-s", "canary_share": 0.2}}, "t.toml", "t.toml")
     assert cov.distill is not None and cov.distill.canary_share == 0.2 and cov.distill.mode == "async"
     for table, term in (({"student": "claude"}, "distill.student"),
                         ({"student": "s", "canary_share": 1.5}, "distill.canary_share"),
@@ -115,10 +115,10 @@ def test_covenant_distill_table_is_checked() -> None:
                         ({"student": "s", "rollback_below": 0.9, "promote_at": 0.8}, "distill.rollback_below"),
                         ({"student": "s", "lora_rank": 0}, "distill.lora_rank")):
         with pytest.raises(CovenantError) as err:
-            _convert({**base, "distill": table}, "t.toml")
+            _convert({**base, "distill": table}, "t.toml", "t.toml")
         assert err.value.term == term
     with pytest.raises(CovenantError, match=r"distill\.nope"):
-        _convert({**base, "distill": {"student": "s", "nope": 1}}, "t.toml")
+        _convert({**base, "distill": {"student": "s", "nope": 1}}, "t.toml", "t.toml")
 
 
 def test_evaluate_scores_overall_and_unseen_wordings() -> None:
