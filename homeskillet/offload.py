@@ -1,0 +1,57 @@
+"""A query's CPU-bound work, off the I/O loop when its text is long.
+
+Analysis (features, decomposition, hashes, fingerprints) and the semantic cache's probe are linear
+in the prompt, yet a prompt near the 1 MiB limit still costs some hundreds of milliseconds of CPU.
+On the I/O loop that time would stall every tenant, the NATS connection, strike heartbeats and
+``/healthz``. So work on a text of ``OFFLOAD_FROM_CHARS`` or more runs on a small bounded thread
+pool (the loop keeps the GIL for most of each switch interval, so it stays responsive); shorter
+texts (most prompts) run inline, where a thread hop would cost more than the work itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+from .wire import Query
+
+__all__ = ["OFFLOAD_FROM_CHARS", "WORKERS", "off_loop", "query_chars"]
+
+# About where analysing a prompt costs a millisecond of CPU (bench/analysis.py: ~0.2 µs/char).
+OFFLOAD_FROM_CHARS = 4096
+WORKERS = 2  # at most this many long prompts are analysed at once; the rest wait their turn
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_executor: ThreadPoolExecutor | None = None
+_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    with _lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="hs-cpu")
+        return _executor
+
+
+def query_chars(query: Query) -> int:
+    """The size of a query's text, in characters (what analysis is linear in)."""
+    if query.prompt is not None:
+        return len(query.prompt)
+    return sum(len(m.content) for m in query.messages or [])
+
+
+async def off_loop(chars: int, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """``fn(*args, **kwargs)``: inline for a text shorter than ``OFFLOAD_FROM_CHARS``, else on the
+    CPU pool. ``fn`` must be safe to run off the loop: pure, or reading only what the loop does
+    not change meanwhile."""
+    if chars < OFFLOAD_FROM_CHARS:
+        return fn(*args, **kwargs)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_pool(), functools.partial(fn, *args, **kwargs))
