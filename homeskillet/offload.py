@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from concurrent.futures import Future
+from typing import Any, ParamSpec, TypeVar
 
 from .wire import Query
 
@@ -28,16 +29,41 @@ WORKERS = 2  # at most this many long prompts are analysed at once; the rest wai
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_executor: ThreadPoolExecutor | None = None
-_lock = threading.Lock()
+
+class _CpuPool:
+    """``WORKERS`` daemon threads taking jobs from one queue. Not a ThreadPoolExecutor: its threads
+    are joined at interpreter exit, so a stopping process would first finish every long prompt
+    still running; a daemon thread ends with the process. A job whose caller has gone (its future
+    cancelled while queued) is skipped."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        with self._lock:
+            while len(self._threads) < self.workers:
+                t = threading.Thread(target=self._run, name=f"hs-cpu-{len(self._threads)}", daemon=True)
+                t.start()
+                self._threads.append(t)
+        done: Future[T] = Future()
+        self._jobs.put((fn, done))
+        return done
+
+    def _run(self) -> None:
+        while True:
+            fn, done = self._jobs.get()
+            if not done.set_running_or_notify_cancel():
+                continue
+            try:
+                done.set_result(fn())
+            except BaseException as exc:  # the caller's to raise
+                done.set_exception(exc)
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _executor
-    with _lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="hs-cpu")
-        return _executor
+_pool = _CpuPool(WORKERS)
 
 
 def query_chars(query: Query) -> int:
@@ -53,5 +79,4 @@ async def off_loop(chars: int, fn: Callable[P, T], /, *args: P.args, **kwargs: P
     not change meanwhile."""
     if chars < OFFLOAD_FROM_CHARS:
         return fn(*args, **kwargs)
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_pool(), functools.partial(fn, *args, **kwargs))
+    return await asyncio.wrap_future(_pool.submit(functools.partial(fn, *args, **kwargs)))
