@@ -136,7 +136,7 @@ async def _serve(args: argparse.Namespace, serve_queries: bool) -> int:
     return 0
 
 
-STOP_GRACE_S = 8.0  # SIGTERM → exited, children included, well within the 10 s an orchestrator allows
+STOP_GRACE_S = 6.0  # SIGTERM → exited, children included, well within the 10 s an orchestrator allows
 
 
 class _Deadline:
