@@ -20,6 +20,7 @@ from .errors import BadRequest, HomeskilletError, NotFound, PayloadTooLarge
 from .ids import new_id
 from .ledger import LedgerReport, Report
 from .limits import RateLimiter
+from .offload import off_loop, query_chars
 from .orchestrator import Orchestrator
 from .providers.base import AllocationMetrics
 from .quoting import quote_query
@@ -130,7 +131,7 @@ class Gateway:
         if not query.query_id:
             query.query_id = new_id()
         if self.limits is not None:
-            await self.limits.admit(tenant, _prompt_tokens(query))
+            await self.limits.admit(tenant, await off_loop(query_chars(query), _prompt_tokens, query))
         answer = await self.orchestrator.serve_on(query, res)
         if self.limits is not None:
             await self.limits.spend(tenant, sum(f.completion_tokens for f in answer.fragments))
@@ -146,7 +147,7 @@ class Gateway:
         try:
             try:
                 if self.limits is not None:
-                    await self.limits.admit(query.tenant, _prompt_tokens(query))
+                    await self.limits.admit(query.tenant, await off_loop(query_chars(query), _prompt_tokens, query))
                 answer = await self.orchestrator.serve(query, reply)
                 if self.limits is not None:
                     await self.limits.spend(query.tenant, sum(f.completion_tokens for f in answer.fragments))
