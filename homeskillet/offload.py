@@ -22,7 +22,7 @@ from .wire import Query
 
 __all__ = ["OFFLOAD_FROM_CHARS", "WORKERS", "off_loop", "query_chars"]
 
-# About where analysing a prompt costs a millisecond of CPU (bench/analysis.py: ~0.2 µs/char).
+# About where planning a prompt costs a millisecond of CPU (bench/analysis.py: 0.1-0.7 µs a character).
 OFFLOAD_FROM_CHARS = 4096
 WORKERS = 2  # at most this many long prompts are analysed at once; the rest wait their turn
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import nats
 import pytest
 
+from homeskillet.natsd import _pdeathsig_prefix
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for child processes")
 
 CLI = [sys.executable, "-m", "homeskillet.cli"]
@@ -162,6 +164,7 @@ async def test_sigterm_stops_up_and_pool_serve_under_load_children_included(tmp_
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.skipif(not _pdeathsig_prefix(), reason="needs util-linux's setpriv with --pdeathsig (Debian: util-linux)")
 def test_sigkill_of_up_does_not_orphan_its_nats_server(tmp_path: Path) -> None:
     up = subprocess.Popen([*CLI, "up", "--config", str(_config(tmp_path, "echo/local", 0.1)), "--port", "-1",
                            "--data-dir", str(tmp_path / "js")], env=ENV, stdout=subprocess.PIPE,
