@@ -116,7 +116,8 @@ async def _serve(args: argparse.Namespace, serve_queries: bool) -> int:
         if stop.is_set() or _Deadline.armed:
             _Deadline.force(rt, f"second signal {signal.Signals(signum).name}")
         _Deadline.arm(rt, STOP_GRACE_S)
-        loop.call_soon_threadsafe(begin_stop)
+        with contextlib.suppress(RuntimeError):  # the loop has closed: we are exiting anyway
+            loop.call_soon_threadsafe(begin_stop)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
