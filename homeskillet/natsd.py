@@ -163,15 +163,17 @@ class NatsServer:
         cfg_dir = Path(tempfile.mkdtemp(prefix="hs-natscfg-"))
         cfg = cfg_dir / "nats.conf"
         cfg.write_text(self._config())
-        self._ready.clear()
-        self._settled.clear()
+        # Fresh events and log for this process: a reader of an earlier (killed) one may still be at its EOF.
+        self.log = deque(maxlen=200)
+        self._ready, self._settled = threading.Event(), threading.Event()
         self.proc = _spawner.popen(
             [*_pdeathsig_prefix(), find_nats_server(), "-c", str(cfg)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
-        threading.Thread(target=self._read_log, name=f"natsd-log-{self.name}", daemon=True).start()
+        threading.Thread(target=self._read_log, args=(self.proc, self.log, self._ready, self._settled),
+                         name=f"natsd-log-{self.name}", daemon=True).start()
         self._settled.wait(timeout)
         if not self._ready.is_set() or self.proc.poll() is not None:
             self.stop()
@@ -195,18 +197,19 @@ class NatsServer:
             return f"nats-server exited before it was ready: {reason}; its log:\n{tail}"
         return f"nats-server did not become ready within {timeout:g}s; its log:\n{tail}"
 
-    def _read_log(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line.rstrip())
+    def _read_log(self, proc: subprocess.Popen[str], log: deque[str], ready: threading.Event,
+                  settled: threading.Event) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            log.append(line.rstrip())
             if m := _LISTEN.search(line):
                 self.port = int(m.group(2))
             elif m := _ROUTE.search(line):
                 self.route_port = int(m.group(2))
             elif "Server is ready" in line:
-                self._ready.set()
-                self._settled.set()
-        self._settled.set()  # end of its log: the process has exited
+                ready.set()
+                settled.set()
+        settled.set()  # end of its log: the process has exited
 
     def kill(self) -> None:
         """Stop abruptly (SIGKILL), as a crash would; for fault-injection tests."""
