@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import importlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -86,10 +88,40 @@ async def _ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is free
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def _taken_port(args: argparse.Namespace, settings: Settings, serve_queries: bool) -> str | None:
+    """A port this command needs that is already taken, said before the runtime's imports (the
+    servers say it again when they bind, which is what counts)."""
+    port = getattr(args, "port", -1)
+    if not settings.nats and port > 0 and _taken("127.0.0.1", port):
+        return (f"port {port} on 127.0.0.1 is already in use, so nats-server cannot listen there for client "
+                f"connections: stop whatever holds it (another nats-server or homeskillet up?) or choose another "
+                f"port (homeskillet up --port N)")
+    host, sep, http_port = settings.http.listen.rpartition(":")
+    if serve_queries and sep and http_port.isdigit() and int(http_port) > 0:
+        host = host.strip("[]") or "127.0.0.1"
+        if _taken(host, int(http_port)):
+            return (f"HTTP port {http_port} on {host} is already in use: stop whatever holds it or choose another "
+                    f"address (homeskillet up --http HOST:PORT)")
+    return None
+
+
 async def _serve(args: argparse.Namespace, serve_queries: bool) -> int:
+    settings = _settings(args)
+    if (taken := _taken_port(args, settings, serve_queries)) is not None:
+        print(f"error: {taken}", file=sys.stderr)
+        return 2
     from .runtime import Runtime, tune_gc_for_serving
 
-    settings = _settings(args)
     if not serve_queries:
         wanted = set(args.pools)
         pools = [p for p in settings.pools if p.name in wanted]

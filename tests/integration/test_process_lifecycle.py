@@ -177,3 +177,24 @@ def test_sigkill_of_up_does_not_orphan_its_nats_server(tmp_path: Path) -> None:
         up.kill()
         up.wait()
     assert _wait_gone(natsd[0], 10), "nats-server kept running after its parent was killed"
+
+
+def test_nats_server_on_a_taken_port_says_so_instead_of_waiting(taken_port: int) -> None:
+    from homeskillet.errors import HomeskilletError
+    from homeskillet.natsd import NatsServer
+
+    with pytest.raises(HomeskilletError) as err:
+        NatsServer(port=taken_port).start(timeout=120)  # it would wait all of that for a readiness never coming
+    assert f"port {taken_port} on 127.0.0.1 is already in use" in err.value.message
+
+
+async def test_the_runtime_binds_its_http_port_before_starting_anything(taken_port: int) -> None:
+    from homeskillet.config import HttpSettings, Settings
+    from homeskillet.errors import HomeskilletError
+    from homeskillet.runtime import Runtime
+
+    rt = Runtime(Settings(http=HttpSettings(listen=f"127.0.0.1:{taken_port}"), pools=[]))
+    with pytest.raises(HomeskilletError) as err:
+        await rt.start()
+    assert f"HTTP port {taken_port} on 127.0.0.1 is already in use" in err.value.message
+    assert rt.natsd is None and rt.nc is None  # nothing was started, so nothing waited
