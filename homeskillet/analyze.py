@@ -18,6 +18,7 @@ or replace steps.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ import msgspec
 import numpy as np
 
 from .errors import PayloadTooLarge
-from .sims.base import count_tokens
+from .sims.base import count_tokens, count_words
 from .wire import Covenant, Fragment, Message, Query, Route
 
 __all__ = [
@@ -97,31 +98,62 @@ Step = Callable[[Analysis], Analysis]
 
 # --- assessment ----------------------------------------------------------------------------------
 
-_NUMBERED = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+(.+?)\s*$")
-_QUESTION = re.compile(r"[^?]*\?")
-_CODE_LINE = re.compile(r"^\s*(?:def |class |import |from \S+ import|#include|fn |func |let |const |var |return\b)|"
-                        r"[;{}]\s*$|=>|\w+\([^)]*\)\s*[:{]")
-_MATH = re.compile(r"\d\s*[-+*/^=<>]\s*\d|\\(?:frac|sum|int|sqrt)|[∑∫√≤≥≈π]|\b(?:integral|derivative|equation|"
-                   r"solve for|theorem)\b", re.IGNORECASE)
+# Every pattern here is linear in the text: a prompt may be up to the 1 MiB limit, on one line,
+# without the characters a pattern looks for. No quantified part can be rescanned from many
+# starting points (possessive quantifiers, a lookahead that does not backtrack, or plain str
+# methods instead of a regex); tests/unit/test_analysis_linear.py holds each to that.
+_NUMBERED = re.compile(r"\s*+(?:\d++[.)]|[-*•])\s++(\S.*)")  # match() per line; the item is group 1, rstripped
+_CODE_START = re.compile(r"\s*+(?:def |class |import |from \S++ import|#include|fn |func |let |const |var |return\b)")
+# ``name(...)`` then ``:`` or ``{``: tried only at the line start and after each ")", the lookahead
+# finds a ``name(`` before the next ")", so each stretch between ")"s is read a bounded number of times.
+_CALL_THEN_BLOCK = re.compile(r"(?:^|\))(?=[^)]*?\w\()[^)]*+\)\s*+[:{]")
+# Matched against the lower-cased text (case-sensitive patterns are 2-3x faster than IGNORECASE)
+_MATH = re.compile(r"\d\s*+[-+*/^=<>]\s*+\d|\\(?:frac|sum|int|sqrt)|[∑∫√≤≥≈π]|\b(?:integral|derivative|equation|"
+                   r"solve for|theorem)\b")
 _REASONING = re.compile(r"\b(?:prove|derive|step by step|explain why|compare|analy[sz]e|design|trade-?offs?|"
-                        r"justify|evaluate|optimi[sz]e)\b", re.IGNORECASE)
+                        r"justify|evaluate|optimi[sz]e)\b")
 _LETTER = re.compile(r"[^\W\d_]")
+
+
+def _code_line(line: str) -> bool:
+    """A line that looks like code: a keyword opening it, ``;``/``{``/``}`` closing it, an arrow,
+    or a call followed by a block (``def f(x):``, ``fn main() {``)."""
+    return (line.rstrip()[-1:] in (";", "{", "}") or "=>" in line or _CODE_START.match(line) is not None
+            or (")" in line and _CALL_THEN_BLOCK.search(line) is not None))
+
+
+def _list_item(line: str) -> str | None:
+    """The text of a numbered or bulleted line (``1. x``, ``2) x``, ``- x``, ``* x``, ``• x``)."""
+    m = _NUMBERED.match(line)
+    return m.group(1).rstrip() if m else None
 
 
 def features(text: str) -> Features:
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    letters = [] if text.isascii() else _LETTER.findall(text)  # ASCII has no letter past U+024F
-    code = 1.0 if "```" in text else min(1.0, sum(1 for ln in lines if _CODE_LINE.search(ln)) / 5)
+    letters, non_latin = (0, 0) if text.isascii() else _letters(text)  # ASCII has no letter past U+024F
+    code = 1.0 if "```" in text else min(1.0, sum(1 for ln in lines if _code_line(ln)) / 5)
+    low = text.lower()
     return Features(
         tokens=count_tokens(text),
         paragraphs=max(1, len([p for p in re.split(r"\n\s*\n", text) if p.strip()])),
         list_items=sum(1 for ln in lines if _NUMBERED.match(ln)),
         questions=text.count("?"),
         code=code,
-        math=min(1.0, len(_MATH.findall(text)) / 4),
-        non_latin=sum(1 for c in letters if ord(c) > 0x24F) / len(letters) if letters else 0.0,
-        reasoning=min(1.0, len(_REASONING.findall(text)) / 2),
+        math=_found(_MATH, low, 4) / 4,
+        non_latin=non_latin / letters if letters else 0.0,
+        reasoning=_found(_REASONING, low, 2) / 2,
     )
+
+
+def _found(pattern: re.Pattern[str], text: str, enough: int) -> int:
+    """Matches of ``pattern`` in ``text``, counting no further than ``enough``."""
+    return sum(1 for _ in itertools.islice(pattern.finditer(text), enough))
+
+
+def _letters(text: str) -> tuple[int, int]:
+    """(letters, letters past U+024F) of a non-ASCII text."""
+    found = _LETTER.findall(text)
+    return len(found), sum(1 for c in found if ord(c) > 0x24F)
 
 
 def complexity(f: Features) -> float:
@@ -175,19 +207,20 @@ def _questions(text: str, max_fragments: int) -> list[str]:
 
 def _questions_full(text: str, max_fragments: int) -> list[str]:
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    items = [m.group(1) for ln in lines if (m := _NUMBERED.match(ln))]
+    items = [item for ln in lines if (item := _list_item(ln)) is not None]
     if len(items) >= 2 and len(items) == len(lines):
         texts = items
-    else:
-        questions = [q.strip() for q in _QUESTION.findall(text) if q.strip()]
-        rest = _QUESTION.sub("", text).strip()
-        texts = questions if len(questions) >= 2 and not rest else []
+    else:  # sentences that each end in "?", and nothing after the last one
+        *asked, rest = text.split("?")
+        questions = [(q + "?").strip() for q in asked]
+        texts = questions if len(questions) >= 2 and not rest.strip() else []
     return texts if 2 <= len(texts) <= max_fragments else []  # more than that: keep the query whole
 
 
 def chunk_text(text: str, budget: int) -> list[str]:
     """Cut ``text`` into pieces of at most ``budget`` tokens, at paragraph, then sentence, then
-    word boundaries; pieces are packed greedily so there are as few as possible."""
+    word boundaries (a word longer than the budget, at characters); pieces are packed greedily so
+    there are as few as possible. Linear: a chunk's size is kept as counts, never recounted."""
     pieces: list[str] = []
     for para in (p.strip() for p in re.split(r"\n\s*\n", text)):
         if not para:
@@ -202,14 +235,22 @@ def chunk_text(text: str, budget: int) -> list[str]:
             words = sent.split()
             step = max(1, budget // 2)  # a word is at least one token; long words are more
             for i in range(0, len(words), step):
-                pieces.append(" ".join(words[i:i + step]))
-    chunks: list[str] = []
+                piece = " ".join(words[i:i + step])
+                if count_tokens(piece) <= budget:
+                    pieces.append(piece)
+                else:  # at most budget // 2 words, so 4 * budget characters are at most budget tokens
+                    pieces.extend(piece[k:k + 4 * budget] for k in range(0, len(piece), 4 * budget))
+    chunks: list[list[str]] = []
+    words_in = chars_in = 0  # the last chunk's words and characters; pieces joined by "\n\n" add up
     for piece in pieces:
-        if chunks and count_tokens(chunks[-1] + "\n\n" + piece) <= budget:
-            chunks[-1] = chunks[-1] + "\n\n" + piece
+        w, c = count_words(piece), len(piece)
+        if chunks and max(words_in + w, (chars_in + 2 + c + 3) // 4) <= budget:
+            chunks[-1].append(piece)
+            words_in, chars_in = words_in + w, chars_in + 2 + c
         else:
-            chunks.append(piece)
-    return chunks
+            chunks.append([piece])
+            words_in, chars_in = w, c
+    return ["\n\n".join(chunk) for chunk in chunks]
 
 
 def split_long_context(a: Analysis) -> Analysis:
@@ -289,10 +330,14 @@ def _majority_bitsliced(hashes: list[int]) -> int:
     return greater | equal
 
 
-def _majority_numpy(hashes: list[int]) -> int:
-    arr = np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
-    votes = ((arr[:, None] & _BITS) != 0).sum(axis=0) * 2 > len(hashes)
-    return int(_BITS[votes].sum())
+def _majority_numpy(hashes: np.ndarray) -> int:
+    """The bits set in more than half of ``hashes`` (uint64): bits unpacked a block at a time, so
+    a long prompt's vote needs a few MB, not 64 words per shingle."""
+    counts = np.zeros(64, dtype=np.int64)
+    for i in range(0, len(hashes), 1 << 16):
+        block = hashes[i : i + (1 << 16)].astype("<u8").view(np.uint8).reshape(-1, 8)
+        counts += np.unpackbits(block, axis=1, bitorder="little").sum(axis=0, dtype=np.int64)
+    return int(_BITS[counts * 2 > len(hashes)].sum())
 
 
 def fingerprint(content: str) -> int:
@@ -302,7 +347,9 @@ def fingerprint(content: str) -> int:
     words = content.lower().split()
     shingles = [" ".join(words[i : i + 3]) for i in range(max(1, len(words) - 2))] or [""]
     hashes = [int.from_bytes(hashlib.blake2b(sh.encode(), digest_size=8).digest(), "big") for sh in shingles]
-    return _majority_numpy(hashes) if len(hashes) >= _NUMPY_FROM else _majority_bitsliced(hashes)
+    if len(hashes) < _NUMPY_FROM:
+        return _majority_bitsliced(hashes)
+    return _majority_numpy(np.fromiter(hashes, dtype=np.uint64, count=len(hashes)))
 
 
 # --- the whole analysis --------------------------------------------------------------------------

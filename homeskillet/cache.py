@@ -26,7 +26,8 @@ import numpy as np
 from .telemetry import CACHE_LOOKUPS
 from .wire import CachePolicy, Fragment, FragmentOutcome
 
-__all__ = ["DEFAULT_THRESHOLD", "CacheHit", "Embedder", "HashingEmbedder", "ResultCache", "key_terms", "make_cache"]
+__all__ = ["DEFAULT_THRESHOLD", "CacheHit", "Embedder", "HashingEmbedder", "Probe", "ResultCache", "key_terms",
+           "make_cache"]
 
 Embedder = Callable[[Sequence[str]], np.ndarray]  # texts -> (n, d) rows, L2-normalised
 DEFAULT_THRESHOLD = 0.85  # for an embedder that states no calibrated threshold of its own
@@ -104,14 +105,22 @@ class CacheHit(msgspec.Struct, kw_only=True):
     prompt: str = ""  # the cached fragment's prompt (a semantic hit's neighbour)
 
 
+class Probe(msgspec.Struct, frozen=True):
+    """What a semantic lookup and store need of a fragment: its embedding and key terms. Computed
+    by ``ResultCache.probe``, a pure call, so a long prompt's can be made off the I/O loop."""
+
+    vector: np.ndarray
+    terms: frozenset[str]
+
+
 class _Entry:
     __slots__ = ("expires", "hash", "ns", "outcome", "prompt", "terms", "text", "vector")
 
     def __init__(self, ns: tuple[str, str, str], frag: Fragment, text: str, outcome: FragmentOutcome,
-                 vector: np.ndarray | None, expires: float) -> None:
+                 vector: np.ndarray | None, expires: float, terms: frozenset[str] | None = None) -> None:
         self.ns, self.hash, self.prompt = ns, frag.hash, frag.prompt
         self.text, self.outcome, self.vector, self.expires = text, outcome, vector, expires
-        self.terms = key_terms(frag.prompt)
+        self.terms = key_terms(frag.prompt) if terms is None else terms
 
 
 class ResultCache:
@@ -138,7 +147,15 @@ class ResultCache:
         ctx = hashlib.sha256("\x01".join(f"{m.role}\x02{m.content}" for m in frag.context).encode()).hexdigest()
         return tenant, covenant_id, f"{frag.model}\x00{ctx}"
 
-    def get(self, tenant: str, covenant_id: str, frag: Fragment, policy: CachePolicy) -> CacheHit | None:
+    def probe(self, frag: Fragment, policy: CachePolicy) -> Probe | None:
+        """``frag``'s embedding and key terms under a semantic ``policy`` (None otherwise). Pure:
+        safe off the I/O loop; ``get`` and ``put`` take it instead of computing them again."""
+        if policy.mode != "semantic":
+            return None
+        return Probe(self.embed([frag.prompt])[0], key_terms(frag.prompt))
+
+    def get(self, tenant: str, covenant_id: str, frag: Fragment, policy: CachePolicy,
+            probe: Probe | None = None) -> CacheHit | None:
         if policy.mode == "off":
             return None
         now = self.clock()
@@ -153,14 +170,15 @@ class ResultCache:
             return CacheHit(kind="exact", text=entry.text, source=entry.outcome, prompt=entry.prompt)
         if policy.mode == "semantic":
             threshold = policy.threshold if policy.threshold is not None else self.threshold
-            hit = self._nearest(self._ns(tenant, covenant_id, frag), frag, threshold, now)
+            hit = self._nearest(self._ns(tenant, covenant_id, frag), frag, threshold, now, probe)
             if hit is not None:
                 CACHE_LOOKUPS.labels(mode=policy.mode, result="semantic").inc()
                 return hit
         CACHE_LOOKUPS.labels(mode=policy.mode, result="miss").inc()
         return None
 
-    def _nearest(self, ns: tuple[str, str, str], frag: Fragment, threshold: float, now: float) -> CacheHit | None:
+    def _nearest(self, ns: tuple[str, str, str], frag: Fragment, threshold: float, now: float,
+                 probe: Probe | None) -> CacheHit | None:
         index = self._by_ns.get(ns)
         if not index:
             return None
@@ -169,8 +187,10 @@ class ResultCache:
             entries = list(index.values())
             cached = self._matrix[ns] = (entries, np.stack([e.vector for e in entries]))  # type: ignore[misc]
         entries, matrix = cached
-        sims = matrix @ self.embed([frag.prompt])[0]
-        terms = key_terms(frag.prompt)
+        if probe is None:
+            probe = Probe(self.embed([frag.prompt])[0], key_terms(frag.prompt))
+        sims = matrix @ probe.vector
+        terms = probe.terms
         for i in np.argsort(-sims):
             if sims[i] < threshold:
                 break
@@ -184,15 +204,18 @@ class ResultCache:
         return None
 
     def put(self, tenant: str, covenant_id: str, frag: Fragment, text: str, outcome: FragmentOutcome,
-            policy: CachePolicy) -> None:
+            policy: CachePolicy, probe: Probe | None = None) -> None:
         if policy.mode == "off":
             return
         key = (tenant, covenant_id, frag.hash)
         if key in self._lru:
             self._drop(key)
         ns = self._ns(tenant, covenant_id, frag)
-        vector = self.embed([frag.prompt])[0] if policy.mode == "semantic" else None
-        entry = _Entry(ns, frag, text, outcome, vector, self.clock() + policy.ttl_s)
+        if probe is None and policy.mode == "semantic":
+            probe = self.probe(frag, policy)
+        vector = probe.vector if probe is not None else None
+        entry = _Entry(ns, frag, text, outcome, vector, self.clock() + policy.ttl_s,
+                       probe.terms if probe is not None else None)
         self._lru[key] = entry
         if vector is not None:
             self._by_ns.setdefault(ns, {})[frag.hash] = entry

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import importlib
 import os
 import signal
+import socket
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import msgspec
@@ -89,10 +93,40 @@ async def _ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is free
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def _taken_port(args: argparse.Namespace, settings: Settings, serve_queries: bool) -> str | None:
+    """A port this command needs that is already taken, said before the runtime's imports (the
+    servers say it again when they bind, which is what counts)."""
+    port = getattr(args, "port", -1)
+    if not settings.nats and port > 0 and _taken("127.0.0.1", port):
+        return (f"port {port} on 127.0.0.1 is already in use, so nats-server cannot listen there for client "
+                f"connections: stop whatever holds it (another nats-server or homeskillet up?) or choose another "
+                f"port (homeskillet up --port N)")
+    host, sep, http_port = settings.http.listen.rpartition(":")
+    if serve_queries and sep and http_port.isdigit() and int(http_port) > 0:
+        host = host.strip("[]") or "127.0.0.1"
+        if _taken(host, int(http_port)):
+            return (f"HTTP port {http_port} on {host} is already in use: stop whatever holds it or choose another "
+                    f"address (homeskillet up --http HOST:PORT)")
+    return None
+
+
 async def _serve(args: argparse.Namespace, serve_queries: bool) -> int:
+    settings = _settings(args)
+    if (taken := _taken_port(args, settings, serve_queries)) is not None:
+        print(f"error: {taken}", file=sys.stderr)
+        return 2
     from .runtime import Runtime, tune_gc_for_serving
 
-    settings = _settings(args)
     if not serve_queries:
         wanted = set(args.pools)
         pools = [p for p in settings.pools if p.name in wanted]
@@ -102,19 +136,75 @@ async def _serve(args: argparse.Namespace, serve_queries: bool) -> int:
             return 2
         settings = msgspec.structs.replace(settings, pools=pools)
     rt = Runtime(settings, serve_queries=serve_queries, nats_port=args.port, ephemeral=False)
-    await rt.start()
-    tune_gc_for_serving()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    state = {"started": False}
+
+    def begin_stop() -> None:  # on the loop
+        stop.set()
+        if not state["started"]:
+            main.cancel()  # still starting: Runtime.start stops what it had started
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # A plain signal handler runs in the main thread between bytecodes, even while the loop
+        # is busy; the shutdown itself runs on the loop, under a deadline kept by another thread.
+        if stop.is_set() or _Deadline.armed:
+            _Deadline.force(rt, f"second signal {signal.Signals(signum).name}")
+        _Deadline.arm(rt, STOP_GRACE_S)
+        with contextlib.suppress(RuntimeError):  # the loop has closed: we are exiting anyway
+            loop.call_soon_threadsafe(begin_stop)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
+    try:
+        await rt.start()
+    except asyncio.CancelledError:
+        if stop.is_set():
+            return 0
+        raise
+    state["started"] = True
+    tune_gc_for_serving()
     http = f"; HTTP on {rt.http.url} (auth {'on' if settings.auth.enabled else 'off'})" if rt.http else ""
     print(f"homeskillet {'serving' if serve_queries else 'pool host'} on {', '.join(rt.nats_urls)} "
           f"(pools: {', '.join(rt.hosts) or 'none'}){http}", flush=True)
     await stop.wait()
     await rt.stop()
     return 0
+
+
+STOP_GRACE_S = 6.0  # SIGTERM → exited, children included, well within the 10 s an orchestrator allows
+
+
+class _Deadline:
+    """After the first SIGINT/SIGTERM, a thread that ends the process if the graceful stop has not
+    finished within the grace period (a second signal ends it at once): the embedded nats-server
+    is stopped first, so no child outlives us."""
+
+    armed = False
+
+    @classmethod
+    def arm(cls, rt: object, grace_s: float) -> None:
+        if cls.armed:
+            return
+        cls.armed = True
+        timer = threading.Timer(grace_s, cls.force, (rt, f"graceful stop took over {grace_s:g}s"))
+        timer.daemon = True
+        timer.start()
+
+    @staticmethod
+    def force(rt: object, why: str) -> None:
+        print(f"homeskillet: stopping now ({why})", file=sys.stderr, flush=True)
+        natsd = getattr(rt, "natsd", None)
+        with contextlib.suppress(Exception):
+            if natsd is not None and natsd.proc is not None and natsd.proc.poll() is None:
+                natsd.proc.terminate()
+                try:
+                    natsd.proc.wait(1.5)
+                except subprocess.TimeoutExpired:
+                    natsd.proc.kill()
+        os._exit(1)
 
 
 def _token(args: argparse.Namespace) -> int:

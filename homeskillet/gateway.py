@@ -25,6 +25,7 @@ from .ids import new_id
 from .ledger import LedgerReport, Report
 from .limits import RateLimiter
 from .money import round_answer, round_metrics, round_quote, round_reservation, round_usage
+from .offload import off_loop, query_chars
 from .orchestrator import Orchestrator
 from .providers.base import AllocationMetrics
 from .quoting import quote_query
@@ -179,7 +180,7 @@ class Gateway:
         if not query.query_id:
             query.query_id = new_id()
         if self.limits is not None:
-            await self.limits.admit(tenant, _prompt_tokens(query))
+            await self.limits.admit(tenant, await off_loop(query_chars(query), _prompt_tokens, query))
         answer = await self.orchestrator.serve_on(query, res)
         if self.limits is not None:
             await self.limits.spend(tenant, sum(f.completion_tokens for f in answer.fragments))
@@ -199,7 +200,7 @@ class Gateway:
         try:
             try:
                 if self.limits is not None:
-                    await self.limits.admit(query.tenant, _prompt_tokens(query))
+                    await self.limits.admit(query.tenant, await off_loop(query_chars(query), _prompt_tokens, query))
                 answer = await self.orchestrator.serve(query, reply, stream)
                 if self.limits is not None:
                     await self.limits.spend(query.tenant, sum(f.completion_tokens for f in answer.fragments))

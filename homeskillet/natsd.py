@@ -3,12 +3,20 @@
 The embedded default is the same code as a clustered deployment with everything on one host:
 Homeskillet never invents a cluster protocol, it starts (or connects to) real NATS. Readiness is
 read from the server's own log line, not guessed with sleeps; the port can be chosen by the
-server (``port=-1``) so tests never race for a free port.
+server (``port=-1``) so tests never race for a free port. A server that exits before it is ready
+(its port is taken, its config is bad) fails ``start()`` at once with the server's own reason.
+
+The server must not outlive us: on Linux it is started under ``setpriv --pdeathsig TERM``, so
+the kernel sends it SIGTERM when our process dies, even by SIGKILL. That signal is tied to the
+thread that forked the child, so every server is forked by one thread that lives as long as the
+process (``_Spawner``), never by a short-lived worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import queue
 import re
 import shutil
 import subprocess
@@ -16,7 +24,9 @@ import sys
 import tempfile
 import threading
 from collections import deque
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -28,6 +38,52 @@ __all__ = ["NatsServer", "default_data_dir", "find_nats_server", "wait_for_jetst
 
 _LISTEN = re.compile(r"Listening for client connections on (\S+):(\d+)")
 _ROUTE = re.compile(r"Listening for route connections on (\S+):(\d+)")
+_IN_USE = re.compile(r"Error listening on port: (\S+):(\d+)")
+
+
+@functools.cache
+def _pdeathsig_prefix() -> tuple[str, ...]:
+    """``setpriv --pdeathsig TERM --`` where util-linux's setpriv has it (Linux), else nothing."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or not sys.platform.startswith("linux"):
+        return ()
+    try:
+        out = subprocess.run([setpriv, "--help"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return (setpriv, "--pdeathsig", "TERM", "--") if "--pdeathsig" in out else ()
+
+
+class _Spawner:
+    """Forks children from one daemon thread that lives until the process exits: a child's
+    parent-death signal fires when the thread that forked it ends, and a Runtime starts its
+    server from ``asyncio.to_thread``, whose worker threads come and go."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[list[str], dict[str, Any], Future[subprocess.Popen[str]]]] = (
+            queue.SimpleQueue())
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def popen(self, args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="hs-spawner", daemon=True)
+                self._thread.start()
+        done: Future[subprocess.Popen[str]] = Future()
+        self._jobs.put((args, kwargs, done))
+        return done.result()
+
+    def _run(self) -> None:
+        while True:
+            args, kwargs, done = self._jobs.get()
+            try:
+                done.set_result(subprocess.Popen(args, **kwargs))
+            except BaseException as exc:  # handed to the caller, who raises it
+                done.set_exception(exc)
+
+
+_spawner = _Spawner()
 
 
 def find_nats_server() -> str:
@@ -78,6 +134,7 @@ class NatsServer:
         self.proc: subprocess.Popen[str] | None = None
         self.log: deque[str] = deque(maxlen=200)
         self._ready = threading.Event()
+        self._settled = threading.Event()  # ready, or the process has closed its log (exited)
         self.route_port: int | None = None
 
     @property
@@ -106,29 +163,53 @@ class NatsServer:
         cfg_dir = Path(tempfile.mkdtemp(prefix="hs-natscfg-"))
         cfg = cfg_dir / "nats.conf"
         cfg.write_text(self._config())
-        self.proc = subprocess.Popen(
-            [find_nats_server(), "-c", str(cfg)],
+        # Fresh events and log for this process: a reader of an earlier (killed) one may still be at its EOF.
+        self.log = deque(maxlen=200)
+        self._ready, self._settled = threading.Event(), threading.Event()
+        self.proc = _spawner.popen(
+            [*_pdeathsig_prefix(), find_nats_server(), "-c", str(cfg)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
-        threading.Thread(target=self._read_log, name=f"natsd-log-{self.name}", daemon=True).start()
-        if not self._ready.wait(timeout) or self.proc.poll() is not None:
+        threading.Thread(target=self._read_log, args=(self.proc, self.log, self._ready, self._settled),
+                         name=f"natsd-log-{self.name}", daemon=True).start()
+        self._settled.wait(timeout)
+        if not self._ready.is_set() or self.proc.poll() is not None:
             self.stop()
-            tail = "\n".join(list(self.log)[-15:])
-            raise HomeskilletError(f"nats-server did not become ready within {timeout:g}s; its log:\n{tail}")
+            raise HomeskilletError(self._why_not_ready(timeout))
         return self.url
 
-    def _read_log(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line.rstrip())
+    def _why_not_ready(self, timeout: float) -> str:
+        """The server's own reason, first: a taken port by name, else its fatal line, then its log."""
+        lines = list(self.log)
+        tail = "\n".join(lines[-15:])
+        for line in lines:
+            if (m := _IN_USE.search(line)) and "address already in use" in line:
+                host, port = m.group(1), m.group(2)
+                what = "cluster (route)" if self.cluster_port and int(port) == self.cluster_port else "client"
+                return (f"port {port} on {host} is already in use, so nats-server cannot listen there for "
+                        f"{what} connections: stop whatever holds it (another nats-server or homeskillet up?) "
+                        f"or choose another port (homeskillet up --port N)")
+        fatal = [ln for ln in lines if "[FTL]" in ln or "[ERR]" in ln]
+        if self._settled.is_set():
+            reason = fatal[-1].split("]", 2)[-1].strip() if fatal else "no error in its log"
+            return f"nats-server exited before it was ready: {reason}; its log:\n{tail}"
+        return f"nats-server did not become ready within {timeout:g}s; its log:\n{tail}"
+
+    def _read_log(self, proc: subprocess.Popen[str], log: deque[str], ready: threading.Event,
+                  settled: threading.Event) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            log.append(line.rstrip())
             if m := _LISTEN.search(line):
                 self.port = int(m.group(2))
             elif m := _ROUTE.search(line):
                 self.route_port = int(m.group(2))
             elif "Server is ready" in line:
-                self._ready.set()
+                ready.set()
+                settled.set()
+        settled.set()  # end of its log: the process has exited
 
     def kill(self) -> None:
         """Stop abruptly (SIGKILL), as a crash would; for fault-injection tests."""

@@ -42,6 +42,7 @@ from .errors import (
 from .fuse import fuse
 from .ids import new_id
 from .ledger import Hold, Release, Settle
+from .offload import off_loop, query_chars
 from .parking import ParkingLot
 from .scoring import Ranked, hold_usd
 from .strategies import Served, backup_for, from_logprob, hedge_delay_ms, hedged_execute, plan, serve_plan
@@ -131,7 +132,9 @@ class Orchestrator:
         """Plan (covenant, complexity, decomposition; strategies/serving.py), serve the plan
         through a ``_QueryRun`` (cache, cascade, ensemble, map → reduce), fuse."""
         t0 = time.monotonic()
-        p = plan(query, self.covenants, self.negotiator.pools(), max_fragments=self.max_fragments)
+        # Pure given the quote book's snapshot: off the loop for a long prompt (offload.py)
+        p = await off_loop(query_chars(query), plan, query, self.covenants, self.negotiator.pools(),
+                           max_fragments=self.max_fragments)
         cov = p.cov
         run = _QueryRun(self, query, cov, t0 + cov.qos.hard_deadline_ms / 1000.0)
         result = await serve_plan(run, p, self.cache, stream, t0, self.distiller)
@@ -150,7 +153,7 @@ class Orchestrator:
         if not query.model and not query.covenant and res.model:
             query = msgspec.structs.replace(query, model=res.model)
         cov = self.covenants.resolve(query)
-        fragments = analyze(query, cov, max_fragments=self.max_fragments)
+        fragments = await off_loop(query_chars(query), analyze, query, cov, max_fragments=self.max_fragments)
         deadline = t0 + cov.qos.hard_deadline_ms / 1000.0
         # A strike on an allocation costs nothing itself (the reservation pays by the hour): it
         # holds 0. On a pinned pool it is priced like any strike and holds its worst case.

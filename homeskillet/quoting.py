@@ -15,6 +15,7 @@ from typing import Literal
 from .analyze import analyze
 from .covenant import Step, fallback_chain
 from .errors import Unmet
+from .offload import off_loop, query_chars
 from .orchestrator import Orchestrator
 from .scoring import Ranked
 from .wire import Covenant, Fragment, FragmentQuote, Query, QuoteReply, RankedBid, RefusedBy, Rejection, encode
@@ -73,7 +74,7 @@ async def _quote_fragment(orch: Orchestrator, cov: Covenant, frag: Fragment) -> 
 async def quote_query(orch: Orchestrator, query: Query) -> QuoteReply:
     """The query must be validated (the gateway does it)."""
     cov = orch.covenants.resolve(query)
-    fragments = analyze(query, cov, max_fragments=orch.max_fragments)
+    fragments = await off_loop(query_chars(query), analyze, query, cov, max_fragments=orch.max_fragments)
     quotes = list(await asyncio.gather(*(_quote_fragment(orch, cov, f) for f in fragments)))
     return QuoteReply(query_id=query.query_id, tenant=query.tenant, covenant=cov.name, covenant_id=cov.covenant_id,
                       fragments=quotes, total_usd=sum(q.winner.price_usd for q in quotes if q.winner),

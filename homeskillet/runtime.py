@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from .distill.distiller import Distiller
 from .errors import HomeskilletError
 from .gateway import Gateway
 from .ids import new_id
-from .ingress.http_server import HttpServer, parse_listen
+from .ingress.http_server import HttpServer, bind_listen, parse_listen
 from .ingress.nats import NatsIngress, respond
 from .ingress.reservation import ReservationIngress
 from .ingress.reservation_port import ReservationPorts
@@ -87,6 +88,7 @@ class Runtime:
         self.distiller: Distiller | None = None  # set when a covenant has a [distill] table
         self.instance = new_id()  # this orchestrator, as the owner of parked queries
         self.http: HttpServer | None = None  # settings.http.listen: the HTTP API on this loop
+        self._http_sock: socket.socket | None = None  # bound at the start of start-up, until served
 
     @property
     def nats_urls(self) -> list[str]:
@@ -104,6 +106,8 @@ class Runtime:
 
     async def _start(self) -> Runtime:
         s = self.settings
+        if self.serve_queries and s.http.listen:  # bound first: a taken port fails start-up at once
+            self._http_sock = bind_listen(s.http.listen)
         if not s.nats:
             data = None if self.ephemeral else Path(s.data_dir) if s.data_dir else default_data_dir()
             self.natsd = NatsServer(port=self.nats_port, data_dir=data)
@@ -144,7 +148,8 @@ class Runtime:
             await self.wait_for_pools(list(self.hosts))
             await self.parking.start(self._resume)
             if s.http.listen:
-                self.http = await HttpServer.start(self.gateway, s)
+                sock, self._http_sock = self._http_sock, None
+                self.http = await HttpServer.start(self.gateway, s, sock)
                 if len(s.http.reservation_ports) != 2:
                     raise HomeskilletError("http.reservation_ports must be [LOW, HIGH], e.g. [3000, 15000]")
                 low, high = s.http.reservation_ports
@@ -207,6 +212,9 @@ class Runtime:
 
     async def stop(self) -> None:
         """Stop whatever has started (also after a partial start)."""
+        if self._http_sock is not None:
+            self._http_sock.close()
+            self._http_sock = None
         if self.http is not None:
             await self.http.stop()
         if self.gateway is not None and isinstance(self.gateway.ports, ReservationPorts):

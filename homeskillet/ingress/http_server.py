@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -22,7 +23,7 @@ from ..gateway import Gateway
 from ..telemetry import get_logger
 from .http import create_http_app
 
-__all__ = ["HttpServer", "build_app", "parse_listen", "raise_fd_limit"]
+__all__ = ["HttpServer", "bind_listen", "build_app", "parse_listen", "raise_fd_limit"]
 
 log = get_logger("homeskillet.ingress.http")
 
@@ -75,6 +76,27 @@ def raise_fd_limit() -> int:
     return soft
 
 
+def bind_listen(listen: str) -> socket.socket:
+    """A TCP socket bound to ``listen`` (HOST:PORT), not yet listening; a taken port is an error
+    naming it."""
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only for such sockets;
+    # with proto 0 every response waits out Nagle + delayed ACK (measured: +42 ms per request).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise HomeskilletError(f"HTTP port {port} on {host} is already in use: stop whatever holds it "
+                                   f"or choose another address (homeskillet up --http HOST:PORT)") from None
+        raise HomeskilletError(f"cannot listen on {listen}: {exc.strerror}") from None
+    return sock
+
+
 class _Server(uvicorn.Server):
     """Leaves signals to the process (``homeskillet up`` stops the whole runtime on SIGINT/SIGTERM)."""
 
@@ -90,21 +112,13 @@ class HttpServer:
         self.url = f"http://{host}:{port}"
 
     @classmethod
-    async def start(cls, gateway: Gateway, settings: Settings) -> HttpServer:
-        host, port = parse_listen(settings.http.listen)
+    async def start(cls, gateway: Gateway, settings: Settings, sock: socket.socket | None = None) -> HttpServer:
+        """Serve on ``sock`` (bound by ``bind_listen`` early in start-up, so a taken port fails at
+        once) or on a socket bound now to ``settings.http.listen``."""
         raise_fd_limit()
         app = build_app(gateway, settings)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only for such sockets;
-        # with proto 0 every response waits out Nagle + delayed ACK (measured: +42 ms per request).
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            raise HomeskilletError(f"cannot listen on {settings.http.listen}: {exc.strerror}") from None
+        if sock is None:
+            sock = bind_listen(settings.http.listen)
         sock.listen(2048)
         server = _Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False,
                                                timeout_graceful_shutdown=5))

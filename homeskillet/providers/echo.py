@@ -80,8 +80,9 @@ class EchoConnector(Connector):
         return self.answers.right(prompt)
 
     def _text(self, req: InferRequest) -> str:
-        words = req.prompt.split()
-        return self.answers.answer("echo: " + " ".join(words[: max(1, req.max_tokens)]), req.prompt, self.rng)
+        n = max(1, req.max_tokens)
+        words = req.prompt.split(maxsplit=n)[:n]  # the first n words, not a list of a long prompt's every word
+        return self.answers.answer("echo: " + " ".join(words), req.prompt, self.rng)
 
     def _wait_ms(self, completion: int) -> float:
         wait = self.delay_ms + self.ms_per_token * completion

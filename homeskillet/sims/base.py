@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ __all__ = [
     "SimConfig",
     "SimRandom",
     "count_tokens",
+    "count_words",
     "load_sim_config",
     "sim_completion",
 ]
@@ -106,7 +106,6 @@ class SimRandom:
             await asyncio.sleep(ms * self.config.time_scale / 1000.0)
 
 
-_WORD = re.compile(r"\S+")
 _VOCAB = (
     "the a compute pool covenant strike fragment answer model token latency cost budget "
     "queue lease bid quote fusion result capacity tenant provider accelerator memory "
@@ -114,9 +113,23 @@ _VOCAB = (
 ).split()
 
 
+# ASCII whitespace (as str.split() sees it) to b" ", every other ASCII byte to b"x": the words of
+# an ASCII text are then the b"x" runs, counted in C without a list of them.
+_WORD_MASK = bytes(32 if chr(i).isspace() else 120 for i in range(256))
+
+
+def count_words(text: str) -> int:
+    """Whitespace-separated words, as ``len(text.split())``, without the list for ASCII text."""
+    if text.isascii():
+        b = b" " + text.encode("ascii").translate(_WORD_MASK)
+        return b.count(b" x")
+    return len(text.split())
+
+
 def count_tokens(text: str) -> int:
-    """A provider-neutral token estimate: about 4 characters per token, at least one per word."""
-    return max(len(_WORD.findall(text)), (len(text) + 3) // 4)
+    """A provider-neutral token estimate: about 4 characters per token, at least one per word.
+    Linear and cheap at any size (a 1 MiB prompt in a few milliseconds)."""
+    return max(count_words(text), (len(text) + 3) // 4)
 
 
 def sim_completion(model: str, prompt: str, max_tokens: int) -> str:

@@ -15,6 +15,7 @@ from ..broker import admits
 from ..covenant import fallback_chain, parse_step
 from ..errors import CovenantError
 from ..fuse import Piece, reduce_groups, reduce_prompt
+from ..offload import off_loop
 from ..scoring import serves
 from ..wire import Covenant, Fragment, FragmentOutcome, Offer
 from .types import Served
@@ -64,9 +65,9 @@ async def map_reduce(a: Analysis, part_index: int, instruction: str, chunks: Seq
                 f"map → reduce cannot combine the partial answers: two of them do not fit one {budget}-token "
                 f"reduce prompt; lower max_tokens (now {a.max_tokens}) or raise strategy.map_reduce.chunk_tokens",
                 term="max_tokens")
-        frags = [make_fragment(a, f"{a.query_id}.{part_index}.r{level}.{g}", index + g, part_index,
-                               reduce_prompt(instruction, [pieces[i] for i in group]), "reduce")
-                 for g, group in enumerate(groups)]
+        # the reduce prompts' hashes and sketches: off the loop when the partial answers are long
+        frags = await off_loop(sum(len(p.text) for p in pieces), _reducers, a, part_index, level, index, instruction,
+                               pieces, groups)
         index += len(frags)
         reduced = await asyncio.gather(*(serve_reduce(f) for f in frags))
         final = len(frags) == 1
@@ -81,3 +82,10 @@ async def map_reduce(a: Analysis, part_index: int, instruction: str, chunks: Seq
         pieces = [Piece(fragment_id=s.outcome.fragment_id, prompt=f.prompt, text=s.text)
                   for f, s in zip(frags, reduced, strict=True)]
         level += 1
+
+
+def _reducers(a: Analysis, part_index: int, level: int, index: int, instruction: str, pieces: Sequence[Piece],
+              groups: list[list[int]]) -> list[Fragment]:
+    return [make_fragment(a, f"{a.query_id}.{part_index}.r{level}.{g}", index + g, part_index,
+                          reduce_prompt(instruction, [pieces[i] for i in group]), "reduce")
+            for g, group in enumerate(groups)]

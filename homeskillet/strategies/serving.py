@@ -24,6 +24,7 @@ from ..covenant import CovenantBook
 from ..distill.distiller import Distiller
 from ..errors import HomeskilletError
 from ..fuse import Piece, ordered_merge, reduce_prompt
+from ..offload import OFFLOAD_FROM_CHARS, off_loop
 from ..streaming import AnswerStream, PartStream, TextSink
 from ..wire import Covenant, Fragment, FragmentOutcome, Offer, Query
 from .cascade import cascade
@@ -131,12 +132,15 @@ async def serve_plan(run: Run, p: Plan, cache: ResultCache, sink: TextSink | Non
         return await run.serve(frag, stream)
 
     async def serve_cached(frag: Fragment, stream: PartStream | None = None) -> Served:
-        hit = cache.get(tenant, cov.covenant_id, frag, cov.cache)
+        # A long prompt's embedding is made off the loop (offload.py); a short one's inline, when needed
+        probe = (await off_loop(len(frag.prompt), cache.probe, frag, cov.cache)
+                 if cov.cache.mode == "semantic" and len(frag.prompt) >= OFFLOAD_FROM_CHARS else None)
+        hit = cache.get(tenant, cov.covenant_id, frag, cov.cache, probe)
         if hit is not None:
             return Served(outcome=_from_cache(frag, hit), text=hit.text)
         served = await serve_mode(frag, stream)
         if not served.outcome.degraded and not served.outcome.cached:
-            cache.put(tenant, cov.covenant_id, frag, served.text, served.outcome, cov.cache)
+            cache.put(tenant, cov.covenant_id, frag, served.text, served.outcome, cov.cache, probe)
         return served
 
     async def serve_part(i: int, part: Part, frags: list[Fragment]) -> Served:
@@ -163,8 +167,9 @@ async def serve_plan(run: Run, p: Plan, cache: ResultCache, sink: TextSink | Non
     outcomes: list[FragmentOutcome] = []
     if cov.fusion == "reduce" and len(parts) > 1:
         a = p.analysis
-        reducer = make_fragment(a, f"{a.query_id}.reduce", sum(len(f) for f in p.fragments), -1,
-                                reduce_prompt(a.prompt if len(a.prompt) < 2000 else "", pieces), "reduce")
+        prompt = reduce_prompt(a.prompt if len(a.prompt) < 2000 else "", pieces)
+        reducer = await off_loop(len(prompt), make_fragment, a, f"{a.query_id}.reduce",
+                                 sum(len(f) for f in p.fragments), -1, prompt, "reduce")
         final = await serve_mode(reducer, out.part(0) if out is not None else None)
         for k, s in enumerate(parts):
             outcomes += [*s.others, _note(s.outcome, f"part {k + 1}/{len(parts)}, fed to the reduce")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -12,7 +13,7 @@ u64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
 
 @given(st.lists(u64, min_size=1, max_size=150))
 def test_bitsliced_majority_equals_numpy_vote(hashes: list[int]) -> None:
-    assert _majority_bitsliced(hashes) == _majority_numpy(hashes)
+    assert _majority_bitsliced(hashes) == _majority_numpy(np.array(hashes, dtype=np.uint64))
 
 
 def test_majority_is_strict_more_than_half() -> None:
