@@ -22,6 +22,7 @@
     │       └── NoCapacity           nothing to rent or allocate that fits, right now
     ├── LeaseRejected                the pool would not commit a lease (stale quote, no capacity)
     ├── DeadlineExceeded             the covenant's hard deadline passed (504)
+    ├── StateUnavailable             shared JetStream state did not answer in time (503, retryable)
     └── ExtraMissing                 an optional extra is not installed; says which to install
 
 Errors carry the facts a caller decides on: ``retryable``, the covenant ``term`` that failed,
@@ -48,6 +49,7 @@ __all__ = [
     "ProviderAuthError",
     "ProviderError",
     "RateLimited",
+    "StateUnavailable",
     "StrikeFailed",
     "TenantRateLimited",
     "Unauthorized",
@@ -209,6 +211,15 @@ class LeaseRejected(HomeskilletError):
 class DeadlineExceeded(HomeskilletError):
     code = "deadline_exceeded"
     status = 504
+
+
+class StateUnavailable(HomeskilletError):
+    """Shared state (JetStream KV or stream) did not answer within its patience: no quorum, or a
+    leader election that outlasted it. Nothing was changed that a retry would double."""
+
+    code = "state_unavailable"
+    status = 503
+    retryable = True
 
 
 class ExtraMissing(HomeskilletError):

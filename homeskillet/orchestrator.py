@@ -101,6 +101,8 @@ class Orchestrator:
         """Serve ``query``; ``reply`` (the caller's NATS inbox) lets a restarted orchestrator answer
         a query whose fragment was parked in the durable queue."""
         self._replies[query.query_id] = reply
+        if reply and self.parking is not None:
+            await self.parking.accept(query, reply)  # recorded: a peer answers it if this process dies
         try:
             answer = await self._serve(query)
         except HomeskilletError:

@@ -1,37 +1,51 @@
-"""The durable queue behind the covenant's ``queue`` fallback step: JetStream stream ``HS_PARKED``.
+"""Accepted queries survive their orchestrator: the JetStream stream ``HS_PARKED``.
 
-When a fragment reaches the ``queue`` step its query is written to the stream (once per query,
-with the NATS reply subject of the caller) before the orchestrator waits for capacity. The
-record is deleted only when the query has ended in an answer or an explicit error sent to the
-caller. If the orchestrator dies first, the record survives it.
+Two kinds of query are recorded there, the same way:
 
-Who serves a surviving record: each record has a claim in the KV bucket ``hs-parked-claims``,
-kept alive by the orchestrator that parked it (refreshed every ``claim_ttl_s / 3``). A claim that
-has expired means its owner is gone; any orchestrator's sweep (at start and every ``claim_ttl_s``)
-takes it over with an atomic KV ``create``, so exactly one re-serves the query, under the same
-``query_id``, and sends the answer to the original caller's reply subject. Fragments of that query
-that had already been served are served again (their results died with the old process).
+- **every query accepted over NATS** (it has a reply subject a peer can answer): recorded when the
+  orchestrator starts serving it, with an asynchronous publish whose ack is not waited for on the
+  way (``accept``); the record is deleted after the answer or error has been sent (``finish``),
+  again without waiting (a fire-and-forget stream delete). The hot path pays one publish and one
+  delete, no round trip.
+- a query of any ingress whose fragment reaches the covenant's ``queue`` step (``park``): recorded
+  and acknowledged before the fragment waits; deleted when the query ends (``done``).
+
+Who serves a surviving record: each orchestrator keeps one liveness key ``live.<instance>`` in the
+KV bucket ``hs-parked-claims`` (TTL ``claim_ttl_s``), put every third of the TTL by its own task;
+that one write renews every record it holds, however many. A record whose owner's key has expired
+is orphaned: any orchestrator's sweep (at start and every third of the TTL) takes it with an atomic
+KV ``create`` of ``q.<record>`` (one winner; the winner renews that claim while serving), re-serves
+it under the same ``query_id`` within what is left of its hard deadline, and sends the answer or
+error to the caller's original reply subject.
+
+A live owner is never taken over, however slow its query: its liveness does not depend on the
+query. If its own loop stalled longer than the TTL (so a peer may have taken a record), it checks
+the claims of its records before answering and leaves a taken one to the taker (``may_answer``).
+Records the owner has finished but whose delete was lost are removed by its own sweep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.js.api import KeyValueConfig, StorageType, StreamConfig
-from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+from nats.js.api import PubAck, StorageType, StreamConfig
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from .ids import new_id
+from .kvstate import ensure_stream, open_bucket
 from .subjects import Subjects, token
 from .telemetry import get_logger
 from .wire import Query, Wire, encode
 
-__all__ = ["ParkedQuery", "ParkingLot"]
+__all__ = ["ParkedQuery", "ParkingLot", "Ticket"]
 
 log = get_logger("homeskillet.parking")
 
@@ -39,75 +53,195 @@ log = get_logger("homeskillet.parking")
 class ParkedQuery(Wire, tag="parked", kw_only=True):
     query: Query
     reply: str = ""  # the caller's NATS reply subject; "" when it came over HTTP or MCP
-    owner: str  # the orchestrator instance that parked it
-    parked_at_ms: int
+    owner: str  # the orchestrator instance that accepted it
+    parked_at_ms: int  # when it was accepted: its hard deadline counts from here
+    record: str = ""  # the record's own id (subject token and claim key)
 
 
 _parked = msgspec.json.Decoder(ParkedQuery)
 Resume = Callable[[ParkedQuery], Coroutine[Any, Any, None]]
 
 
+class Ticket:
+    """One record this instance holds: its own, or one it took over."""
+
+    __slots__ = ("ack", "queued", "rec", "seq", "taken")
+
+    def __init__(self, rec: ParkedQuery, ack: asyncio.Future[PubAck] | None = None, seq: int = 0) -> None:
+        self.rec, self.ack, self.seq = rec, ack, seq
+        self.taken = False  # a record taken over from a dead owner: its claim is renewed per record
+        self.queued = False  # made by the queue step (deleted by ``done``), not at accept
+
+
 class ParkingLot:
     def __init__(self, nc: NATS, subjects: Subjects, instance: str, *, claim_ttl_s: float = 10.0,
-                 max_age_s: float = 7 * 86400) -> None:
+                 max_age_s: float = 7 * 86400, replicas: int = 0, journal: bool = True) -> None:
         self.nc, self.subjects, self.instance = nc, subjects, instance
         self.js = nc.jetstream()
-        self.claim_ttl_s, self.max_age_s = claim_ttl_s, max_age_s
+        self.claim_ttl_s, self.max_age_s, self.replicas = claim_ttl_s, max_age_s, replicas
+        self.journal = journal  # record every NATS query at accept (off: only the queue step records)
         self.stream = subjects.parked_stream
-        self.seqs: dict[str, int] = {}  # query_id -> stream sequence, for the records this instance holds
+        self.held: dict[str, Ticket] = {}  # query_id -> the record this instance holds for it
+        self._records: set[str] = set()  # the record ids of ``held``
+        self.taken_over = 0  # records this instance took from dead owners
         self._kv: KeyValue | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._sweeper: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._last_beat = 0.0  # monotonic time of the last liveness write that landed
+        self._lapsed_at = 0.0  # monotonic time a stall longer than the TTL was noticed (0: never)
+        self._discard = f"_INBOX.hs-discard.{new_id()}"  # reply subject nobody reads (fire-and-forget)
 
     async def start(self, resume: Resume) -> None:
-        """Create the stream and claims bucket if missing; take over orphaned records now and later."""
-        await self.js.add_stream(StreamConfig(name=self.stream, subjects=[f"{self.subjects.parked}.>"],
-                                              storage=StorageType.FILE, max_age=self.max_age_s,
-                                              duplicate_window=min(120.0, self.max_age_s)))
-        self._kv = await self.js.create_key_value(KeyValueConfig(
-            bucket=f"hs-parked-claims-{token(self.subjects.prefix)}", ttl=self.claim_ttl_s, history=1,
-            storage=StorageType.FILE))
+        """Create (or scale) the stream and claims bucket; take over orphaned records now and later."""
+        await ensure_stream(self.js, StreamConfig(
+            name=self.stream, subjects=[f"{self.subjects.parked}.>"], storage=StorageType.FILE,
+            max_age=self.max_age_s), replicas=self.replicas)
+        self._kv = await open_bucket(self.js, f"hs-parked-claims-{token(self.subjects.prefix)}",
+                                     max_age_s=self.claim_ttl_s, replicas=self.replicas)
         self._resume = resume
+        await self._beat()
         await self.sweep()
-        self._sweeper = asyncio.create_task(self._sweep_loop(), name="parking-sweeper")
+        self._loops = [asyncio.create_task(self._beat_loop(), name="parking-beat"),
+                       asyncio.create_task(self._sweep_loop(), name="parking-sweeper")]
 
     async def stop(self) -> None:
-        """Stop refreshing claims; records of queries not yet answered stay for another instance."""
-        if self._sweeper:
-            self._sweeper.cancel()
-        for t in list(self._tasks):
+        """Stop renewing and say we are gone (peers take our unanswered records at their next sweep)."""
+        for t in (*self._loops, *self._tasks):
             t.cancel()
+        if self._kv is not None and self.nc.is_connected:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._kv.delete(self._live_key(self.instance)), 2.0)
 
-    def _key(self, query_id: str) -> str:
-        return f"q.{token(query_id)}"
+    @staticmethod
+    def _live_key(instance: str) -> str:
+        return f"live.{token(instance)}"
+
+    def _subject(self, rec: ParkedQuery) -> str:
+        return f"{self.subjects.parked}.{token(rec.record)}"
+
+    # --- recording and forgetting ----------------------------------------------------------------
+
+    def _hold(self, query_id: str, ticket: Ticket) -> None:
+        # Registered before the record is published, so a sweep never takes a record being served
+        # here for a stale one of ours.
+        self.held[query_id] = ticket
+        self._records.add(ticket.rec.record)
+
+    def _release(self, query_id: str) -> Ticket | None:
+        ticket = self.held.pop(query_id, None)
+        if ticket is not None:
+            self._records.discard(ticket.rec.record)
+        return ticket
+
+    async def accept(self, query: Query, reply: str) -> None:
+        """Record a NATS query at accept, without waiting for the ack (``finish`` collects it)."""
+        if not self.journal or not reply or query.query_id in self.held or self._kv is None:
+            return  # not answerable by a peer, already held, or not started
+        rec = ParkedQuery(query=query, reply=reply, owner=self.instance, parked_at_ms=int(time.time() * 1000),
+                          record=new_id())
+        ticket = Ticket(rec)
+        self._hold(query.query_id, ticket)
+        try:
+            ticket.ack = await self.js.publish_async(self._subject(rec), encode(rec), wait_stall=0.05,
+                                                     stream=self.stream)
+        except Exception as exc:  # stalled or disconnected: serve it anyway, just not durably
+            log.warning("query_not_recorded", query_id=query.query_id, error=repr(exc))
 
     async def park(self, query: Query, reply: str) -> None:
-        """Make the query durable before its fragment waits (idempotent per query)."""
-        if query.query_id in self.seqs:
+        """The queue step: make the query durable before its fragment waits (idempotent per query)."""
+        if query.query_id in self.held:
             return
-        rec = ParkedQuery(query=query, reply=reply, owner=self.instance, parked_at_ms=int(time.time() * 1000))
-        ack = await self.js.publish(f"{self.subjects.parked}.{token(query.query_id)}", encode(rec),
-                                    stream=self.stream, headers={"Nats-Msg-Id": query.query_id})
-        self.seqs[query.query_id] = ack.seq
-        assert self._kv is not None
-        await self._kv.put(self._key(query.query_id), self.instance.encode())
+        rec = ParkedQuery(query=query, reply=reply, owner=self.instance, parked_at_ms=int(time.time() * 1000),
+                          record=new_id())
+        ack = await self.js.publish(self._subject(rec), encode(rec), stream=self.stream)
+        ticket = Ticket(rec, seq=ack.seq)
+        ticket.queued = True
+        self._hold(query.query_id, ticket)
         log.info("query_parked", query_id=query.query_id, seq=ack.seq)
 
     async def done(self, query_id: str) -> None:
-        """The query has its answer or error: forget the record."""
-        seq = self.seqs.pop(query_id, None)
-        if seq is None:
+        """The query ended (the orchestrator's side): forget a record the queue step made. Records
+        made at accept are finished by the ingress after it has replied (``finish``)."""
+        ticket = self.held.get(query_id)
+        if ticket is not None and ticket.queued:
+            await self.finish(query_id)
+
+    async def finish(self, query_id: str) -> None:
+        """The caller has its answer or error: delete the record (fire-and-forget)."""
+        ticket = self._release(query_id)
+        if ticket is None:
             return
-        with contextlib.suppress(NotFoundError):
-            await self.js.delete_msg(self.stream, seq)
+        seq = ticket.seq
+        if not seq and ticket.ack is not None:
+            try:
+                seq = (await asyncio.wait_for(ticket.ack, self.claim_ttl_s)).seq
+            except Exception:  # never stored, or the ack was lost: our own sweep deletes it if it exists
+                ticket.ack.cancel()
+                return
+        await self._delete(seq)
+        if ticket.taken and self._kv is not None:
+            with contextlib.suppress(Exception):
+                await self._kv.delete(f"q.{token(ticket.rec.record)}")
+
+    async def _delete(self, seq: int) -> None:
+        # A stream delete by request with nobody waiting for its reply: no round trip on the hot path.
+        with contextlib.suppress(Exception):
+            await self.nc.publish(f"{self.js._prefix}.STREAM.MSG.DELETE.{self.stream}",
+                                  json.dumps({"seq": seq, "no_erase": True}).encode(), reply=self._discard)
+
+    async def may_answer(self, query_id: str) -> bool:
+        """False when a peer took this query over while our loop was stalled (it answers, not us)."""
+        ticket = self.held.get(query_id)
+        if ticket is None or ticket.taken or not self._lapsed_at or self._kv is None:
+            return True
+        try:
+            entry = await asyncio.wait_for(self._kv.get(f"q.{token(ticket.rec.record)}"), 2.0)
+        except KeyNotFoundError:
+            return True
+        except Exception:
+            return True  # cannot tell: answering twice beats not answering
+        if entry.value and entry.value.decode() != self.instance:
+            log.warning("query_taken_by_peer", query_id=query_id, peer=entry.value.decode())
+            self._release(query_id)
+            return False
+        return True
+
+    # --- liveness and takeover -------------------------------------------------------------------
+
+    async def _beat(self) -> None:
         assert self._kv is not None
-        with contextlib.suppress(NotFoundError):
-            await self._kv.delete(self._key(query_id))
+        now = time.monotonic()
+        if self._last_beat and now - self._last_beat > self.claim_ttl_s:
+            self._lapsed_at = now  # our key may have expired: peers may have taken records
+            log.warning("parking_liveness_lapsed", stalled_s=round(now - self._last_beat, 2))
+        await asyncio.wait_for(self._kv.put(self._live_key(self.instance), self.instance.encode()),
+                               self.claim_ttl_s / 3)
+        for t in [t for t in self.held.values() if t.taken]:  # records taken over: one claim each
+            await self._kv.put(f"q.{token(t.rec.record)}", self.instance.encode())
+        self._last_beat = now
+
+    async def _beat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.claim_ttl_s / 3)
+            try:
+                await self._beat()
+            except Exception as exc:  # a NATS reconnect must not end the renewals
+                log.warning("parking_beat_failed", error=repr(exc))
+
+    async def _alive(self, owner: str, seen: dict[str, bool]) -> bool:
+        assert self._kv is not None
+        if owner not in seen:
+            try:
+                await self._kv.get(self._live_key(owner))
+                seen[owner] = True
+            except KeyNotFoundError:
+                seen[owner] = False
+        return seen[owner]
 
     async def sweep(self) -> int:
-        """Take over every record whose claim has expired; returns how many were taken."""
+        """Take over every record whose owner is gone; returns how many were taken."""
         assert self._kv is not None
-        taken, seq = 0, 1
+        taken, seq, seen = 0, 1, {self.instance: True}
         while True:
             try:
                 raw = await self.js.get_msg(self.stream, seq=seq, subject=f"{self.subjects.parked}.>", next=True)
@@ -119,27 +253,33 @@ class ParkingLot:
             except (msgspec.DecodeError, msgspec.ValidationError):
                 log.error("parked_record_unreadable", seq=raw.seq)
                 continue
-            qid = rec.query.query_id
-            if qid in self.seqs:
-                continue  # ours, alive
+            rec.record = rec.record or rec.query.query_id  # a record written before record ids
+            if rec.record in self._records:
+                continue  # held here, being served
+            if rec.owner == self.instance:
+                await self._delete(raw.seq or 0)  # ours, finished, its delete lost
+                continue
+            if await self._alive(rec.owner, seen):
+                continue
             try:
-                await self._kv.create(self._key(qid), self.instance.encode())
+                await self._kv.create(f"q.{token(rec.record)}", self.instance.encode())
             except KeyWrongLastSequenceError:
-                continue  # claimed by a live instance
-            self.seqs[qid] = raw.seq or 0
+                continue  # another live instance took it
+            ticket = Ticket(rec, seq=raw.seq or 0)
+            ticket.taken = True
+            self._hold(rec.query.query_id, ticket)
             taken += 1
-            log.warning("parked_query_taken_over", query_id=qid, previous_owner=rec.owner, seq=raw.seq)
-            task = asyncio.create_task(self._resume(rec), name=f"resume:{qid}")
+            self.taken_over += 1
+            log.warning("parked_query_taken_over", query_id=rec.query.query_id, previous_owner=rec.owner,
+                        seq=raw.seq)
+            task = asyncio.create_task(self._resume(rec), name=f"resume:{rec.query.query_id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _sweep_loop(self) -> None:
-        assert self._kv is not None
         while True:
             await asyncio.sleep(self.claim_ttl_s / 3)
             try:
-                for qid in list(self.seqs):
-                    await self._kv.put(self._key(qid), self.instance.encode())  # keep our claims alive
                 await self.sweep()
             except Exception as exc:  # a NATS reconnect must not end the sweeps
                 log.warning("parking_sweep_failed", error=repr(exc))

@@ -23,7 +23,7 @@ from .budgets import Budgets
 from .cache import make_cache
 from .config import PoolSpec, Settings
 from .covenant import CovenantBook
-from .errors import HomeskilletError
+from .errors import DeadlineExceeded, HomeskilletError
 from .gateway import Gateway
 from .ids import new_id
 from .ingress.http_server import HttpServer, parse_listen
@@ -121,10 +121,12 @@ class Runtime:
         if self.serve_queries:
             await wait_for_jetstream(self.nc)  # the durable queue and tenant state live in JetStream
             covenants = CovenantBook.load(s.covenants_dir or None)
-            self.parking = ParkingLot(self.nc, self.subjects, self.instance, claim_ttl_s=s.parked_claim_ttl_s)
+            self.parking = ParkingLot(self.nc, self.subjects, self.instance, claim_ttl_s=s.parked_claim_ttl_s,
+                                      replicas=s.nats_replicas, journal=s.journal_queries)
             # Tenant budgets and rate limits live in JetStream KV, shared with every other instance.
-            budgets = await Budgets.open(self.nc.jetstream(), s.prefix, s.tenants) if s.tenants else None
-            limits = await RateLimiter.open(self.nc.jetstream(), s.prefix, s.tenants) if s.tenants else None
+            js, r = self.nc.jetstream(), s.nats_replicas
+            budgets = await Budgets.open(js, s.prefix, s.tenants, replicas=r) if s.tenants else None
+            limits = await RateLimiter.open(js, s.prefix, s.tenants, replicas=r) if s.tenants else None
             self.orchestrator = Orchestrator(self.nc, self.subjects, covenants, self.negotiator, self.dispatcher,
                                              self.ledger, max_fragments=s.max_fragments, budgets=budgets,
                                              parking=self.parking,
@@ -132,7 +134,7 @@ class Runtime:
             self.reservations = Reservations(self.nc, self.subjects, lambda: self.negotiator.view.quotes)
             self.gateway = Gateway(self.orchestrator, self.reservations, max_prompt_bytes=s.max_prompt_bytes,
                                    limits=limits)
-            self.ingress = NatsIngress(self.nc, self.subjects, self.gateway)
+            self.ingress = NatsIngress(self.nc, self.subjects, self.gateway, self.parking)
             await self.ingress.start()
             self.reservation_ingress = ReservationIngress(self.nc, self.subjects, self.gateway)
             await self.reservation_ingress.start()
@@ -174,13 +176,27 @@ class Runtime:
     async def _resume(self, rec: ParkedQuery) -> None:
         """Serve a query another orchestrator parked and did not live to answer."""
         assert self.gateway is not None and self.nc is not None
+        query = rec.query
         outcome: Answer | HomeskilletError
         try:
-            outcome = await self.gateway.ask(rec.query, reply=rec.reply)
+            # What is left of its hard deadline, counted from when it was first accepted: a resumed
+            # query is answered in time or with an explicit 504, never late.
+            hard_ms = self.orchestrator.covenants.resolve(query).qos.hard_deadline_ms
+            left = (rec.parked_at_ms + hard_ms) / 1000.0 - time.time()
+            if left <= 0:
+                raise DeadlineExceeded(f"query {query.query_id}: its hard deadline of {hard_ms} ms passed before "
+                                       "a peer could resume it", term="qos.hard_deadline_ms")
+            try:
+                async with asyncio.timeout(left):
+                    outcome = await self.gateway.ask(query, reply=rec.reply)
+            except TimeoutError:
+                raise DeadlineExceeded(f"query {query.query_id}: hard deadline of {hard_ms} ms passed while "
+                                       "resumed", term="qos.hard_deadline_ms") from None
         except HomeskilletError as exc:
             outcome = exc
         if rec.reply:
-            await respond(self.nc, rec.reply, outcome, rec.query.query_id)
+            await respond(self.nc, rec.reply, outcome, query.query_id)
+        await self.parking.finish(query.query_id)
 
     async def ask(self, query: Query | None = None, **fields: Any) -> Answer:
         if self.gateway is None:

@@ -26,6 +26,7 @@ from nats.micro.service import EndpointConfig, Service
 from .. import __version__
 from ..errors import BadRequest, HomeskilletError
 from ..gateway import Gateway, error_reply
+from ..parking import ParkingLot
 from ..subjects import Subjects
 from ..telemetry import get_logger
 from ..wire import Answer, Query, ReserveRequest, decode_query, encode
@@ -62,8 +63,9 @@ async def respond(nc: NATS, reply: str, outcome: Answer | HomeskilletError, quer
 
 
 class NatsIngress:
-    def __init__(self, nc: NATS, subjects: Subjects, gateway: Gateway) -> None:
+    def __init__(self, nc: NATS, subjects: Subjects, gateway: Gateway, parking: ParkingLot | None = None) -> None:
         self.nc, self.subjects, self.gateway = nc, subjects, gateway
+        self.parking = parking  # the record of each accepted query (parking.py): deleted once answered
         self.service: Service | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -122,11 +124,19 @@ class NatsIngress:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise _decode_error(exc) from None
             answer = await self.gateway.ask(query, reply=req._msg.reply or "")
-            await req.respond(encode(answer))
+            if await self._may_answer(query):
+                await req.respond(encode(answer))
         except HomeskilletError as exc:
             reply = error_reply(exc, query.query_id if query else "")
-            await req.respond_error(str(exc.status), exc.message, data=encode(reply))
+            if await self._may_answer(query):
+                await req.respond_error(str(exc.status), exc.message, data=encode(reply))
         except Exception as exc:  # never leave a caller without an answer
             log.exception("query_crashed")
             err = HomeskilletError(f"internal error: {exc!r}")
             await req.respond_error("500", err.message, data=encode(error_reply(err)))
+        # Answered: forget its record (not on cancellation: then a peer answers from the record).
+        if query is not None and self.parking is not None:
+            await self.parking.finish(query.query_id)
+
+    async def _may_answer(self, query: Query | None) -> bool:
+        return query is None or self.parking is None or await self.parking.may_answer(query.query_id)
