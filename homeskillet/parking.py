@@ -65,12 +65,14 @@ Resume = Callable[[ParkedQuery], Coroutine[Any, Any, None]]
 class Ticket:
     """One record this instance holds: its own, or one it took over."""
 
-    __slots__ = ("ack", "queued", "rec", "seq", "taken")
+    __slots__ = ("ack", "born", "queued", "rec", "seq", "taken", "task")
 
     def __init__(self, rec: ParkedQuery, ack: asyncio.Future[PubAck] | None = None, seq: int = 0) -> None:
         self.rec, self.ack, self.seq = rec, ack, seq
         self.taken = False  # a record taken over from a dead owner: its claim is renewed per record
         self.queued = False  # made by the queue step (deleted by ``done``), not at accept
+        self.born = time.monotonic()
+        self.task = asyncio.current_task()  # the task serving it (cancelled if a peer took it)
 
 
 class ParkingLot:
@@ -84,6 +86,7 @@ class ParkingLot:
         self.held: dict[str, Ticket] = {}  # query_id -> the record this instance holds for it
         self._records: set[str] = set()  # the record ids of ``held``
         self.taken_over = 0  # records this instance took from dead owners
+        self.sweeps = 0  # sweeps done (tests wait on it)
         self._kv: KeyValue | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -173,38 +176,86 @@ class ParkingLot:
             return
         seq = ticket.seq
         if not seq and ticket.ack is not None:
-            try:
-                seq = (await asyncio.wait_for(ticket.ack, self.claim_ttl_s)).seq
-            except Exception:  # never stored, or the ack was lost: our own sweep deletes it if it exists
+            if not ticket.ack.done():
+                # No ack yet: purge by the record's own subject now rather than wait for the ack
+                # (a record left behind would be re-served if this process died meanwhile).
                 ticket.ack.cancel()
+                await self._api(f"STREAM.PURGE.{self.stream}", {"filter": self._subject(ticket.rec)})
                 return
+            if ticket.ack.cancelled() or ticket.ack.exception() is not None:
+                return  # never stored; if it was after all, our own sweep deletes it
+            seq = ticket.ack.result().seq
+        # A taker's claim is left to expire (not deleted): an owner that was stalled and comes
+        # back within the TTL finds it and does not answer a second time.
         await self._delete(seq)
-        if ticket.taken and self._kv is not None:
-            with contextlib.suppress(Exception):
-                await self._kv.delete(f"q.{token(ticket.rec.record)}")
 
     async def _delete(self, seq: int) -> None:
-        # A stream delete by request with nobody waiting for its reply: no round trip on the hot path.
+        await self._api(f"STREAM.MSG.DELETE.{self.stream}", {"seq": seq, "no_erase": True})
+
+    async def _api(self, what: str, body: dict[str, Any]) -> None:
+        # A JetStream API request with nobody waiting for its reply: no round trip on the hot path.
         with contextlib.suppress(Exception):
-            await self.nc.publish(f"{self.js._prefix}.STREAM.MSG.DELETE.{self.stream}",
-                                  json.dumps({"seq": seq, "no_erase": True}).encode(), reply=self._discard)
+            await self.nc.publish(f"{self.js._prefix}.{what}", json.dumps(body).encode(), reply=self._discard)
+
+    def _suspect(self, ticket: Ticket) -> bool:
+        # Held while our liveness lapsed (noticed, or going on now): a peer may have taken it.
+        stalled = bool(self._last_beat) and time.monotonic() - self._last_beat > self.claim_ttl_s
+        return not ticket.taken and (stalled or ticket.born < self._lapsed_at)
+
+    async def _taken_by_peer(self, ticket: Ticket) -> str | None:
+        """Settle who serves a suspect record, through its claim key (the one arbiter): gone from the
+        stream means a taker answered it; else we ``create`` its claim (then it is ours, renewed
+        per record from now on) or find a peer's. None: keep serving; cannot tell counts as ours
+        (answering twice beats not answering)."""
+        assert self._kv is not None
+        key = f"q.{token(ticket.rec.record)}"
+        seq = ticket.seq
+        if not seq and ticket.ack is not None:
+            with contextlib.suppress(Exception):
+                seq = ticket.seq = (await asyncio.wait_for(asyncio.shield(ticket.ack), 2.0)).seq
+        try:
+            if seq:
+                try:
+                    await asyncio.wait_for(self.js.get_msg(self.stream, seq), 2.0)
+                except NotFoundError:
+                    return "a peer (it has answered and deleted the record)"
+            try:
+                await asyncio.wait_for(self._kv.create(key, self.instance.encode()), 2.0)
+                ticket.taken = True
+                return None
+            except KeyWrongLastSequenceError:
+                peer = ((await asyncio.wait_for(self._kv.get(key), 2.0)).value or b"").decode()
+                if peer == self.instance:
+                    ticket.taken = True
+                    return None
+                return peer or "a peer"
+        except Exception:
+            return None
 
     async def may_answer(self, query_id: str) -> bool:
-        """False when a peer took this query over while our loop was stalled (it answers, not us)."""
+        """False when a peer took this query over while our loop was stalled (it answers, not us).
+        Costs nothing unless this instance's liveness lapsed while the query was held."""
         ticket = self.held.get(query_id)
-        if ticket is None or ticket.taken or not self._lapsed_at or self._kv is None:
+        if ticket is None or self._kv is None or not self._suspect(ticket):
             return True
-        try:
-            entry = await asyncio.wait_for(self._kv.get(f"q.{token(ticket.rec.record)}"), 2.0)
-        except KeyNotFoundError:
+        peer = await self._taken_by_peer(ticket)
+        if peer is None:
             return True
-        except Exception:
-            return True  # cannot tell: answering twice beats not answering
-        if entry.value and entry.value.decode() != self.instance:
-            log.warning("query_taken_by_peer", query_id=query_id, peer=entry.value.decode())
-            self._release(query_id)
-            return False
-        return True
+        log.warning("query_taken_by_peer", query_id=query_id, peer=peer)
+        self._release(query_id)
+        return False
+
+    async def _yield_taken(self) -> None:
+        """After a lapse: stop serving what a peer took (it serves and answers those now)."""
+        for query_id, ticket in list(self.held.items()):
+            if not ticket.rec.reply or not self._suspect(ticket):
+                continue  # an HTTP/MCP caller waits on us, not on a reply subject a peer can use
+            peer = await self._taken_by_peer(ticket)
+            if peer is not None and self.held.get(query_id) is ticket:
+                log.warning("query_yielded_to_peer", query_id=query_id, peer=peer)
+                self._release(query_id)
+                if ticket.task is not None and ticket.task is not asyncio.current_task():
+                    ticket.task.cancel()
 
     # --- liveness and takeover -------------------------------------------------------------------
 
@@ -218,6 +269,8 @@ class ParkingLot:
                                self.claim_ttl_s / 3)
         for t in [t for t in self.held.values() if t.taken]:  # records taken over: one claim each
             await self._kv.put(f"q.{token(t.rec.record)}", self.instance.encode())
+        if self._lapsed_at == now:
+            await self._yield_taken()
         self._last_beat = now
 
     async def _beat_loop(self) -> None:
@@ -242,10 +295,12 @@ class ParkingLot:
         """Take over every record whose owner is gone; returns how many were taken."""
         assert self._kv is not None
         taken, seq, seen = 0, 1, {self.instance: True}
+        now_ms = int(time.time() * 1000)
         while True:
             try:
                 raw = await self.js.get_msg(self.stream, seq=seq, subject=f"{self.subjects.parked}.>", next=True)
             except NotFoundError:
+                self.sweeps += 1
                 return taken
             seq = (raw.seq or seq) + 1
             try:
@@ -259,8 +314,8 @@ class ParkingLot:
             if rec.owner == self.instance:
                 await self._delete(raw.seq or 0)  # ours, finished, its delete lost
                 continue
-            if await self._alive(rec.owner, seen):
-                continue
+            if rec.parked_at_ms > now_ms - self.claim_ttl_s * 1000 or await self._alive(rec.owner, seen):
+                continue  # its owner lives (a record younger than the TTL is itself a sign of life)
             try:
                 await self._kv.create(f"q.{token(rec.record)}", self.instance.encode())
             except KeyWrongLastSequenceError:

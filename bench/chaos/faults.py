@@ -34,7 +34,7 @@ from pathlib import Path
 
 import msgspec
 import nats
-import nats.errors
+import nats.aio.msg
 
 from homeskillet.budgets import BudgetRecord
 from homeskillet.config import PoolSpec, Settings, TenantSettings
@@ -42,7 +42,7 @@ from homeskillet.kvstate import bucket_name, key_token
 from homeskillet.natsd import NatsCluster, NatsServer, stream_leader, wait_for_jetstream
 from homeskillet.wire import Answer, ErrorReply, Query, encode
 
-__all__ = ["Tally", "node_kill", "orchestrator_kill", "pool_kill"]
+__all__ = ["HEADER", "Tally", "node_kill", "orchestrator_kill", "orchestrator_pause", "pool_kill"]
 
 TENANT = "chaos"
 WINDOW_S = 5.0  # errors within this long after a fault are the fault's price; outside it they count
@@ -60,6 +60,7 @@ class Tally:
     answered_usd: float = 0.0
     charged_usd: float = 0.0
     holds_open: int = 0
+    duplicates: int = 0  # second (or later) replies to one query
     taken_over: int = 0  # queries a peer answered (from the dead orchestrator's records)
     p50_ms: float = 0.0
     max_ms: float = 0.0
@@ -76,12 +77,12 @@ class Tally:
     def row(self) -> str:
         errs = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "0"
         return (f"| {self.fault} | {self.sent} | {self.answered} | {self.error_count} ({errs}; "
-                f"{self.errors_outside_window} outside {WINDOW_S:g} s) | {self.lost} | {self.late} | "
+                f"{self.errors_outside_window} outside {WINDOW_S:g} s) | {self.lost} | {self.duplicates} | {self.late} | "
                 f"{self.overspend_usd * 1e6:+.2f} | {self.holds_open} | {self.p50_ms:.0f} / {self.max_ms:.0f} |")
 
 
-HEADER = ("| fault | sent | answered | errors | lost | late | overspend µ$ | holds open | latency p50 / max ms |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| fault | sent | answered | errors | lost | answered twice | late | overspend µ$ | holds open | "
+          "latency p50 / max ms |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def echo_pool(name: str, delay_ms: float) -> PoolSpec:
@@ -190,27 +191,43 @@ def world(*, nodes: int, claim_ttl_s: float = 2.0) -> Iterator[World]:
 
 async def _load(nc: nats.NATS, w: World, tally: Tally, *, rate: float, duration_s: float, hard_ms: int,
                 fault_at_s: float, fault: Callable[[], Awaitable[None]]) -> None:
-    """Open-loop: one query every 1/rate s; the fault runs at ``fault_at_s``; waits for every reply."""
+    """Open-loop: one query every 1/rate s; the fault runs at ``fault_at_s``; waits for every reply.
+    Replies come to one wildcard inbox, so a second reply to the same query is seen and counted."""
     overrides = {"qos": {"hard_deadline_ms": hard_ms, "latency_target_ms": hard_ms}}
     subject = f"{w.prefix}.query"
+    inbox = f"_INBOX.chaos.{uuid.uuid4().hex}"
     latencies: list[float] = []
     fault_time: list[float] = []
+    waiting: dict[str, asyncio.Future[nats.aio.msg.Msg]] = {}
+    replies: Counter[str] = Counter()
+
+    async def on_reply(msg: nats.aio.msg.Msg) -> None:
+        key = msg.subject.rsplit(".", 1)[1]
+        replies[key] += 1
+        fut = waiting.get(key)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    sub = await nc.subscribe(f"{inbox}.*", cb=on_reply)
 
     async def one(i: int) -> None:
         q = Query(query_id=f"chaos-{i}-{uuid.uuid4().hex[:6]}", tenant=TENANT, prompt=f"chaos query {i}",
                   overrides=overrides)
+        key = str(i)
+        waiting[key] = fut = asyncio.get_running_loop().create_future()
         t0 = time.monotonic()
+        await nc.publish(subject, encode(q), reply=f"{inbox}.{key}")
         try:
-            msg = await nc.request(subject, encode(q), timeout=hard_ms / 1000 + 10)
-        except nats.errors.TimeoutError:
+            msg = await asyncio.wait_for(fut, hard_ms / 1000 + 10)
+        except TimeoutError:
             tally.lost += 1
             if fault_time:
                 tally.notes.append(f"lost query {q.query_id} sent {1000 * (t0 - fault_time[0]):+.0f} ms from the fault")
             return
-        except nats.errors.NoRespondersError:
+        elapsed = (time.monotonic() - t0) * 1000
+        if msg.headers and msg.headers.get("Nats-Service-Error-Code") == "503" and not msg.data:
             _error(tally, "no_responders", t0, fault_time)
             return
-        elapsed = (time.monotonic() - t0) * 1000
         result = msgspec.json.decode(msg.data, type=Answer | ErrorReply)
         if isinstance(result, ErrorReply):
             if result.code not in tally.errors:
@@ -239,9 +256,20 @@ async def _load(nc: nats.NATS, w: World, tally: Tally, *, rate: float, duration_
         i += 1
     tally.sent = i
     await asyncio.gather(*tasks)
+    await nc.flush()
+    await asyncio.sleep(0.5)  # a second answer to a query comes right after its first, if at all
+    await sub.unsubscribe()
+    tally.duplicates = sum(n - 1 for n in replies.values() if n > 1)
     latencies.sort()
     if latencies:
         tally.p50_ms, tally.max_ms = latencies[len(latencies) // 2], latencies[-1]
+
+
+def _fault_at(duration_s: float, rate: float) -> float:
+    # Half-way between two sends: the fault does not race a query being sent. A query in the air
+    # through a dying node or into a dying process's socket is lost by NATS itself (request-reply
+    # is at most once; a client retries); what is measured is what Homeskillet loses.
+    return duration_s / 3 + 0.5 / rate
 
 
 def _error(tally: Tally, code: str, sent_at: float, fault_time: list[float]) -> None:
@@ -309,7 +337,7 @@ async def node_kill(*, rate: float = 40, duration_s: float = 30, hard_ms: int = 
             async def fault() -> None:
                 await asyncio.to_thread(w.cluster.kill, target)  # type: ignore[union-attr]
             await _load(nc, w, tally, rate=rate, duration_s=duration_s, hard_ms=hard_ms,
-                        fault_at_s=duration_s / 3, fault=fault)
+                        fault_at_s=_fault_at(duration_s, rate), fault=fault)
             await _ledger(nc, w, tally, settle_s=10)
         finally:
             await nc.close()
@@ -331,12 +359,40 @@ async def orchestrator_kill(*, rate: float = 40, duration_s: float = 30, hard_ms
             async def fault() -> None:
                 await asyncio.to_thread(a.kill)
             await _load(nc, w, tally, rate=rate, duration_s=duration_s, hard_ms=hard_ms,
-                        fault_at_s=duration_s / 3, fault=fault)
+                        fault_at_s=_fault_at(duration_s, rate), fault=fault)
             await _ledger(nc, w, tally)
         finally:
             await nc.close()
         tally.taken_over = b.events("parked_query_taken_over")
         tally.notes.append(f"the survivor took over {tally.taken_over} queries")
+    return tally
+
+
+async def orchestrator_pause(*, rate: float = 40, duration_s: float = 30, hard_ms: int = 30000,
+                             delay_ms: float = 300, pause_s: float = 6.0) -> Tally:
+    """SIGSTOP one of two `homeskillet up` processes for ``pause_s`` (3 claim TTLs), then SIGCONT:
+    alive but stalled. The peer takes its queries over; once resumed it must yield them (no
+    second answer, no second charge)."""
+    tally = Tally(f"orchestrator paused {pause_s:g} s (SIGSTOP, 1 of 2), 1 node")
+    with world(nodes=1) as w:
+        w.start("pool", "pool", [echo_pool("echo/a", delay_ms)]).wait_ready()
+        a, b = w.start("up-a", "up", []), w.start("up-b", "up", [])
+        a.wait_ready()
+        b.wait_ready()
+        nc = await _client(w.urls[0])
+        try:
+            async def fault() -> None:
+                a.proc.send_signal(signal.SIGSTOP)
+                await asyncio.sleep(pause_s)
+                a.proc.send_signal(signal.SIGCONT)
+            await _load(nc, w, tally, rate=rate, duration_s=duration_s, hard_ms=hard_ms,
+                        fault_at_s=_fault_at(duration_s, rate), fault=fault)
+            await _ledger(nc, w, tally, settle_s=5)
+        finally:
+            await nc.close()
+        tally.taken_over = b.events("parked_query_taken_over")
+        tally.notes.append(f"the peer took over {tally.taken_over}; the paused one yielded "
+                           f"{a.events('query_yielded_to_peer') + a.events('query_taken_by_peer')}")
     return tally
 
 
@@ -356,7 +412,7 @@ async def pool_kill(*, rate: float = 40, duration_s: float = 30, hard_ms: int = 
                 await asyncio.sleep(duration_s / 3)
                 await asyncio.to_thread(lambda: w.start("pool-a2", "pool", pools[:1]).wait_ready())
             await _load(nc, w, tally, rate=rate, duration_s=duration_s, hard_ms=hard_ms,
-                        fault_at_s=duration_s / 3, fault=fault)
+                        fault_at_s=_fault_at(duration_s, rate), fault=fault)
             await _ledger(nc, w, tally, settle_s=5)
         finally:
             await nc.close()
