@@ -170,6 +170,10 @@ class World:
         self.children[name] = child
         return child
 
+    def wait_ready(self) -> None:
+        for child in self.children.values():
+            child.wait_ready()
+
     def stop(self) -> None:
         for child in self.children.values():
             child.stop()
@@ -269,7 +273,7 @@ def _fault_at(duration_s: float, rate: float) -> float:
     # Half-way between two sends: the fault does not race a query being sent. A query in the air
     # through a dying node or into a dying process's socket is lost by NATS itself (request-reply
     # is at most once; a client retries); what is measured is what Homeskillet loses.
-    return duration_s / 3 + 0.5 / rate
+    return (round(duration_s / 3 * rate) + 0.5) / rate
 
 
 def _error(tally: Tally, code: str, sent_at: float, fault_time: list[float]) -> None:
@@ -328,14 +332,18 @@ async def node_kill(*, rate: float = 40, duration_s: float = 30, hard_ms: int = 
     with world(nodes=3) as w:
         assert w.cluster is not None
         node0 = w.urls[:1]
-        w.start("pool", "pool", [echo_pool("echo/a", delay_ms)], nats_urls=node0).wait_ready()
-        w.start("up", "up", [], nats_urls=node0).wait_ready()
+        w.start("pool", "pool", [echo_pool("echo/a", delay_ms)], nats_urls=node0)
+        w.start("up", "up", [], nats_urls=node0)
+        w.wait_ready()
         nc = await _client(w.urls[1])
         try:
             await _lead(nc, w, f"KV_{bucket_name(w.prefix, 'ledger')}", target)
 
             async def fault() -> None:
-                await asyncio.to_thread(w.cluster.kill, target)  # type: ignore[union-attr]
+                node = w.cluster.nodes[target]  # type: ignore[union-attr]
+                assert node.proc is not None
+                node.proc.send_signal(signal.SIGKILL)
+                await asyncio.to_thread(node.proc.wait)
             await _load(nc, w, tally, rate=rate, duration_s=duration_s, hard_ms=hard_ms,
                         fault_at_s=_fault_at(duration_s, rate), fault=fault)
             await _ledger(nc, w, tally, settle_s=10)
@@ -350,14 +358,14 @@ async def orchestrator_kill(*, rate: float = 40, duration_s: float = 30, hard_ms
     host is a third process. Its accepted queries must be answered by the survivor."""
     tally = Tally(f"orchestrator kill -9 (1 of 2), {nodes} node{'s' if nodes > 1 else ''}")
     with world(nodes=nodes) as w:
-        w.start("pool", "pool", [echo_pool("echo/a", delay_ms)]).wait_ready()
+        w.start("pool", "pool", [echo_pool("echo/a", delay_ms)])
         a, b = w.start("up-a", "up", []), w.start("up-b", "up", [])
-        a.wait_ready()
-        b.wait_ready()
+        w.wait_ready()
         nc = await _client(w.urls[0])
         try:
             async def fault() -> None:
-                await asyncio.to_thread(a.kill)
+                a.proc.send_signal(signal.SIGKILL)  # now, not from a thread that may start late
+                await asyncio.to_thread(a.proc.wait)
             await _load(nc, w, tally, rate=rate, duration_s=duration_s, hard_ms=hard_ms,
                         fault_at_s=_fault_at(duration_s, rate), fault=fault)
             await _ledger(nc, w, tally)
@@ -375,10 +383,9 @@ async def orchestrator_pause(*, rate: float = 40, duration_s: float = 30, hard_m
     second answer, no second charge)."""
     tally = Tally(f"orchestrator paused {pause_s:g} s (SIGSTOP, 1 of 2), 1 node")
     with world(nodes=1) as w:
-        w.start("pool", "pool", [echo_pool("echo/a", delay_ms)]).wait_ready()
+        w.start("pool", "pool", [echo_pool("echo/a", delay_ms)])
         a, b = w.start("up-a", "up", []), w.start("up-b", "up", [])
-        a.wait_ready()
-        b.wait_ready()
+        w.wait_ready()
         nc = await _client(w.urls[0])
         try:
             async def fault() -> None:
@@ -402,13 +409,15 @@ async def pool_kill(*, rate: float = 40, duration_s: float = 30, hard_ms: int = 
     tally = Tally("pool host kill -9 and restart, 1 node")
     with world(nodes=1) as w:
         pools = [echo_pool("echo/a", delay_ms), echo_pool("echo/b", delay_ms)]
-        w.start("pool-a", "pool", pools[:1]).wait_ready()
-        w.start("pool-b", "pool", pools[1:]).wait_ready()
-        w.start("up", "up", []).wait_ready()
+        w.start("pool-a", "pool", pools[:1])
+        w.start("pool-b", "pool", pools[1:])
+        w.start("up", "up", [])
+        w.wait_ready()
         nc = await _client(w.urls[0])
         try:
             async def fault() -> None:
-                await asyncio.to_thread(w.children["pool-a"].kill)
+                w.children["pool-a"].proc.send_signal(signal.SIGKILL)
+                await asyncio.to_thread(w.children["pool-a"].proc.wait)
                 await asyncio.sleep(duration_s / 3)
                 await asyncio.to_thread(lambda: w.start("pool-a2", "pool", pools[:1]).wait_ready())
             await _load(nc, w, tally, rate=rate, duration_s=duration_s, hard_ms=hard_ms,
