@@ -77,7 +77,8 @@ class Tally:
     def row(self) -> str:
         errs = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "0"
         return (f"| {self.fault} | {self.sent} | {self.answered} | {self.error_count} ({errs}; "
-                f"{self.errors_outside_window} outside {WINDOW_S:g} s) | {self.lost} | {self.duplicates} | {self.late} | "
+                f"{self.errors_outside_window} outside {WINDOW_S:g} s) | {self.lost} | {self.duplicates} | "
+                f"{self.late} | "
                 f"{self.overspend_usd * 1e6:+.2f} | {self.holds_open} | {self.p50_ms:.0f} / {self.max_ms:.0f} |")
 
 

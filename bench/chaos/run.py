@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
-from bench.chaos import faults  # noqa: E402
+from bench.chaos import faults
 
 RUNS: dict[str, Callable[..., Awaitable[faults.Tally]]] = {
     "node_kill": faults.node_kill,
