@@ -230,8 +230,9 @@ async def _load(nc: nats.NATS, w: World, tally: Tally, *, rate: float, duration_
                 tally.notes.append(f"lost query {q.query_id} sent {1000 * (t0 - fault_time[0]):+.0f} ms from the fault")
             return
         elapsed = (time.monotonic() - t0) * 1000
-        if msg.headers and msg.headers.get("Nats-Service-Error-Code") == "503" and not msg.data:
-            _error(tally, "no_responders", t0, fault_time)
+        if not msg.data:  # a status message from the server: 503 = no orchestrator subscribed right then
+            status = (msg.headers or {}).get("Status", "")
+            _error(tally, "no_responders" if status == "503" else f"status_{status or 'empty'}", t0, fault_time)
             return
         result = msgspec.json.decode(msg.data, type=Answer | ErrorReply)
         if isinstance(result, ErrorReply):
