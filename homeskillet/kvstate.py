@@ -50,7 +50,7 @@ _SAFE = re.compile(r"^[A-Za-z0-9_\-=]{1,64}$")
 DEFAULT_REPLICAS = 3
 _TRANSIENT = (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
               nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError,
-              nats.js.errors.ServiceUnavailableError)
+              nats.js.errors.ServiceUnavailableError, nats.js.errors.NoStreamResponseError)
 
 
 def bucket_name(prefix: str, what: str) -> str:

@@ -40,7 +40,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from nats.js.kv import KeyValue
 
 from .ids import new_id
-from .kvstate import ensure_stream, open_bucket
+from .kvstate import ensure_stream, open_bucket, retry_transient
 from .subjects import Subjects, token
 from .telemetry import get_logger
 from .wire import Query, Wire, encode
@@ -85,6 +85,7 @@ class ParkingLot:
         self.stream = subjects.parked_stream
         self.held: dict[str, Ticket] = {}  # query_id -> the record this instance holds for it
         self._records: set[str] = set()  # the record ids of ``held``
+        self._yielded: set[str] = set()  # query ids given up to a peer after a lapse (never answered here)
         self.taken_over = 0  # records this instance took from dead owners
         self.sweeps = 0  # sweeps done (tests wait on it)
         self._kv: KeyValue | None = None
@@ -102,8 +103,9 @@ class ParkingLot:
         self._kv = await open_bucket(self.js, f"hs-parked-claims-{token(self.subjects.prefix)}",
                                      max_age_s=self.claim_ttl_s, replicas=self.replicas)
         self._resume = resume
-        await self._beat()
-        await self.sweep()
+        # A stream just made with 3 replicas answers once its leader is elected: retried, not failed.
+        await retry_transient("parked claims", self._beat, op_timeout_s=5.0, patience_s=30.0)
+        await retry_transient("parked records", self.sweep, op_timeout_s=30.0, patience_s=60.0)
         self._loops = [asyncio.create_task(self._beat_loop(), name="parking-beat"),
                        asyncio.create_task(self._sweep_loop(), name="parking-sweeper")]
 
@@ -235,6 +237,9 @@ class ParkingLot:
     async def may_answer(self, query_id: str) -> bool:
         """False when a peer took this query over while our loop was stalled (it answers, not us).
         Costs nothing unless this instance's liveness lapsed while the query was held."""
+        if query_id in self._yielded:  # its task was cancelled but went on (a cancel can be swallowed)
+            self._yielded.discard(query_id)
+            return False
         ticket = self.held.get(query_id)
         if ticket is None or self._kv is None or not self._suspect(ticket):
             return True
@@ -254,6 +259,7 @@ class ParkingLot:
             if peer is not None and self.held.get(query_id) is ticket:
                 log.warning("query_yielded_to_peer", query_id=query_id, peer=peer)
                 self._release(query_id)
+                self._yielded.add(query_id)
                 if ticket.task is not None and ticket.task is not asyncio.current_task():
                     ticket.task.cancel()
 
