@@ -3,10 +3,9 @@
 Two kinds of query are recorded there, the same way:
 
 - **every query accepted over NATS** (it has a reply subject a peer can answer): recorded when the
-  orchestrator starts serving it, with an asynchronous publish whose ack is not waited for on the
-  way (``accept``); the record is deleted after the answer or error has been sent (``finish``),
-  again without waiting (a fire-and-forget stream delete). The hot path pays one publish and one
-  delete, no round trip.
+  orchestrator starts serving it, with a plain publish the stream captures, no ack asked for
+  (``accept``); the record is purged by its own subject after the answer or error has been sent
+  (``finish``), again without waiting. The hot path pays two publishes, no round trip.
 - a query of any ingress whose fragment reaches the covenant's ``queue`` step (``park``): recorded
   and acknowledged before the fragment waits; deleted when the query ends (``done``).
 
@@ -35,7 +34,7 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.js.api import PubAck, StorageType, StreamConfig
+from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -65,10 +64,10 @@ Resume = Callable[[ParkedQuery], Coroutine[Any, Any, None]]
 class Ticket:
     """One record this instance holds: its own, or one it took over."""
 
-    __slots__ = ("ack", "born", "queued", "rec", "seq", "taken", "task")
+    __slots__ = ("born", "queued", "rec", "seq", "taken", "task")
 
-    def __init__(self, rec: ParkedQuery, ack: asyncio.Future[PubAck] | None = None, seq: int = 0) -> None:
-        self.rec, self.ack, self.seq = rec, ack, seq
+    def __init__(self, rec: ParkedQuery, seq: int = 0) -> None:
+        self.rec, self.seq = rec, seq  # seq: known for records written with an ack (queue step, sweep)
         self.taken = False  # a record taken over from a dead owner: its claim is renewed per record
         self.queued = False  # made by the queue step (deleted by ``done``), not at accept
         self.born = time.monotonic()
@@ -139,17 +138,16 @@ class ParkingLot:
         return ticket
 
     async def accept(self, query: Query, reply: str) -> None:
-        """Record a NATS query at accept, without waiting for the ack (``finish`` collects it)."""
+        """Record a NATS query at accept: a plain publish the stream captures, no ack asked for (no
+        reply message, no future; ``finish`` purges by the record's subject)."""
         if not self.journal or not reply or query.query_id in self.held or self._kv is None:
             return  # not answerable by a peer, already held, or not started
         rec = ParkedQuery(query=query, reply=reply, owner=self.instance, parked_at_ms=int(time.time() * 1000),
                           record=new_id())
-        ticket = Ticket(rec)
-        self._hold(query.query_id, ticket)
+        self._hold(query.query_id, Ticket(rec))
         try:
-            ticket.ack = await self.js.publish_async(self._subject(rec), encode(rec), wait_stall=0.05,
-                                                     stream=self.stream)
-        except Exception as exc:  # stalled or disconnected: serve it anyway, just not durably
+            await self.nc.publish(self._subject(rec), encode(rec))
+        except Exception as exc:  # disconnected, buffer full: serve it anyway, just not durably
             log.warning("query_not_recorded", query_id=query.query_id, error=repr(exc))
 
     async def park(self, query: Query, reply: str) -> None:
@@ -176,20 +174,12 @@ class ParkingLot:
         ticket = self._release(query_id)
         if ticket is None:
             return
-        seq = ticket.seq
-        if not seq and ticket.ack is not None:
-            if not ticket.ack.done():
-                # No ack yet: purge by the record's own subject now rather than wait for the ack
-                # (a record left behind would be re-served if this process died meanwhile).
-                ticket.ack.cancel()
-                await self._api(f"STREAM.PURGE.{self.stream}", {"filter": self._subject(ticket.rec)})
-                return
-            if ticket.ack.cancelled() or ticket.ack.exception() is not None:
-                return  # never stored; if it was after all, our own sweep deletes it
-            seq = ticket.ack.result().seq
+        if ticket.seq:
+            await self._delete(ticket.seq)
+        else:
+            await self._api(f"STREAM.PURGE.{self.stream}", {"filter": self._subject(ticket.rec)})
         # A taker's claim is left to expire (not deleted): an owner that was stalled and comes
         # back within the TTL finds it and does not answer a second time.
-        await self._delete(seq)
 
     async def _delete(self, seq: int) -> None:
         await self._api(f"STREAM.MSG.DELETE.{self.stream}", {"seq": seq, "no_erase": True})
@@ -211,16 +201,11 @@ class ParkingLot:
         (answering twice beats not answering)."""
         assert self._kv is not None
         key = f"q.{token(ticket.rec.record)}"
-        seq = ticket.seq
-        if not seq and ticket.ack is not None:
-            with contextlib.suppress(Exception):
-                seq = ticket.seq = (await asyncio.wait_for(asyncio.shield(ticket.ack), 2.0)).seq
         try:
-            if seq:
-                try:
-                    await asyncio.wait_for(self.js.get_msg(self.stream, seq), 2.0)
-                except NotFoundError:
-                    return "a peer (it has answered and deleted the record)"
+            try:
+                await asyncio.wait_for(self.js.get_msg(self.stream, subject=self._subject(ticket.rec)), 2.0)
+            except NotFoundError:
+                return "a peer (it has answered and deleted the record)"
             try:
                 await asyncio.wait_for(self._kv.create(key, self.instance.encode()), 2.0)
                 ticket.taken = True
