@@ -345,6 +345,9 @@ class Orchestrator:
         t0 = time.monotonic()
         try:
             result = await self.dispatcher.strike(strike, max(0.001, deadline - time.monotonic()))
+            if self.parking is not None and not await self.parking.still_ours(strike.query_id):
+                # This process stalled and a peer took the query over: it strikes and charges, we don't.
+                raise asyncio.CancelledError(f"query {strike.query_id} was taken over by a peer")
         except BaseException:
             if budget is not None:
                 self.ledger.tell_soon(Release(strike.strike_id))

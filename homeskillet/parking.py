@@ -219,11 +219,10 @@ class ParkingLot:
         except Exception:
             return None
 
-    async def may_answer(self, query_id: str) -> bool:
-        """False when a peer took this query over while our loop was stalled (it answers, not us).
-        Costs nothing unless this instance's liveness lapsed while the query was held."""
-        if query_id in self._yielded:  # its task was cancelled but went on (a cancel can be swallowed)
-            self._yielded.discard(query_id)
+    async def still_ours(self, query_id: str) -> bool:
+        """False when a peer took this query over while our loop was stalled (it strikes, charges
+        and answers; we do none of it). Costs nothing unless our liveness lapsed while it was held."""
+        if query_id in self._yielded:
             return False
         ticket = self.held.get(query_id)
         if ticket is None or self._kv is None or not self._suspect(ticket):
@@ -233,7 +232,14 @@ class ParkingLot:
             return True
         log.warning("query_taken_by_peer", query_id=query_id, peer=peer)
         self._release(query_id)
+        self._yielded.add(query_id)
         return False
+
+    async def may_answer(self, query_id: str) -> bool:
+        """``still_ours``, asked by the ingress before it replies (the last time it is asked)."""
+        ours = await self.still_ours(query_id)
+        self._yielded.discard(query_id)
+        return ours
 
     async def _yield_taken(self) -> None:
         """After a lapse: stop serving what a peer took (it serves and answers those now)."""

@@ -42,3 +42,11 @@ async def test_pool_host_kill_and_restart() -> None:
     t = await faults.pool_kill(rate=10, duration_s=4, hard_ms=20000)
     check(t)
     assert t.holds_open == 0, t.row()
+
+
+async def test_a_paused_orchestrator_yields_what_its_peer_took() -> None:
+    """SIGSTOP for three claim TTLs: the peer takes the paused one's queries; back, it answers none
+    of them a second time."""
+    t = await faults.orchestrator_pause(rate=5, duration_s=4, hard_ms=20000, delay_ms=2000, pause_s=6)
+    check(t)
+    assert t.error_count == 0, f"{t.row()} {t.notes}"
