@@ -14,7 +14,7 @@ All clients run here, all servers in child processes on the same embedded nats-s
 paths differ only by what Homeskillet does. Prints p50/p99 at 1 in flight, throughput at 64 in
 flight, the ratios, and the CPU each Homeskillet process spent per query at 64 in flight (Linux;
 steadier than wall-clock figures on a shared machine).
-Usage: python bench/overhead.py [--n 2000] [--topology both|one|split] [--json out.json]
+Usage: python bench/overhead.py [--n 2000] [--topology both|one|split] [--json out.json] [--no-journal]
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ async def main():
     await asyncio.Event().wait()
 asyncio.run(main())
 """
+JOURNAL = "--no-journal" not in sys.argv  # every NATS query recorded for takeover (parking.py)
 POOL = PoolSpec(name="echo/bench", provider="echo", pool_class="standard", vram_mb=81920, tflops=990,
                 usd_per_mtok_in=0.1, usd_per_mtok_out=0.2, start_ms=0, ms_per_token=0, capacity=256,
                 queue_limit=4096)
@@ -161,13 +162,14 @@ async def until_quoted(url: str) -> None:
 
 async def full_path(server: NatsServer, tmp: Path, n: int, split: bool) -> dict[str, Any]:
     both = tmp / "both.toml"
-    both.write_text(msgspec.toml.encode(Settings(nats=[server.url], pools=[POOL])).decode())
+    both.write_text(msgspec.toml.encode(Settings(nats=[server.url], pools=[POOL], journal_queries=JOURNAL)).decode())
     procs: list[subprocess.Popen[str]] = []
     try:
         if split:
             procs.append(spawn(homeskillet("pool", "serve", "--config", str(both), POOL.name), "pool host"))
             query_side = tmp / "query.toml"
-            query_side.write_text(msgspec.toml.encode(Settings(nats=[server.url], pools=[])).decode())
+            query_side.write_text(msgspec.toml.encode(Settings(nats=[server.url], pools=[],
+                                                               journal_queries=JOURNAL)).decode())
             procs.insert(0, spawn(homeskillet("up", "--config", str(query_side)), "serving"))
             await until_quoted(server.url)
         else:
@@ -186,6 +188,8 @@ async def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--topology", choices=["both", "one", "split"], default="both")
     ap.add_argument("--json")
+    ap.add_argument("--no-journal", action="store_true",
+                    help="journal_queries = false: no record per NATS query (its hot-path cost, by difference)")
     args = ap.parse_args()
     server = NatsServer()
     server.start()

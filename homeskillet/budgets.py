@@ -79,9 +79,10 @@ class Budgets:
         self.cell, self.tenants, self.hold_ttl_s, self.clock = cell, tenants, hold_ttl_s, clock
 
     @classmethod
-    async def open(cls, js: JetStreamContext, prefix: str, tenants: dict[str, TenantSettings]) -> Budgets:
+    async def open(cls, js: JetStreamContext, prefix: str, tenants: dict[str, TenantSettings], *,
+                   replicas: int = 0) -> Budgets:
         name = bucket_name(prefix, "ledger")
-        return cls(KvCell(await open_bucket(js, name), name), tenants)
+        return cls(KvCell(await open_bucket(js, name, replicas=replicas), name), tenants)
 
     def applies(self, tenant: str) -> bool:
         t = limits_for(self.tenants, tenant)
@@ -97,6 +98,8 @@ class Budgets:
 
         def change(raw: bytes | None) -> tuple[bytes | None, bool]:
             rec = _current(raw, now)
+            if hold_id in rec.holds:  # our own write, which timed out but landed (kvstate retries)
+                return None, True
             held = sum(h.amount_usd for h in rec.holds.values())
             for spent, cap, term, period in ((rec.day_usd, limits.daily_usd, "daily_usd", f"today ({rec.day})"),
                                              (rec.month_usd, limits.monthly_usd, "monthly_usd", f"in {rec.month}")):

@@ -157,6 +157,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_prompt_bytes: int = 1 << 20
     max_fragments: int = 16
     parked_claim_ttl_s: float = 10.0  # a parked query whose owner is silent this long is taken over
+    journal_queries: bool = True  # record every NATS query so a peer answers it if this process dies
+    nats_replicas: int = 0  # replicas of every JetStream stream and KV bucket; 0 = 3 on a cluster, else 1
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)  # JWT on HTTP, MCP and NATS
     nats_auth: NatsAuth = msgspec.field(default_factory=NatsAuth)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)

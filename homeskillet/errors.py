@@ -13,7 +13,6 @@
     ├── NoPoolError                  no pool can meet the covenant; names each unmet term (503)
     ├── BudgetExceeded               the tenant's budget cannot cover the hold (402)
     ├── TenantRateLimited            the tenant is over its requests/tokens per minute (429)
-    ├── SharedStateUnavailable       JetStream KV (budgets, limits) did not answer in time (503, retryable)
     ├── StrikeFailed                 a strike did not return a result (retryable on fallback)
     │   ├── Preempted                the pool evicted the strike mid-inference
     │   ├── Cancelled                we stopped the strike (a hedge lost the race); .billed_usd
@@ -25,6 +24,7 @@
     ├── DeadlineExceeded             the covenant's hard deadline passed (504)
     ├── StreamInterrupted            a strike failed after part of its text was streamed (502)
     ├── TrainingFailed               a distillation training round did not finish (its job's last words)
+    ├── StateUnavailable             shared JetStream state did not answer in time (503, retryable)
     └── ExtraMissing                 an optional extra is not installed; says which to install
 
 Errors carry the facts a caller decides on: ``retryable``, the covenant ``term`` that failed,
@@ -55,7 +55,7 @@ __all__ = [
     "ProviderAuthError",
     "ProviderError",
     "RateLimited",
-    "SharedStateUnavailable",
+    "StateUnavailable",
     "StreamInterrupted",
     "StrikeFailed",
     "TenantRateLimited",
@@ -263,6 +263,15 @@ class StreamInterrupted(HomeskilletError):
     retryable = True
 
 
+class StateUnavailable(HomeskilletError):
+    """Shared state (JetStream KV or stream) did not answer within its patience: no quorum, or a
+    leader election that outlasted it. Nothing was changed that a retry would double."""
+
+    code = "state_unavailable"
+    status = 503
+    retryable = True
+
+
 class ExtraMissing(HomeskilletError):
     code = "extra_missing"
     status = 501
@@ -280,14 +289,6 @@ class Cancelled(StrikeFailed):
     def __init__(self, message: str, *, billed_usd: float = 0.0) -> None:
         super().__init__(message)
         self.billed_usd = billed_usd
-
-
-class SharedStateUnavailable(HomeskilletError):
-    """JetStream KV (tenant budgets, rate limits) did not answer in time; the request may be retried."""
-
-    code = "shared_state_unavailable"
-    status = 503
-    retryable = True
 
 
 class TrainingFailed(HomeskilletError):

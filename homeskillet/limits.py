@@ -42,9 +42,10 @@ class RateLimiter:
         self.cell, self.tenants, self.clock = cell, tenants, clock
 
     @classmethod
-    async def open(cls, js: JetStreamContext, prefix: str, tenants: dict[str, TenantSettings]) -> RateLimiter:
+    async def open(cls, js: JetStreamContext, prefix: str, tenants: dict[str, TenantSettings], *,
+                   replicas: int = 0) -> RateLimiter:
         name = bucket_name(prefix, "limits")
-        return cls(KvCell(await open_bucket(js, name, max_age_s=3600.0), name), tenants)
+        return cls(KvCell(await open_bucket(js, name, max_age_s=3600.0, replicas=replicas), name), tenants)
 
     def _limits(self, tenant: str) -> TenantSettings | None:
         t = limits_for(self.tenants, tenant)

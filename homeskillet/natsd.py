@@ -19,12 +19,13 @@ import functools
 import queue
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from nats.aio.client import Client as NATS
 
 from .errors import HomeskilletError
 
-__all__ = ["NatsServer", "default_data_dir", "find_nats_server", "wait_for_jetstream"]
+__all__ = ["NatsCluster", "NatsServer", "default_data_dir", "find_nats_server", "stream_leader", "wait_for_jetstream"]
 
 _LISTEN = re.compile(r"Listening for client connections on (\S+):(\d+)")
 _ROUTE = re.compile(r"Listening for route connections on (\S+):(\d+)")
@@ -256,3 +257,73 @@ async def wait_for_jetstream(nc: NATS, timeout_s: float = 30.0) -> None:
                     "needs a quorum of its nodes up") from None
             await asyncio.sleep(pause)
             pause = min(1.0, pause * 2)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class NatsCluster:
+    """``n`` nats-server nodes on loopback routed to each other, each with its own JetStream
+    directory, so a node can be killed (SIGKILL) and restarted on the same ports and data. A
+    clustered JetStream is ready only with a quorum, so the nodes start together."""
+
+    def __init__(self, n: int = 3, *, name: str = "hs-cluster") -> None:
+        self.n, self.name = n, name
+        self._tmp = tempfile.TemporaryDirectory(prefix="hs-cluster-")
+        self.route_ports = [_free_port() for _ in range(n)]
+        self.nodes = [self._node(k) for k in range(n)]
+
+    def _node(self, k: int, port: int = -1) -> NatsServer:
+        routes = [f"nats-route://127.0.0.1:{p}" for j, p in enumerate(self.route_ports) if j != k]
+        return NatsServer(name=f"{self.name}-{k}", port=port, data_dir=Path(self._tmp.name) / f"n{k}",
+                          cluster_name=self.name, cluster_port=self.route_ports[k], routes=routes)
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def start(self) -> list[str]:
+        with ThreadPoolExecutor(self.n) as pool:
+            list(pool.map(NatsServer.start, self.nodes))
+        return self.urls
+
+    def index(self, server_name: str) -> int:
+        return next(k for k, node in enumerate(self.nodes) if node.name == server_name)
+
+    def kill(self, k: int) -> None:
+        self.nodes[k].kill()
+
+    def restart(self, k: int) -> None:
+        """The node comes back on its old client port with its old data, and rejoins."""
+        old = self.nodes[k]
+        old.kill()
+        self.nodes[k] = self._node(k, port=old.port)
+        self.nodes[k].start()
+
+    def stop(self) -> None:
+        with ThreadPoolExecutor(self.n) as pool:
+            list(pool.map(NatsServer.stop, self.nodes))
+        self._tmp.cleanup()
+
+    def __enter__(self) -> NatsCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def stream_leader(nc: NATS, stream: str) -> str:
+    """The server name of the node leading ``stream`` (a KV bucket's stream is ``KV_<bucket>``)."""
+    info = await nc.jetstream().stream_info(stream)
+    leader = info.cluster.leader if info.cluster is not None else None
+    if not leader:
+        raise HomeskilletError(f"stream {stream} has no leader right now")
+    return str(leader)

@@ -114,6 +114,8 @@ class Orchestrator:
         a query whose fragment was parked in the durable queue; ``stream`` gets the answer's text
         as the strikes produce it."""
         self._replies[query.query_id] = reply
+        if reply and self.parking is not None:
+            await self.parking.accept(query, reply)  # recorded: a peer answers it if this process dies
         try:
             answer = await self._serve(query, stream)
         except HomeskilletError:
@@ -400,6 +402,9 @@ class Orchestrator:
         t0 = time.monotonic()
         try:
             result = await self.dispatcher.strike(strike, max(0.001, deadline - time.monotonic()), on_chunk)
+            if self.parking is not None and not await self.parking.still_ours(strike.query_id):
+                # This process stalled and a peer took the query over: it strikes and charges, we don't.
+                raise asyncio.CancelledError(f"query {strike.query_id} was taken over by a peer")
         except BaseException:
             if budget is not None:
                 self.ledger.tell_soon(Release(strike.strike_id))

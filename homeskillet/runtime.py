@@ -25,7 +25,7 @@ from .cache import make_cache
 from .config import PoolSpec, Settings
 from .covenant import CovenantBook
 from .distill.distiller import Distiller
-from .errors import HomeskilletError
+from .errors import DeadlineExceeded, HomeskilletError
 from .gateway import Gateway
 from .ids import new_id
 from .ingress.http_server import HttpServer, bind_listen, parse_listen
@@ -127,10 +127,12 @@ class Runtime:
         if self.serve_queries:
             await wait_for_jetstream(self.nc)  # the durable queue and tenant state live in JetStream
             covenants = CovenantBook.load(s.covenants_dir or None)
-            self.parking = ParkingLot(self.nc, self.subjects, self.instance, claim_ttl_s=s.parked_claim_ttl_s)
+            self.parking = ParkingLot(self.nc, self.subjects, self.instance, claim_ttl_s=s.parked_claim_ttl_s,
+                                      replicas=s.nats_replicas, journal=s.journal_queries)
             # Tenant budgets and rate limits live in JetStream KV, shared with every other instance.
-            budgets = await Budgets.open(self.nc.jetstream(), s.prefix, s.tenants) if s.tenants else None
-            limits = await RateLimiter.open(self.nc.jetstream(), s.prefix, s.tenants) if s.tenants else None
+            js, r = self.nc.jetstream(), s.nats_replicas
+            budgets = await Budgets.open(js, s.prefix, s.tenants, replicas=r) if s.tenants else None
+            limits = await RateLimiter.open(js, s.prefix, s.tenants, replicas=r) if s.tenants else None
             self.distiller = await self._distiller(covenants)
             self.orchestrator = Orchestrator(self.nc, self.subjects, covenants, self.negotiator, self.dispatcher,
                                              self.ledger, max_fragments=s.max_fragments, budgets=budgets,
@@ -141,7 +143,7 @@ class Runtime:
             self.gateway = Gateway(self.orchestrator, self.reservations, max_prompt_bytes=s.max_prompt_bytes,
                                    limits=limits)
             auth = Authenticator(s.auth)  # the same identity rule on NATS as on HTTP and MCP
-            self.ingress = NatsIngress(self.nc, self.subjects, self.gateway, auth)
+            self.ingress = NatsIngress(self.nc, self.subjects, self.gateway, auth, self.parking)
             await self.ingress.start()
             self.reservation_ingress = ReservationIngress(self.nc, self.subjects, self.gateway, auth)
             await self.reservation_ingress.start()
@@ -163,7 +165,7 @@ class Runtime:
         if not s.distillation.enabled or not any(c.distill and c.distill.enabled for c in covenants.all()):
             return None
         assert self.nc is not None
-        d = Distiller(self.nc, self.subjects, settings=s.distillation)
+        d = Distiller(self.nc, self.subjects, settings=s.distillation, replicas=s.nats_replicas)
         await d.start()
         return d
 
@@ -194,13 +196,27 @@ class Runtime:
     async def _resume(self, rec: ParkedQuery) -> None:
         """Serve a query another orchestrator parked and did not live to answer."""
         assert self.gateway is not None and self.nc is not None
+        query = rec.query
         outcome: Answer | HomeskilletError
         try:
-            outcome = await self.gateway.ask(rec.query, reply=rec.reply)
+            # What is left of its hard deadline, counted from when it was first accepted: a resumed
+            # query is answered in time or with an explicit 504, never late.
+            hard_ms = self.orchestrator.covenants.resolve(query).qos.hard_deadline_ms
+            left = (rec.parked_at_ms + hard_ms) / 1000.0 - time.time()
+            if left <= 0:
+                raise DeadlineExceeded(f"query {query.query_id}: its hard deadline of {hard_ms} ms passed before "
+                                       "a peer could resume it", term="qos.hard_deadline_ms")
+            try:
+                async with asyncio.timeout(left):
+                    outcome = await self.gateway.ask(query, reply=rec.reply)
+            except TimeoutError:
+                raise DeadlineExceeded(f"query {query.query_id}: hard deadline of {hard_ms} ms passed while "
+                                       "resumed", term="qos.hard_deadline_ms") from None
         except HomeskilletError as exc:
             outcome = exc
         if rec.reply:
-            await respond(self.nc, rec.reply, outcome, rec.query.query_id)
+            await respond(self.nc, rec.reply, outcome, query.query_id)
+        await self.parking.finish(query.query_id)
 
     async def ask(self, query: Query | None = None, **fields: Any) -> Answer:
         if self.gateway is None:

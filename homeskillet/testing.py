@@ -20,10 +20,10 @@ import msgspec
 import pytest
 
 from .config import PoolSpec, Settings
-from .natsd import NatsServer
+from .natsd import NatsCluster, NatsServer
 from .runtime import Runtime
 
-__all__ = ["echo_pool", "nats_server", "nats_url", "runtime", "serve_asgi", "start_runtime"]
+__all__ = ["echo_pool", "nats_cluster", "nats_server", "nats_url", "runtime", "serve_asgi", "start_runtime"]
 
 
 def echo_pool(name: str = "echo/standard", pool_class: str = "standard", **kw: Any) -> PoolSpec:
@@ -85,6 +85,14 @@ def nats_server() -> Iterator[NatsServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_cluster() -> Iterator[NatsCluster]:
+    """Three routed nats-server nodes with JetStream (``urls``; ``kill(k)`` / ``restart(k)``).
+    Shared by the session: a test that kills a node restarts it, or makes its own cluster."""
+    with NatsCluster(3, name=f"hs-test-{uuid.uuid4().hex[:6]}") as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

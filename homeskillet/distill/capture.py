@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from ..kvstate import ensure_stream
 from ..subjects import Subjects, token
 from ..wire import DistillPair, encode
 
@@ -30,7 +31,7 @@ def pair_id(tenant: str, student: str, fragment_hash: str) -> str:
 
 
 class PairStore:
-    def __init__(self, nc: NATS, subjects: Subjects, *, replicas: int = 1, max_pairs: int = 1_000_000) -> None:
+    def __init__(self, nc: NATS, subjects: Subjects, *, replicas: int = 0, max_pairs: int = 1_000_000) -> None:
         self.nc, self.subjects = nc, subjects
         self.js = nc.jetstream()
         self.replicas, self.max_pairs = replicas, max_pairs
@@ -38,10 +39,9 @@ class PairStore:
 
     async def start(self) -> None:
         """Create the stream if missing (one message per pair subject; the oldest pairs leave first)."""
-        await self.js.add_stream(StreamConfig(
+        await ensure_stream(self.js, StreamConfig(
             name=self.stream, subjects=[f"{self.subjects.distill_pairs}.>"], storage=StorageType.FILE,
-            max_msgs_per_subject=1, max_msgs=self.max_pairs, discard=DiscardPolicy.OLD,
-            num_replicas=self.replicas))
+            max_msgs_per_subject=1, max_msgs=self.max_pairs, discard=DiscardPolicy.OLD), replicas=self.replicas)
 
     async def put(self, pair: DistillPair) -> None:
         if not pair.captured_at:

@@ -27,10 +27,10 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from ..config import DistillationSettings
+from ..kvstate import open_bucket
 from ..subjects import Subjects, token
 from ..telemetry import DISTILL_AGREEMENT, DISTILL_PAIRS, DISTILL_SHADOWS, get_logger
 from ..wire import Distill, DistillEvent, DistillPair, Fragment, encode
@@ -49,7 +49,7 @@ def student_key(terms: Distill, tenant: str) -> str:
 
 class Distiller:
     def __init__(self, nc: NATS, subjects: Subjects, *, settings: DistillationSettings | None = None,
-                 embed: Embed | None = None, replicas: int = 1, seed: int | None = None) -> None:
+                 embed: Embed | None = None, replicas: int = 0, seed: int | None = None) -> None:
         self.nc, self.subjects = nc, subjects
         self.settings = settings or DistillationSettings()
         self.store = PairStore(nc, subjects, replicas=replicas)
@@ -66,9 +66,8 @@ class Distiller:
 
     async def start(self) -> None:
         await self.store.start()
-        self._kv = await self.nc.jetstream().create_key_value(KeyValueConfig(
-            bucket=f"hs-distill-{token(self.subjects.prefix)}", history=1, storage=StorageType.FILE,
-            replicas=self.replicas))
+        self._kv = await open_bucket(self.nc.jetstream(), f"hs-distill-{token(self.subjects.prefix)}",
+                                     replicas=self.replicas)
         # Every orchestrator and `homeskillet distill promote|rollback` writes here: follow them all.
         watcher = await self._kv.watchall()
         while True:  # the current values, then None once they are all in

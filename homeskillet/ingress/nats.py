@@ -37,6 +37,7 @@ from .. import __version__
 from ..auth import Authenticator, AuthSettings, Principal, Scope, header
 from ..errors import HomeskilletError, header_text
 from ..gateway import Gateway, error_reply
+from ..parking import ParkingLot
 from ..streaming import streamed
 from ..subjects import Subjects
 from ..telemetry import get_logger
@@ -71,9 +72,11 @@ def identify(auth: Authenticator, headers: dict[str, str] | None, tenant: str | 
 
 
 class NatsIngress:
-    def __init__(self, nc: NATS, subjects: Subjects, gateway: Gateway, auth: Authenticator | None = None) -> None:
+    def __init__(self, nc: NATS, subjects: Subjects, gateway: Gateway, auth: Authenticator | None = None,
+                 parking: ParkingLot | None = None) -> None:
         self.nc, self.subjects, self.gateway = nc, subjects, gateway
         self.auth = auth or Authenticator(AuthSettings())
+        self.parking = parking  # the record of each accepted query (parking.py): deleted once answered
         self.service: Service | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -149,11 +152,19 @@ class NatsIngress:
                 answer = await self._streamed(query, who, inbox)
             else:
                 answer = await self.gateway.ask(query, who, reply=inbox)
-            await req.respond(encode(answer))
+            if await self._may_answer(query):
+                await req.respond(encode(answer))
         except HomeskilletError as exc:
             reply = error_reply(exc, query.query_id if query else "")
-            await req.respond_error(str(exc.status), header_text(exc.message), data=encode(reply))
+            if await self._may_answer(query):
+                await req.respond_error(str(exc.status), header_text(exc.message), data=encode(reply))
         except Exception as exc:  # never leave a caller without an answer
             log.exception("query_crashed")
             err = HomeskilletError(f"internal error: {type(exc).__name__}")
             await req.respond_error("500", err.message, data=encode(error_reply(err)))
+        # Answered: forget its record (not on cancellation: then a peer answers from the record).
+        if query is not None and self.parking is not None:
+            await self.parking.finish(query.query_id)
+
+    async def _may_answer(self, query: Query | None) -> bool:
+        return query is None or self.parking is None or await self.parking.may_answer(query.query_id)

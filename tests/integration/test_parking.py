@@ -58,7 +58,7 @@ async def test_parked_query_survives_an_orchestrator_restart(nats_url: str) -> N
         assert await parked_count(js, prefix) == 1, "the parked record must outlive its orchestrator"
         async with runtime(nats_url, prefix, []) as second:
             async def taken_over() -> bool:  # the first owner's claim expired; the second took the record
-                return bool(second.parking.seqs)
+                return second.parking.taken_over > 0
 
             await wait_for(taken_over)
             assert not pending.done()
