@@ -107,7 +107,7 @@ class HttpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reservation_ports: list[int] = msgspec.field(default_factory=lambda: [3000, 15000])  # local_port range
 
 
-class DistillationSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class DistillationSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """The seeds' ``[distillation]`` table and ``DISTILLATION_*`` variables; they override covenants."""
 
     enabled: bool = True  # DISTILLATION_ENABLED: false switches every [distill] table off
