@@ -17,7 +17,7 @@ import numpy as np
 from .clock import now_ms
 from .config import PoolSpec
 from .errors import LeaseRejected
-from .scoring import make_bid
+from .scoring import make_bid, model_served
 from .supervisor import HsActor
 from .wire import Award, Bid, CallForProposals, Health, Lease, Offer, ProviderOffer, Quote, Refusal, Strike, Verdict
 
@@ -57,7 +57,7 @@ class Served(msgspec.Struct, frozen=True):
 
 def revalidate(spec: PoolSpec, strike: Strike) -> str | None:
     """Why a strike priced on a standing quote can no longer be served here (None: it can)."""
-    if "*" not in spec.models and strike.model not in spec.models:
+    if not model_served(spec.models, strike.model):
         return f"{spec.name}: does not serve {strike.model!r}"
     f = strike.fragment
     per_token = (f.prompt_tokens * spec.usd_per_mtok_in + f.max_tokens * spec.usd_per_mtok_out) / 1e6

@@ -26,6 +26,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from .errors import BadRequest, HomeskilletError, NoPoolError, NotFound, Unmet
 from .ids import new_id
+from .scoring import model_served
 from .subjects import Subjects
 from .telemetry import get_logger
 from .wire import (
@@ -84,7 +85,7 @@ def _why_not(req: ReserveRequest, o: Offer) -> str | None:
         return f"has {o.gpu_model or 'no GPU model'}, not {req.gpu_model}"
     if req.pool_id and o.pool.split("/", 1)[-1] != req.pool_id and o.pool != req.pool_id:
         return f"is not pool {req.pool_id!r}"
-    if req.model and "*" not in o.models and req.model not in o.models:
+    if req.model and not model_served(o.models, req.model):
         return f"does not serve {req.model!r}"
     if o.pool_class != "local" and o.vram_mb < req.min_vram_mb:
         return f"offers {o.vram_mb} MB VRAM, needs {req.min_vram_mb} MB"

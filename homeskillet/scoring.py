@@ -13,11 +13,16 @@ from typing import Protocol
 
 from .wire import Bid, Covenant, Offer, Refusal
 
-__all__ = ["Prices", "Ranked", "make_bid", "predicted_ms", "price_usd", "rank", "serves"]
+__all__ = ["Prices", "Ranked", "make_bid", "model_served", "predicted_ms", "price_usd", "rank", "serves"]
+
+
+def model_served(models: Sequence[str], model: str) -> bool:
+    """``"*"`` serves any model; ``"base+*"`` any LoRA adapter over ``base``; else an exact name."""
+    return any(m == "*" or m == model or (m.endswith("+*") and model.startswith(m[:-1])) for m in models)
 
 
 def serves(offer: Offer, model: str) -> bool:
-    return "*" in offer.models or model in offer.models
+    return model_served(offer.models, model)
 
 
 def predicted_ms(offer: Offer, max_tokens: int) -> tuple[float, float]:
