@@ -50,7 +50,7 @@ async def warm_local(rt: Runtime) -> None:
     """Wait until the pools' local models have loaded (a first use converts the default model, which
     must not eat the first query's deadline). Pools without a local model return at once."""
     for host in rt.hosts.values():
-        if (warm := getattr(host.connector, "warm", None)) is not None:
+        if asyncio.iscoroutinefunction(warm := getattr(host.connector, "warm", None)):
             await warm()
 
 
@@ -250,6 +250,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    status = _main(argv)
+    if argv is None:  # the command line, not a caller in this process: see exit_now_if_models_ran
+        from .localmodel.engine import exit_now_if_models_ran
+
+        exit_now_if_models_ran(status)
+    return status
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     quiet = args.cmd in ("demo", "ask", "covenant", "token")
     # The demo's one preemption is deliberate and its table shows it; replay drives thousands of strikes

@@ -16,3 +16,19 @@ def local_model() -> Iterator[LocalModel]:
     model = get_local_model()
     model.wait_loaded(timeout=600)
     yield model
+
+
+_status: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """After every report is written: end without mlx's C++ teardown if a local model ran here
+    (it aborts the process at exit about half the time; see ``exit_now_if_models_ran``)."""
+    from homeskillet.localmodel.engine import exit_now_if_models_ran
+
+    exit_now_if_models_ran(_status[-1] if _status else 0)

@@ -28,7 +28,7 @@ from ..errors import ExtraMissing
 from .adapters import AdapterRegistry
 from .store import DEFAULT_MODEL, resolve_model_dir
 
-__all__ = ["GenRequest", "Generation", "LocalModel", "Run", "get_local_model", "preload"]
+__all__ = ["GenRequest", "Generation", "LocalModel", "Run", "exit_now_if_models_ran", "get_local_model", "preload"]
 
 
 class GenRequest(msgspec.Struct, kw_only=True):
@@ -130,6 +130,56 @@ def preload() -> None:
     import mlx_lm.sample_utils
     import mlx_lm.tuner.utils
     import mlx_lm.utils  # noqa: F401
+
+
+@contextlib.contextmanager
+def _keyed_init() -> Iterator[None]:
+    """Give mlx's random initialisers an explicit key while a model is built on this thread.
+
+    Drawing from mlx's global random state on a thread other than the main one makes the process
+    abort at exit (about 8 runs in 10 here, mlx 0.32); building an mlx-lm model draws initial
+    weights that its checkpoint then replaces. So, for the build only, every draw without a key
+    gets one. Runs are sampled with keys of their own (``_sampler``)."""
+    import mlx.core as mx
+
+    names = ("uniform", "normal", "truncated_normal", "bernoulli")
+    real = {n: getattr(mx.random, n) for n in names}
+    key = [mx.random.key(0)]
+
+    def keyed(fn: Any) -> Any:
+        def draw(*args: Any, **kw: Any) -> Any:
+            if kw.get("key") is None:
+                key[0], kw["key"] = mx.random.split(key[0])
+            return fn(*args, **kw)
+
+        return draw
+
+    for n, fn in real.items():
+        setattr(mx.random, n, keyed(fn))
+    try:
+        yield
+    finally:
+        for n, fn in real.items():
+            setattr(mx.random, n, fn)
+
+
+def _sampler(temperature: float) -> Callable[[Any], Any]:
+    """Greedy at temperature 0; else a categorical draw with this run's own key (never mlx's
+    global random state: see ``_keyed_init``)."""
+    import random
+
+    import mlx.core as mx
+
+    if temperature <= 0:
+        return lambda logprobs: mx.argmax(logprobs, axis=-1)
+    key = mx.random.key(random.getrandbits(63))
+
+    def sample(logprobs: Any) -> Any:
+        nonlocal key
+        key, sub = mx.random.split(key)
+        return mx.random.categorical(logprobs * (1.0 / temperature), key=sub)
+
+    return sample
 
 
 class _Job:
@@ -300,7 +350,8 @@ class LocalModel:
             raise ExtraMissing("local models (mlx-lm)", "mlx") from None
         t0 = time.perf_counter()
         self.path = resolve_model_dir(self.model_path)
-        loaded: Any = mlx_lm.load(str(self.path), return_config=True)
+        with _keyed_init():
+            loaded: Any = mlx_lm.load(str(self.path), return_config=True)
         self._model, self._tok, self._config = loaded
         self.load_ms = (time.perf_counter() - t0) * 1000
 
@@ -341,7 +392,6 @@ class LocalModel:
             raise self._error
         import mlx.core as mx
         from mlx_lm.generate import generate_step
-        from mlx_lm.sample_utils import make_sampler
 
         job.started = time.perf_counter()
         if not self._load_reported:
@@ -358,8 +408,10 @@ class LocalModel:
             ids = ids[len(ids) - (ctx - budget):]
         job.req = msgspec.structs.replace(req, max_tokens=budget)
         job.prompt_tokens = len(ids)
-        steps: Any = generate_step(mx.array(ids), model, max_tokens=budget,
-                                   sampler=make_sampler(temp=max(0.0, req.temperature)))
+        # This thread's default stream, not mlx-lm's thread-local ``generation_stream``: using that
+        # from a second thread also made the process abort at exit (mlx 0.32).
+        steps: Any = generate_step(mx.array(ids), model, stream=mx.default_stream(mx.default_device()),
+                                   max_tokens=budget, sampler=_sampler(req.temperature))
         job.steps = steps
 
     def _render(self, messages: list[tuple[str, str]]) -> list[int]:
@@ -382,9 +434,10 @@ class LocalModel:
         from mlx_lm.utils import load_model
 
         assert self.path is not None
-        model, _ = load_model(self.path, lazy=True)  # the structure; its own weights are never read
-        model.update(self._model.parameters())  # the base's arrays, shared, not copied
-        load_adapters(model, str(path))
+        with _keyed_init():
+            model, _ = load_model(self.path, lazy=True)  # the structure; its own weights are never read
+            model.update(self._model.parameters())  # the base's arrays, shared, not copied
+            load_adapters(model, str(path))
         model.eval()
         self._with_adapter[name] = (stamp, model)
         return model
@@ -418,6 +471,28 @@ def _close_all() -> None:
         models = list(_MODELS.values())
     for m in models:
         m.close()
+
+
+def exit_now_if_models_ran(status: int) -> None:
+    """End the process with ``status`` without C++ static destructors if a generation thread ran.
+
+    mlx 0.32 aborts the process at exit ("terminate called without an active exception", status
+    134) in about half the runs after a thread other than the main one evaluated a model: its
+    per-thread stream state is torn down after that thread is gone. Python's own shutdown work
+    (atexit, flushing) is done first; only the C++ teardown is skipped. A no-op otherwise."""
+    if not any(m._thread is not None or m._loaded.is_set() for m in list(_MODELS.values())):
+        return
+    import logging
+    import os
+    import sys
+
+    _close_all()
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 def get_local_model(model_path: str = "", name: str = DEFAULT_MODEL) -> LocalModel:
