@@ -193,7 +193,8 @@ async def test_each_node_has_its_own_port_and_strikes_follow_the_model(sshd: Ssh
             seen = len(node.gen.prompts)
             await conn.infer(req("for b", model="other:7b"))
             await conn.infer(req("for a"))
-            assert other.prompts == ["for b"] and node.gen.prompts[seen:] == ["for a"]
+            assert other.prompts == [render_chat([("user", "for b")])]
+            assert node.gen.prompts[seen:] == [render_chat([("user", "for a")])]
             with pytest.raises(ProviderError, match="no node holds 'absent'") as err:
                 await conn.infer(req("x", model="absent"))
             assert err.value.http_status == 404
@@ -210,7 +211,8 @@ async def test_a_node_that_stops_answering_is_skipped(sshd: Sshd, ssh_config: Pa
     try:  # node-a's Ollama is gone now: the channel open is refused on the node, node-b serves
         seen = len(node.gen.prompts)
         res = await conn.infer(req("still served"))
-        assert res.text and node.gen.prompts[seen:] == ["still served"] and gen.prompts == ["warm"]
+        assert res.text and node.gen.prompts[seen:] == [render_chat([("user", "still served")])]
+        assert gen.prompts == [render_chat([("user", "warm")])]
         health = (await conn.node_health())["node-a"]
         assert not health.ok and "cannot reach 127.0.0.1" in health.detail
     finally:
