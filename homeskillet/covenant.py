@@ -372,6 +372,11 @@ class CovenantBook:
             base = self.get(query.covenant)
         elif query.model:
             base = self._by_model.get(query.model) or self._by_name.get(query.model)  # type: ignore[assignment]
+            if base is None and "+" in query.model:  # a LoRA adapter: its base model's covenant, this model
+                base = self._by_model.get(query.model.partition("+")[0])
+                if base is not None:
+                    query = msgspec.structs.replace(query, overrides=merge_overrides(
+                        {"resources": {"model": query.model}}, dict(query.overrides or {})))
             if base is None:
                 raise UnknownCovenant(
                     f"no covenant serves model {query.model!r}; known models: "

@@ -1,7 +1,7 @@
 """``homeskillet demo``: the whole system in one process, on one loop, with no network and no keys.
 
 It starts the embedded nats-server, simulators of hosted.ai, Vast.ai and OpenRouter and an Ollama
-node (``homeskillet node``, MLX inside) on loopback ports (``demo_fleet``), builds pools on the real
+node (``homeskillet node``, the real local model inside) on loopback ports (``demo_fleet``), builds pools on the real
 connectors, serves a batch of queries chosen so that every kind of decision shows once, reserves
 capacity and serves on it, then stops everything and checks that no provider still holds an
 allocation. ``demo_table`` prints what happened. Exit status 0 means every check below held.
@@ -16,6 +16,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
+from .cli import warm_local
 from .config import Settings
 from .demo_fleet import Fleet, Leftovers
 from .demo_table import print_report
@@ -68,8 +69,8 @@ BATCH: tuple[DemoItem, ...] = (
     DemoItem(shows="a cost ceiling no paid pool meets → the Ollama node",
              query={"prompt": "Say hello from the desk.", "covenant": "gemma-2b", "max_tokens": 24,
                     "overrides": {"cost": {"max_usd_per_request": 1e-6}}}),
-    DemoItem(shows="no A100 SXM anywhere → degraded to hs-tiny on MLX",
-             query={"prompt": "Classify this ticket: printer on fire.", "covenant": "mistral-7b",
+    DemoItem(shows="no A100 SXM anywhere → degraded to smollm2-135m on MLX",
+             query={"prompt": "What is the capital of France?", "covenant": "mistral-7b",
                     "max_tokens": 24, "overrides": {"resources": {"gpu_models": ["A100 SXM"]}}}),
     DemoItem(shows="a covenant no pool can meet → explicit error",
              query={"prompt": "Run a 70B model for almost nothing.", "model": "qwen-70b",
@@ -85,6 +86,7 @@ class Row(msgspec.Struct, kw_only=True):
 
     shows: str
     outcome: Answer | ErrorReply
+    prompt: str = ""
     contract_net: bool = False  # a call for proposals for this query was seen on hs.cfp.>
 
 
@@ -144,11 +146,12 @@ async def _serve(rt: Runtime, watch: _Watch) -> tuple[list[Row], Reservation]:
             outcome = await rt.ask(query)
         except HomeskilletError as exc:
             outcome = error_reply(exc, query.query_id)
-        rows.append(Row(shows=item.shows, outcome=outcome))
+        rows.append(Row(shows=item.shows, outcome=outcome, prompt=query.prompt or ""))
     # A reservation: hold a hosted.ai vGPU, serve on it, release it and read the provider's bill.
     res = await rt.gateway.reserve(RESERVATION)
     answer = await rt.gateway.infer_on(res.reservation_id, res.tenant, Query(prompt=RESERVED_QUERY))
-    rows.append(Row(shows=f"reservation {res.reservation_id[:8]}: reserve → query → release", outcome=answer))
+    rows.append(Row(shows=f"reservation {res.reservation_id[:8]}: reserve → query → release", outcome=answer,
+                    prompt=RESERVED_QUERY))
     released = await rt.gateway.release(res.reservation_id, res.tenant)
     await watch.collect()
     for row in rows:
@@ -164,6 +167,7 @@ async def run_demo() -> DemoRun:
         rt = Runtime(Settings(pools=pools))
         try:  # stopped even when start fails half-way: its actor threads would keep the process alive
             await rt.start()
+            await warm_local(rt)  # the local model loads (converted on first use) before the batch
             if rt.disabled:
                 raise HomeskilletError("the demo needs every pool; disabled: "
                                        + "; ".join(f"{p}: {why}" for p, why in rt.disabled.items()))

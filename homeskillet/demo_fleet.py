@@ -29,7 +29,7 @@ __all__ = ["Fleet", "Leftovers", "serve_on_loop"]
 
 _SEED = 7
 _TIME_SCALE = 0.05  # modelled latencies run twenty times faster than real time
-_NODE_MODEL = "gemma2:2b"  # what the Ollama node calls gemma-2b (served by the local tiny MLX model)
+_NODE_MODEL = "gemma2:2b"  # what the Ollama node calls gemma-2b (served by the real local model, SmolLM2-135M)
 
 # Vast.ai's market for the demo: a few asks, priced so the covenants choose between them.
 _VAST_OFFERS: list[dict[str, Any]] = [
@@ -161,14 +161,15 @@ class Fleet:
                      start_ms=20, ms_per_token=0.3,
                      options={"base_url": f"{o}/api/v1", "api_key": self.key,
                               "model_map": {"qwen-70b": "qwen/qwen-2.5-72b-instruct"}, "timeout_s": 10}),
-            # The node is this machine's tiny MLX model behind Ollama's API, standing in for a desk GPU box.
+            # The node is this machine's real local model behind Ollama's API, standing in for a desk GPU box.
             PoolSpec(name="ollama/desk", provider="ollama", pool_class="local", models=["gemma-2b"],
                      gpu_model="RTX 3060", vram_mb=12288, tflops=12.7, region="local", start_ms=20,
                      ms_per_token=2.0, capacity=1, queue_limit=8,
                      options={"base_url": n, "name": "desk", "model_map": {"gemma-2b": _NODE_MODEL},
                               "keep_alive": "5m", "timeout_s": 30}),
-            PoolSpec(name="mlx/local", provider="mlx", pool_class="local", models=["hs-tiny"], accelerator="cpu",
-                     tflops=0.5, region="local", start_ms=50, ms_per_token=8.0, capacity=1, queue_limit=32),
+            PoolSpec(name="mlx/local", provider="mlx", pool_class="local", models=["smollm2-135m", "smollm2-135m+*"],
+                     accelerator="cpu", tflops=0.5, region="local", start_ms=400, ms_per_token=60.0,
+                     context_tokens=8192, capacity=1, queue_limit=32),
         ]
 
     def leftovers(self) -> list[Leftovers]:

@@ -25,7 +25,12 @@ covenant's chain, and the results are [bold]fused[/bold] into one answer with an
 
 This demo runs all of it in one process with no network and no keys: an embedded nats-server,
 simulators speaking the real APIs of hosted.ai (vGPU tiers), Vast.ai (GPU market) and OpenRouter
-(hosted models), an Ollama node (`homeskillet node`: Ollama's API over local MLX), and MLX itself."""
+(hosted models), an Ollama node (`homeskillet node`: Ollama's API over the real local model), and the
+local model itself (SmolLM2-135M-Instruct on mlx-lm). The simulators' answers are seeded filler words,
+marked [yellow]simulated[/yellow]; the node's and mlx/local's are the real model's, marked [green]real model[/green]."""
+
+# Providers whose answers come from a real model in this process; every other pool is a simulator.
+REAL = {"mlx": "real model: SmolLM2-135M-Instruct, mlx-lm", "ollama": "real model: SmolLM2-135M via the Ollama API"}
 
 
 def _console() -> Console:
@@ -74,6 +79,26 @@ def _fragments_table(run: DemoRun) -> Table:
     return t
 
 
+def _answers_table(run: DemoRun) -> Table:
+    """Each answer's text, labelled: a real model's words, or a simulator's seeded filler."""
+    t = Table(title="The answers: real where a real model served, simulated elsewhere", title_justify="left")
+    t.add_column("#", no_wrap=True)
+    t.add_column("source", overflow="fold", max_width=28)
+    t.add_column("prompt", overflow="fold", ratio=1)
+    t.add_column("answer", overflow="fold", ratio=2)
+    for i, row in enumerate(run.rows, 1):
+        o = row.outcome
+        if not isinstance(o, Answer):
+            continue
+        providers = {f.pool.split("/", 1)[0] for f in o.fragments}
+        real = [REAL[p] for p in sorted(providers) if p in REAL]
+        label = (f"[green]{escape('; '.join(real))}[/green]" if real and len(real) == len(providers)
+                 else "[yellow]simulated[/yellow] (seeded filler)")
+        text = o.text if len(o.text) <= 240 else o.text[:240] + "…"
+        t.add_row(str(i), label, escape(row.prompt), escape(text), end_section=True)
+    return t
+
+
 def _leftovers_table(run: DemoRun) -> Table:
     t = Table(title="The providers after shutdown (every allocation released)", title_justify="left")
     for col in ("provider", "allocations made", "still live", "billed $", "detail"):
@@ -109,12 +134,8 @@ def print_report(run: DemoRun, problems: list[str]) -> None:
     console.print()
     console.print(_pools_table(run))
     console.print(_fragments_table(run))
+    console.print(_answers_table(run))
     answers = [r.outcome for r in run.rows if isinstance(r.outcome, Answer)]
-    fused = next((a for a in answers if len(a.fragments) > 1), None)
-    if fused is not None:
-        console.print(f"Fused answer of the {len(fused.fragments)}-question query (the simulators answer with "
-                      "seeded filler words):")
-        console.print(escape(fused.text), style="dim")
     res = run.reservation
     console.print(f"\nReservation {res.reservation_id}: {res.pool}, allocation {res.allocation_id}, "
                   f"${res.usd_per_hour:.2f}/h, status {res.status}; its strikes cost $0 each, and hosted.ai billed "

@@ -1,15 +1,21 @@
-"""``homeskillet node``: the Ollama HTTP API (provider-apis.md §5) served by local MLX inference.
+"""``homeskillet node``: the Ollama HTTP API (provider-apis.md §5) served by a real local model.
 
 Any Ollama client can use it: NDJSON streams by default, durations in nanoseconds, ``{"error"}``
-with Ollama's statuses and wording (in-band once a stream has started). Inference runs in a worker
-thread, so the loop never blocks; the default generator is the seeded ``TinyModel``, built on
-first use, and every advertised name is served by the one generator.
+with Ollama's statuses and wording (in-band once a stream has started). The default generator is
+the local mlx-lm model (``homeskillet.localmodel``: SmolLM2-135M-Instruct unless ``model_path``
+names another), loaded when the node starts; every advertised chat name is served by it, and a
+name ``<base>+<adapter>`` by one of its LoRA adapters. ``/api/embed`` (and the older
+``/api/embeddings``) serve all-MiniLM-L6-v2 as ``all-minilm`` (``homeskillet.embeddings``).
 
-Prompts: ``/api/generate`` uses the prompt verbatim (a ``system``, unless ``raw``, becomes a first
-line ``system: …``); ``/api/chat`` renders messages with ``CHAT_TEMPLATE`` (``render_chat``).
-``/api/ps`` is Ollama's bookkeeping: a name loads on first use and stays ``keep_alive`` after its
-last request (5m; negative = forever; 0 = unload). Pending = admitted and not finished; more than
-``max_queue`` pending gets a 503.
+Prompts: ``/api/chat`` messages and ``/api/generate`` prompts (with ``system``) go through the
+model's chat template, as Ollama does; ``raw`` sends the prompt verbatim. Tokens stream as the
+generation thread decodes them. ``/api/ps`` is Ollama's bookkeeping: a name loads on first use and
+stays ``keep_alive`` after its last request (5m; negative = forever; 0 = unload). Pending = admitted
+and not finished; more than ``max_queue`` pending gets a 503.
+
+A generator is anything with ``name`` and ``arun(GenRequest) -> Run``, like ``LocalModel``; a
+simpler one with ``stream(prompt, max_tokens, temperature)`` and ``count_tokens`` (tests' stand-ins)
+is run in a worker thread, its messages rendered with ``CHAT_TEMPLATE``.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 from starlette.applications import Starlette
@@ -34,19 +40,31 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from homeskillet import __version__
-from homeskillet.providers.mlx_model import TinyConfig, get_model
+from homeskillet.localmodel import Generation, GenRequest, Run, get_local_model, split_model
 
-__all__ = ["CHAT_TEMPLATE", "Generator", "create_node_app", "parse_keep_alive", "render_chat", "serve_node"]
+__all__ = ["CHAT_TEMPLATE", "EMBED_MODEL", "Generator", "SimpleGenerator", "create_node_app", "parse_keep_alive",
+           "render_chat", "serve_node"]
 
 CHAT_TEMPLATE = "{{ range .Messages }}{{ .Role }}: {{ .Content }}\n{{ end }}assistant: "
+EMBED_MODEL = "all-minilm:latest"  # Ollama's name for all-MiniLM-L6-v2
 _TEMPERATURE = 0.8  # Ollama's default
 _BUSY = "server busy, please try again. maximum pending requests exceeded"
 _DURATION = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+@runtime_checkable
 class Generator(Protocol):
-    """What the node needs from a model: a name, a token count and a stream of text pieces."""
+    """What the node needs from a model: a name and runs that stream text, then report counts."""
+
+    @property
+    def name(self) -> str: ...
+
+    def arun(self, req: GenRequest) -> Run: ...
+
+
+class SimpleGenerator(Protocol):
+    """A plain text generator (a test's stand-in): the node renders chats with ``CHAT_TEMPLATE``."""
 
     @property
     def name(self) -> str: ...
@@ -54,6 +72,51 @@ class Generator(Protocol):
     def stream(self, prompt: str, max_tokens: int, temperature: float) -> Iterator[str]: ...
 
     def count_tokens(self, text: str) -> int: ...
+
+
+class _Threaded:
+    """A ``SimpleGenerator`` as a ``Generator``: its stream drained in a worker thread per run."""
+
+    def __init__(self, gen: SimpleGenerator) -> None:
+        self.gen = gen
+
+    @property
+    def name(self) -> str:
+        return self.gen.name
+
+    def __getattr__(self, attr: str) -> Any:  # facts the cards report (size_bytes, …), if it has them
+        return getattr(self.gen, attr)
+
+    def arun(self, req: GenRequest) -> Run:
+        run = Run(asynchronous=True)
+        prompt = req.prompt if req.messages is None else render_chat(req.messages)
+
+        def work() -> None:
+            pieces = self.gen.stream(prompt, req.max_tokens, req.temperature)
+            n, text, start = 0, [], time.perf_counter()
+            try:
+                prompt_tokens, first = self.gen.count_tokens(prompt), start
+                for piece in pieces:
+                    if run.cancelled.is_set():
+                        break
+                    if n == 0:
+                        first = time.perf_counter()
+                    n += 1
+                    text.append(piece)
+                    run.emit("piece", piece)
+                now = time.perf_counter()
+                run.emit("done", Generation(
+                    text="".join(text), prompt_tokens=prompt_tokens, completion_tokens=n,
+                    finish_reason="length" if n >= req.max_tokens else "stop", load_ms=0.0,
+                    prompt_eval_ms=(first - start) * 1000, eval_ms=(now - first) * 1000))
+            except Exception as exc:
+                run.emit("error", exc)
+            finally:
+                if close := getattr(pieces, "close", None):
+                    close()
+
+        threading.Thread(target=work, name=f"node-{self.name}", daemon=True).start()
+        return run
 
 
 class _Message(msgspec.Struct):
@@ -73,6 +136,7 @@ class _Request(msgspec.Struct):
     options: dict[str, Any] | None = None
     stream: bool = True
     keep_alive: float | str | None = None
+    input: str | list[str] | None = None  # /api/embed
 
 
 class _Run(msgspec.Struct, kw_only=True):
@@ -126,41 +190,6 @@ def _canonical(name: str) -> str:
     return name if ":" in name else f"{name}:latest"
 
 
-async def _pieces(gen: Generator, prompt: str, max_tokens: int, temperature: float) -> AsyncGenerator[str]:
-    """Drain ``gen.stream`` in one worker thread, handing each piece to the loop as it comes."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str | Exception | None] = asyncio.Queue()
-    stop = threading.Event()  # the consumer left: the worker stops at the next piece
-
-    def put(item: str | Exception | None) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
-    def work() -> None:
-        pieces = gen.stream(prompt, max_tokens, temperature)
-        try:
-            for piece in pieces:
-                if stop.is_set():
-                    break
-                put(piece)
-        except Exception as exc:
-            put(exc)
-        finally:
-            if close := getattr(pieces, "close", None):
-                close()
-            put(None)
-
-    worker = asyncio.ensure_future(asyncio.to_thread(work))
-    try:
-        while (item := await queue.get()) is not None:
-            if isinstance(item, Exception):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        await worker  # the model is free before the next request takes the slot
-
-
 class _NDJSON(StreamingResponse):
     """An NDJSON stream that runs ``release`` however it ends, even if it never started."""
 
@@ -178,60 +207,80 @@ class _NDJSON(StreamingResponse):
 
 
 class _Node:
-    def __init__(self, gen: Generator | None, models: list[str] | None, max_queue: int, parallel: int,
-                 num_predict: int) -> None:
-        self._gen = gen  # None: build the default TinyModel on first use
-        self._names = dict.fromkeys(_canonical(m) for m in models or [gen.name if gen else TinyConfig().name])
+    def __init__(self, gen: Generator | SimpleGenerator | None, models: list[str] | None, max_queue: int,
+                 parallel: int, num_predict: int, model_path: str, embed: bool) -> None:
+        if gen is None:
+            gen = get_local_model(model_path)
+            gen.start()  # load now: the first request should not wait for it
+        self._gen: Generator = gen if isinstance(gen, Generator) else _Threaded(gen)
+        self._names = dict.fromkeys(_canonical(m) for m in models or [self._gen.name])
+        self._embed_name = EMBED_MODEL if embed else ""
+        self._embedder: Any = None
+        self._embed_lock = threading.Lock()
         self._expires: dict[str, float] = {}  # loaded name -> unix time it unloads
         self._pending, self._max_queue, self._num_predict = 0, max_queue, num_predict
         self._slots = asyncio.Semaphore(parallel)  # Ollama's OLLAMA_NUM_PARALLEL
-        self._build_lock = asyncio.Lock()
         self._modified = time.time()
 
-    async def generator(self) -> Generator:
-        async with self._build_lock:
-            if self._gen is None:
-                self._gen = await asyncio.to_thread(get_model)
-        return self._gen
+    def _fact(self, attr: str, default: Any = 0) -> Any:
+        return getattr(self._gen, attr, default) if getattr(self._gen, "loaded", True) else default
 
-    async def _card(self, name: str) -> dict[str, Any]:
-        gen = await self.generator()
-        size, params = getattr(gen, "size_bytes", 0), getattr(gen, "parameter_count", 0)
-        details = {"parent_model": "", "format": "mlx", "family": "homeskillet", "families": ["homeskillet"],
-                   "parameter_size": f"{params / 1e6:.2f}M", "quantization_level": "F32"}
-        digest = hashlib.sha256(f"{name}\0{gen.name}\0{size}".encode()).hexdigest()
+    async def _loaded(self) -> None:
+        """Wait (off the loop) until the generator has loaded; raise its load error."""
+        if (wait := getattr(self._gen, "wait_loaded", None)) is not None:
+            await asyncio.to_thread(wait)
+
+    def _card(self, name: str) -> dict[str, Any]:
+        if name == self._embed_name:
+            size, params, family, quant = 90_868_376, 22_713_216, "bert", "F32"
+        else:
+            size, params = self._fact("size_bytes"), self._fact("parameter_count")
+            family, quant = self._fact("family", "llama"), self._fact("quantization", "F32")
+        details = {"parent_model": "", "format": "mlx", "family": family, "families": [family],
+                   "parameter_size": f"{params / 1e6:.2f}M", "quantization_level": quant}
+        digest = hashlib.sha256(f"{name}\0{self._gen.name}\0{size}".encode()).hexdigest()
         return {"name": name, "model": name, "modified_at": _iso(self._modified), "size": size,
                 "digest": digest, "details": details}
 
+    def _all_names(self) -> list[str]:
+        return [*self._names, *([self._embed_name] if self._embed_name else [])]
+
     async def tags(self, request: Request) -> Response:
-        return _json({"models": [await self._card(n) for n in self._names]})
+        await self._loaded()
+        return _json({"models": [self._card(n) for n in self._all_names()]})
 
     async def ps(self, request: Request) -> Response:
         self._expires = {n: t for n, t in self._expires.items() if t > time.time()}
-        gen, loaded = await self.generator(), list(self._expires.items())
-        extra = {
-            "size_vram": getattr(gen, "size_vram", 0),
-            "context_length": getattr(gen, "context_length", 0),
-        }
-        return _json({"models": [await self._card(n) | extra | {"expires_at": _iso(t)} for n, t in loaded]})
+        extra = {"size_vram": self._fact("size_vram"), "context_length": self._fact("context_length")}
+        return _json({"models": [self._card(n) | extra | {"expires_at": _iso(t)} for n, t in self._expires.items()]})
 
     async def show(self, request: Request) -> Response:
-        req = await self._decode(request)
+        req = await self._decode(request, embed=True)
         if isinstance(req, Response):
             return req
-        card, gen = await self._card(_canonical(req.model)), await self.generator()
+        name = _canonical(req.model)
+        if name == self._embed_name:
+            card = self._card(name)
+            return _json({"modelfile": f"FROM {req.model}\n", "parameters": "", "template": "",
+                          "details": card["details"], "capabilities": ["embedding"],
+                          "model_info": {"general.architecture": "bert", "bert.embedding_length": 384},
+                          "modified_at": card["modified_at"]})
+        await self._loaded()
+        card = self._card(name)
+        template = self._fact("chat_template", "") or CHAT_TEMPLATE
         params = f"num_predict {self._num_predict}\ntemperature {_TEMPERATURE}"
+        arch = card["details"]["family"]
         info = {
-            "general.architecture": "homeskillet",
-            "general.parameter_count": getattr(gen, "parameter_count", 0),
-            "homeskillet.context_length": getattr(gen, "context_length", 0),
+            "general.architecture": arch,
+            "general.parameter_count": self._fact("parameter_count"),
+            f"{arch}.context_length": self._fact("context_length"),
         }
-        modelfile = f'FROM {req.model}\nTEMPLATE """{CHAT_TEMPLATE}"""\n'
+        modelfile = f'FROM {req.model}\nTEMPLATE """{template}"""\n'
         return _json({"modelfile": modelfile + "".join(f"PARAMETER {p}\n" for p in params.splitlines()),
-                      "parameters": params, "template": CHAT_TEMPLATE, "details": card["details"],
+                      "parameters": params, "template": template, "details": card["details"],
                       "model_info": info, "capabilities": ["completion"], "modified_at": card["modified_at"]})
 
-    async def _decode(self, request: Request) -> _Request | Response:
+    async def _decode(self, request: Request, *, embed: bool = False) -> _Request | Response:
         try:
             req = msgspec.json.decode(await request.body(), type=_Request)
         except msgspec.DecodeError as exc:
@@ -239,9 +288,41 @@ class _Node:
         req.model = req.model or req.name
         if not req.model:
             return _error("model is required", 400)
-        if _canonical(req.model) not in self._names:
+        name = _canonical(req.model)
+        base, adapter = split_model(name.removesuffix(":latest"))
+        known = name in self._names or (adapter and _canonical(base) in self._names)
+        if not known and not (embed and name == self._embed_name):
             return _error(f'model "{req.model}" not found, try pulling it first', 404)
         return req
+
+    async def embed(self, request: Request, legacy: bool = False) -> Response:
+        """/api/embed (``input``: a string or a list) and the older /api/embeddings (``prompt``)."""
+        started = time.perf_counter_ns()
+        req = await self._decode(request, embed=True)
+        if isinstance(req, Response):
+            return req
+        if _canonical(req.model) != self._embed_name:
+            return _error("this model does not support embeddings", 400)
+        texts = [req.prompt] if legacy else [req.input] if isinstance(req.input, str) else list(req.input or [])
+        load_start = time.perf_counter_ns()
+        try:
+            vectors = await asyncio.to_thread(self._embed, texts)
+        except Exception as exc:
+            return _error(str(exc), 500)
+        if legacy:
+            return _json({"embedding": vectors[0] if vectors else []})
+        return _json({"model": req.model, "embeddings": vectors,
+                      "total_duration": time.perf_counter_ns() - started,
+                      "load_duration": time.perf_counter_ns() - load_start if self._embedder is None else 0,
+                      "prompt_eval_count": sum(len(t.split()) for t in texts)})
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        with self._embed_lock:  # one forward pass at a time; the weights load on first use
+            if self._embedder is None:
+                from .embeddings import MiniLMEmbedder
+
+                self._embedder = MiniLMEmbedder()
+            return self._embedder(texts).tolist() if texts else []
 
     async def complete(self, request: Request, chat: bool) -> Response:
         """/api/generate and /api/chat: admit, infer off-loop, answer as NDJSON or one object."""
@@ -257,10 +338,18 @@ class _Node:
         except (TypeError, ValueError) as exc:
             return _error(str(exc), 400)
         max_tokens = max_tokens if max_tokens >= 0 else 1 << 20  # -1: until the context is full
+        adapter = split_model(name.removesuffix(":latest"))[1]
         if chat:
-            prompt = render_chat([(m.role, m.content or "") for m in req.messages]) if req.messages else ""
+            messages = [(m.role, m.content or "") for m in req.messages or []]
+            gen_req = GenRequest(messages=messages, max_tokens=max_tokens, temperature=temperature, adapter=adapter)
+            empty = not messages
+        elif req.raw:
+            gen_req = GenRequest(prompt=req.prompt, max_tokens=max_tokens, temperature=temperature, adapter=adapter)
+            empty = not req.prompt
         else:
-            prompt = req.prompt if req.raw or not req.system else f"system: {req.system}\n{req.prompt}"
+            messages = [*([("system", req.system)] if req.system else []), ("user", req.prompt)]
+            gen_req = GenRequest(messages=messages, max_tokens=max_tokens, temperature=temperature, adapter=adapter)
+            empty = not req.prompt
 
         def chunk(piece: str, **extra: Any) -> bytes:
             body = {"message": {"role": "assistant", "content": piece}} if chat else {"response": piece}
@@ -270,7 +359,7 @@ class _Node:
             run.total_duration = time.perf_counter_ns() - started
             return chunk(text, **msgspec.structs.asdict(run))
 
-        if not prompt:  # Ollama: an empty prompt only loads (or, with keep_alive 0, unloads) the model
+        if empty:  # Ollama: an empty prompt only loads (or, with keep_alive 0, unloads) the model
             await self._load(name)
             self._keep(name, keep_alive)
             body = chunk("", done=True, done_reason="unload" if keep_alive == 0 else "load")
@@ -283,7 +372,7 @@ class _Node:
             self._pending -= 1
             self._keep(name, keep_alive)
 
-        pieces = self._infer(run, name, prompt, max_tokens, temperature)
+        pieces = self._infer(run, name, gen_req)
         if req.stream:
             async def lines() -> AsyncGenerator[bytes]:
                 async with contextlib.aclosing(pieces):
@@ -299,32 +388,28 @@ class _Node:
             async with contextlib.aclosing(pieces):
                 text = "".join([piece async for piece in pieces])
         except Exception as exc:
-            return _error(str(exc), 500)
+            return _error(str(exc), getattr(exc, "status", 500))
         finally:
             release()
         return Response(final(text), media_type="application/json")
 
-    async def _infer(self, run: _Run, name: str, prompt: str, max_tokens: int, temp: float,
-                     ) -> AsyncGenerator[str]:
+    async def _infer(self, run: _Run, name: str, req: GenRequest) -> AsyncGenerator[str]:
         async with self._slots:
             run.load_duration = await self._load(name)
-            gen = await self.generator()
-            run.prompt_eval_count = gen.count_tokens(prompt)
-            start = first = time.perf_counter_ns()
-            async with contextlib.aclosing(_pieces(gen, prompt, max_tokens, temp)) as stream:
-                async for piece in stream:
-                    if run.eval_count == 0:
-                        first = time.perf_counter_ns()
-                        run.prompt_eval_duration = first - start
-                    run.eval_count += 1
-                    yield piece
-            run.eval_duration = time.perf_counter_ns() - first
-            run.done_reason = "length" if run.eval_count >= max_tokens else "stop"
+            gen_run = self._gen.arun(req)
+            async for piece in gen_run:
+                yield piece
+            result = gen_run.result
+            assert result is not None
+            run.prompt_eval_count, run.eval_count = result.prompt_tokens, result.completion_tokens
+            run.prompt_eval_duration = int(result.prompt_eval_ms * 1e6)
+            run.eval_duration = int(result.eval_ms * 1e6)
+            run.done_reason = result.finish_reason
 
     async def _load(self, name: str) -> int:
         """Mark ``name`` loaded, never expiring while busy; the nanoseconds that took."""
         start = time.perf_counter_ns()
-        await self.generator()
+        await self._loaded()
         self._expires[name] = math.inf
         return time.perf_counter_ns() - start
 
@@ -336,11 +421,14 @@ class _Node:
 
 
 def create_node_app(
-    generator: Generator | None = None, models: list[str] | None = None, *, max_queue: int = 512,
-    num_parallel: int = 1, num_predict: int = 64,
+    generator: Generator | SimpleGenerator | None = None, models: list[str] | None = None, *, max_queue: int = 512,
+    num_parallel: int = 1, num_predict: int = 64, model_path: str = "", embed: bool | None = None,
 ) -> Starlette:
-    """An ASGI app speaking Ollama's API, backed by ``generator`` (default: the local TinyModel)."""
-    node = _Node(generator, models, max_queue, num_parallel, num_predict)
+    """An ASGI app speaking Ollama's API, backed by ``generator`` (default: the local mlx-lm model,
+    ``model_path`` or SmolLM2-135M-Instruct) and, with ``embed`` (default: with the default
+    generator only), MiniLM embeddings as ``all-minilm``."""
+    embed = generator is None if embed is None else embed
+    node = _Node(generator, models, max_queue, num_parallel, num_predict, model_path, embed)
 
     async def root(request: Request) -> Response:
         return PlainTextResponse("Ollama is running")
@@ -352,6 +440,8 @@ def create_node_app(
         Route("/", root, methods=["GET", "HEAD"]),
         Route("/api/generate", functools.partial(node.complete, chat=False), methods=["POST"]),
         Route("/api/chat", functools.partial(node.complete, chat=True), methods=["POST"]),
+        Route("/api/embed", node.embed, methods=["POST"]),
+        Route("/api/embeddings", functools.partial(node.embed, legacy=True), methods=["POST"]),
         Route("/api/show", node.show, methods=["POST"]),
         Route("/api/tags", node.tags, methods=["GET", "HEAD"]),
         Route("/api/ps", node.ps, methods=["GET"]),
@@ -360,11 +450,11 @@ def create_node_app(
 
 
 def serve_node(
-    host: str = "127.0.0.1", port: int = 11434, *, generator: Generator | None = None,
-    models: list[str] | None = None, max_queue: int = 512, log_level: str = "info",
+    host: str = "127.0.0.1", port: int = 11434, *, generator: Generator | SimpleGenerator | None = None,
+    models: list[str] | None = None, max_queue: int = 512, log_level: str = "info", model_path: str = "",
 ) -> None:
     """Serve the node with uvicorn until interrupted (``homeskillet node``)."""
     import uvicorn
 
-    app = create_node_app(generator, models, max_queue=max_queue)
+    app = create_node_app(generator, models, max_queue=max_queue, model_path=model_path)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -34,6 +34,7 @@ from .covenant import PROVIDERS
 from .errors import BadRequest, BudgetExceeded, HomeskilletError, NoPoolError, NotFound, Unmet
 from .ids import new_id
 from .providers.base import _REGISTRY
+from .scoring import model_served
 from .subjects import Subjects
 from .telemetry import POOL_LOSS_USD, get_logger, labelled
 from .wire import (
@@ -109,7 +110,7 @@ def _why_not(req: ReserveRequest, o: Offer) -> str | None:
         return f"has {o.gpu_model or 'no GPU model'}, not {req.gpu_model}"
     if req.pool_id and o.pool.split("/", 1)[-1] != req.pool_id and o.pool != req.pool_id:
         return f"is not pool {req.pool_id!r}"
-    if req.model and "*" not in o.models and req.model not in o.models:
+    if req.model and not model_served(o.models, req.model):
         return f"does not serve {req.model!r}"
     if o.pool_class != "local" and o.vram_mb < req.min_vram_mb:
         return f"offers {o.vram_mb} MB VRAM, needs {req.min_vram_mb} MB"

@@ -16,14 +16,13 @@ from .wire import Bid, Covenant, Offer, Refusal
 __all__ = ["Prices", "Ranked", "hold_usd", "make_bid", "model_served", "predicted_ms", "price_usd", "rank", "serves"]
 
 
+def model_served(models: Sequence[str], model: str) -> bool:
+    """``"*"`` serves any model; ``"base+*"`` any LoRA adapter over ``base``; else an exact name."""
+    return any(m == "*" or m == model or (m.endswith("+*") and model.startswith(m[:-1])) for m in models)
+
+
 def serves(offer: Offer, model: str) -> bool:
     return model_served(offer.models, model)
-
-
-def model_served(models: list[str], model: str) -> bool:
-    """``<base>+<adapter>`` (a LoRA student) is served by a pool serving the base; the pool's engine
-    refuses an adapter it does not hold when struck."""
-    return "*" in models or model in models or ("+" in model and model.partition("+")[0] in models)
 
 
 def predicted_ms(offer: Offer, max_tokens: int) -> tuple[float, float]:

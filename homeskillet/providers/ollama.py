@@ -117,8 +117,8 @@ class OllamaConnector(Connector):
         return self.model_map.get(model, model)
 
     def warm_names(self) -> list[str]:
-        """Warm models as the node names them and as pools and strikes do ("hs-tiny:latest" is
-        also "hs-tiny"; a ``model_map`` target is also its key), so a bid's model matches either."""
+        """Warm models as the node names them and as pools and strikes do ("smollm2-135m:latest" is
+        also "smollm2-135m"; a ``model_map`` target is also its key), so a bid's model matches either."""
         ours = {canonical(node): mine for mine, node in self.model_map.items()}
         return sorted({*self.warm, *(ours.get(n, n.removesuffix(":latest")) for n in self.warm)})
 

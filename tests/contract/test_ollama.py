@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import httpx
 import msgspec
 import pytest
+from toy_model import get_model
 
 from homeskillet.errors import BadRequest, HomeskilletError, NoCapacity, ProviderError, RateLimited
 from homeskillet.node import create_node_app, render_chat
 from homeskillet.providers.base import Allocation, AllocationRequest, InferRequest
-from homeskillet.providers.mlx_model import get_model
 from homeskillet.providers.ollama import NodeLoad, OllamaConnector
 from homeskillet.providers.ollama_api import canonical, decode_chunk, decode_models, error_message, raise_for_ollama
 from homeskillet.testing import serve_asgi
@@ -29,7 +29,7 @@ def req(prompt: str, **kw: object) -> InferRequest:
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    with serve_asgi(create_node_app(models=[MODEL, "other:7b"]), "/api/version") as base:
+    with serve_asgi(create_node_app(get_model(), models=[MODEL, "other:7b"]), "/api/version") as base:
         yield base
 
 
@@ -40,9 +40,10 @@ async def test_infer_is_greedy_local_inference(url: str) -> None:
     conn = OllamaConnector(base_url=url)
     try:
         res = await conn.infer(req("Hello"))
-        want = get_model().generate("Hello", max_tokens=12)
+        prompt = render_chat([("user", "Hello")])  # the node renders a prompt as a one-message chat
+        want = get_model().generate(prompt, max_tokens=12)
         assert res.text == want.text
-        assert res.prompt_tokens == get_model().count_tokens("Hello") and res.completion_tokens == 12
+        assert res.prompt_tokens == get_model().count_tokens(prompt) and res.completion_tokens == 12
         assert res.model == MODEL and res.billed_usd is None
     finally:
         await conn.close()
@@ -78,7 +79,7 @@ async def test_stream_and_plain_agree(url: str) -> None:
 
 
 async def test_health_quote_and_warm_models() -> None:
-    with serve_asgi(create_node_app(models=[MODEL, "other:7b"]), "/api/version") as base:
+    with serve_asgi(create_node_app(get_model(), models=[MODEL, "other:7b"]), "/api/version") as base:
         conn = OllamaConnector(base_url=base, region="lab", gpu_model="M2", parallel=2)
         try:
             cold = await conn.health()
@@ -97,7 +98,7 @@ async def test_health_quote_and_warm_models() -> None:
 
 
 async def test_keep_alive_zero_unloads() -> None:
-    with serve_asgi(create_node_app(models=[MODEL]), "/api/version") as base:
+    with serve_asgi(create_node_app(get_model(), models=[MODEL]), "/api/version") as base:
         conn = OllamaConnector(base_url=base, keep_alive=0)
         try:
             await conn.infer(req("and gone"))
@@ -111,7 +112,8 @@ async def test_model_map_names_the_node_model(url: str) -> None:
     try:
         assert conn.resolve("tiny-7b") == "other:7b" and conn.resolve("hs-tiny") == "hs-tiny:latest"
         done = await conn.generate("tiny-7b", "x", options={"num_predict": 2, "temperature": 0})
-        assert done.model == "other:7b" and done.text == get_model().generate("x", max_tokens=2).text
+        want = get_model().generate(render_chat([("user", "x")]), max_tokens=2).text
+        assert done.model == "other:7b" and done.text == want
     finally:
         await conn.close()
 
@@ -128,7 +130,7 @@ async def test_unknown_model_is_a_404_naming_it(url: str) -> None:
 
 
 async def test_full_queue_is_503_and_retryable() -> None:
-    with serve_asgi(create_node_app(models=[MODEL], max_queue=0), "/api/version") as base:
+    with serve_asgi(create_node_app(get_model(), models=[MODEL], max_queue=0), "/api/version") as base:
         conn = OllamaConnector(base_url=base)
         try:
             for call in (conn.infer(req("x")), _drain(conn, req("x"))):

@@ -99,7 +99,7 @@ def vast_pool(url: str, *, name: str = "vastai/rtx4090", gpu: str = "RTX 4090", 
 
 def local_pool() -> PoolSpec:
     """The local step: a CPU pool that serves only the degraded model, at no cost."""
-    return echo_pool("echo/local", "local", models=["hs-tiny"], accelerator="cpu", vram_mb=0, tflops=0.5,
+    return echo_pool("echo/local", "local", models=["smollm2-135m"], accelerator="cpu", vram_mb=0, tflops=0.5,
                      usd_per_mtok_in=0.0, usd_per_mtok_out=0.0, start_ms=5.0)
 
 

@@ -26,7 +26,10 @@ def test_demo_prints_its_table_and_exits_0():
         assert re.search(row, out, re.M), f"no fragment row served by {provider}"
     assert "failover: hostedai/preemptible-us-east was evicted mid-inference (billed $0.0000" in out
     assert "re-struck on vastai/rtx4090-spot" in out
-    assert "degraded: covenant mistral-7b served by mlx/local with hs-tiny" in out
+    assert "degraded: covenant mistral-7b served by mlx/local with smollm2-135m" in out
+    # The answers table: the local model's real words, the simulators' marked as simulated.
+    assert re.search(r"│ real model:.*│ What is the capital of France\? +│ The capital of France is Paris", out)
+    assert "│ simulated (seeded filler)" in out and "real model: SmolLM2-135M via" in out
     assert out.count("degraded: covenant") == 1  # OpenRouter's own id for qwen-70b is not a degradation
     assert "explicit error: no_pool, unmet cost.max_usd_per_request" in out
     assert "won a Contract Net round" in out and "reserve → query → release" in out
@@ -35,8 +38,16 @@ def test_demo_prints_its_table_and_exits_0():
     assert wall < 60, f"the demo took {wall:.1f} s"
 
 
+def test_ask_answers_with_the_real_local_model(local_model):
+    r = run("ask", "What is the capital of France?", "--max-tokens", "16")
+    assert r.returncode == 0, r.stderr
+    answer, *rest = r.stdout.splitlines()
+    assert "Paris" in answer and answer.rstrip().endswith(".")  # a sentence naming Paris, greedy
+    assert "pool mlx/local" in rest[0]
+
+
 def test_ask_prints_the_answer_and_what_served_it():
-    r = run("ask", "What is a strike? Who pays?", "--covenant", "gemma-2b")
+    r = run("ask", "What is a strike? Who pays?", "--covenant", "gemma-2b", "--echo-pools")
     assert r.returncode == 0, r.stderr
     assert "1. What is a strike?" in r.stdout
     assert r.stdout.count("-- covenant gemma-2b") == 2 and "pool echo/standard-us-east" in r.stdout

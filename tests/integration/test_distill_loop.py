@@ -49,8 +49,8 @@ def covenants(tmp: Path, mode: str = "async") -> str:
 
 def pools(student_quality: float = 1.0) -> list[Any]:
     return [echo_pool("echo/teacher", "premium", models=["teacher-xl"], options={"logprobs": True}),
-            echo_pool("echo/student", "local", models=["smollm2-135m"], usd_per_mtok_in=0.0, usd_per_mtok_out=0.0,
-                      options={"quality": student_quality, "seed": 3})]
+            echo_pool("echo/student", "local", models=["smollm2-135m", "smollm2-135m+*"], usd_per_mtok_in=0.0,
+                      usd_per_mtok_out=0.0, options={"quality": student_quality, "seed": 3})]
 
 
 async def until(cond: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:

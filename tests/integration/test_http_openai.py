@@ -75,7 +75,7 @@ async def test_streaming_chunks_end_with_done(rt: Runtime) -> None:
 async def test_models_lists_covenants_and_models(rt: Runtime) -> None:
     async with client(rt) as c:
         ids = {m.id for m in (await c.models.list()).data}
-    assert {"default", "gemma-2b", "qwen-70b", "hs-tiny"} <= ids
+    assert {"default", "gemma-2b", "qwen-70b", "smollm2-135m"} <= ids
 
 
 async def test_errors_are_mapped(rt: Runtime) -> None:

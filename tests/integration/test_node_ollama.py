@@ -1,4 +1,7 @@
-"""``homeskillet node`` on a real port, driven by the official ``ollama`` client."""
+"""``homeskillet node`` on a real port, driven by the official ``ollama`` client.
+
+The first tests run the real model (SmolLM2-135M-Instruct on mlx-lm, a few greedy tokens each);
+the protocol's corners (errors, queueing, keep-alive, disconnects) run on the toy test model."""
 
 from __future__ import annotations
 
@@ -11,23 +14,34 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import numpy as np
 import ollama
 import pytest
 import uvicorn
 from starlette.applications import Starlette
+from toy_model import get_model
 
 from homeskillet import node
-from homeskillet.node import CHAT_TEMPLATE, Generator, create_node_app, parse_keep_alive, render_chat
-from homeskillet.providers.mlx_model import get_model
+from homeskillet.embeddings import MiniLMEmbedder
+from homeskillet.localmodel import GenRequest, LocalModel
+from homeskillet.node import CHAT_TEMPLATE, SimpleGenerator, create_node_app, parse_keep_alive, render_chat
 from homeskillet.testing import serve_asgi
 
 NASTY = "$(rm -rf /); `id` | && ; 'quotes' \"dq\" \\n %s {{ .Prompt }} \x00 ünï"
 GREEDY = {"num_predict": 12, "temperature": 0}
+SHORT = {"num_predict": 8, "temperature": 0}
+FRANCE = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def real_url(local_model: LocalModel) -> Iterator[str]:
+    with serve_asgi(create_node_app(models=["smollm2-135m", "alias:7b"]), "/api/version") as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    with serve_asgi(create_node_app(models=["hs-tiny", "tiny-alias:7b"]), "/api/version") as base:
+    with serve_asgi(create_node_app(get_model(), models=["hs-tiny", "tiny-alias:7b"]), "/api/version") as base:
         yield base
 
 
@@ -36,14 +50,73 @@ def client(url: str) -> ollama.Client:
     return ollama.Client(host=url)
 
 
-def test_generate_matches_local_inference(client: ollama.Client) -> None:
-    resp = client.generate(model="hs-tiny", prompt="Hello", options=GREEDY)
-    assert resp.done and resp.done_reason == "length"
-    assert resp.response == get_model().generate("Hello", max_tokens=12).text
-    assert resp.eval_count == 12 and resp.prompt_eval_count == len("Hello") + 1
+# -- the real model ---------------------------------------------------------------------------------
+
+
+def test_real_generate_and_stream(real_url: str, local_model: LocalModel) -> None:
+    client = ollama.Client(host=real_url)
+    resp = client.generate(model="smollm2-135m", prompt=FRANCE, options=SHORT)
+    direct = local_model.generate(GenRequest(messages=[("user", FRANCE)], max_tokens=8))
+    assert "Paris" in resp.response and resp.response == direct.text and resp.done
+    assert (resp.eval_count, resp.prompt_eval_count) == (direct.completion_tokens, direct.prompt_tokens)
+    assert resp.done_reason == direct.finish_reason
     durations = [resp.load_duration, resp.prompt_eval_duration, resp.eval_duration]
     assert all(isinstance(d, int) and d >= 0 for d in durations)
     assert resp.total_duration is not None and resp.total_duration >= sum(d or 0 for d in durations)
+    *body, last = list(client.generate(model="smollm2-135m", prompt=FRANCE, options=SHORT, stream=True))
+    assert len(body) >= 3 and all(not c.done for c in body)  # one line per decoded piece, not one blob
+    assert "".join(c.response or "" for c in body) == resp.response and last.done
+
+
+def test_real_chat_with_an_alias(real_url: str, local_model: LocalModel) -> None:
+    client = ollama.Client(host=real_url)
+    messages = [{"role": "system", "content": "Answer in one short sentence."}, {"role": "user", "content": FRANCE}]
+    resp = client.chat(model="alias:7b", messages=messages, options=SHORT)
+    direct = local_model.generate(GenRequest(messages=[(m["role"], m["content"]) for m in messages], max_tokens=8))
+    assert resp.message.role == "assistant" and resp.message.content == direct.text and resp.model == "alias:7b"
+    chunks = list(client.chat(model="smollm2-135m", messages=messages, options=SHORT, stream=True))
+    assert "".join(c.message.content or "" for c in chunks) == direct.text and chunks[-1].done
+
+
+def test_real_tags_show_ps(real_url: str, local_model: LocalModel) -> None:
+    client = ollama.Client(host=real_url)
+    listed = {m.model: m for m in client.list().models}
+    assert list(listed) == ["smollm2-135m:latest", "alias:7b", "all-minilm:latest"]
+    card = listed["smollm2-135m:latest"]
+    assert card.size == local_model.size_bytes and card.details and card.details.family == "llama"
+    assert card.details.parameter_size == f"{local_model.parameter_count / 1e6:.2f}M"
+    shown = client.show("smollm2-135m")
+    assert shown.template == local_model.chat_template and "<|im_start|>" in (shown.template or "")
+    assert shown.modelinfo and shown.modelinfo["general.parameter_count"] == local_model.parameter_count
+    assert client.show("all-minilm").capabilities == ["embedding"]
+    client.generate(model="alias:7b", prompt="", keep_alive="1m")  # an empty prompt loads it
+    warm = {m.model: m for m in client.ps().models}["alias:7b"]
+    assert warm.size == local_model.size_bytes and warm.size_vram == 0  # CPU: nothing in accelerator memory
+
+
+def test_embed_is_minilm(real_url: str) -> None:
+    client = ollama.Client(host=real_url)
+    texts = ["The capital of France is Paris.", "Paris is France's capital city."]
+    got = client.embed(model="all-minilm", input=texts)
+    vectors = np.array(got.embeddings)
+    assert vectors.shape == (2, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(vectors, MiniLMEmbedder()(texts), atol=1e-5)
+    assert float(vectors[0] @ vectors[1]) > 0.8  # paraphrases
+    assert len(client.embed(model="all-minilm", input="one").embeddings) == 1
+    with pytest.raises(ollama.ResponseError) as err:
+        client.embed(model="smollm2-135m", input="x")
+    assert err.value.status_code == 400 and err.value.error == "this model does not support embeddings"
+
+
+# -- the protocol, on the toy model ----------------------------------------------------------------
+
+
+def test_generate_matches_local_inference(client: ollama.Client) -> None:
+    resp = client.generate(model="hs-tiny", prompt="Hello", options=GREEDY)
+    prompt = render_chat([("user", "Hello")])  # a plain generator gets the chat rendered with CHAT_TEMPLATE
+    assert resp.done and resp.done_reason == "length"
+    assert resp.response == get_model().generate(prompt, max_tokens=12).text
+    assert resp.eval_count == 12 and resp.prompt_eval_count == get_model().count_tokens(prompt)
 
 
 def test_generate_stream(client: ollama.Client) -> None:
@@ -79,7 +152,7 @@ def test_chat(client: ollama.Client) -> None:
 
 def test_list_and_show(client: ollama.Client) -> None:
     names = [m.model for m in client.list().models]
-    assert names == ["hs-tiny:latest", "tiny-alias:7b"]
+    assert names == ["hs-tiny:latest", "tiny-alias:7b"]  # a generator of its own: no embedding model
     model = client.list().models[0]
     assert model.size and model.size > 0 and model.details and model.details.parameter_size
     shown = client.show("hs-tiny")
@@ -121,7 +194,7 @@ def test_unknown_model_is_404(client: ollama.Client, call: str) -> None:
 
 def test_shell_metacharacters_round_trip(client: ollama.Client) -> None:
     resp = client.generate(model="hs-tiny", prompt=NASTY, raw=True, options=GREEDY)
-    assert resp.prompt_eval_count == len(NASTY.encode("utf-8")) + 1
+    assert resp.prompt_eval_count == len(NASTY.encode("utf-8")) + 1  # raw: the prompt verbatim
     chat = client.chat(model="hs-tiny", messages=[{"role": "user", "content": NASTY}], options=GREEDY)
     assert chat.prompt_eval_count == get_model().count_tokens(render_chat([("user", NASTY)]))
     with pytest.raises(ollama.ResponseError) as err:  # echoed verbatim in the 404 message
@@ -157,7 +230,7 @@ async def test_async_client_concurrent_streams(url: str) -> None:
 
     prompts = [f"prompt {i}" for i in range(6)]
     texts = await asyncio.gather(*(run(p) for p in prompts))
-    assert texts == [get_model().generate(p, max_tokens=12).text for p in prompts]
+    assert texts == [get_model().generate(render_chat([("user", p)]), max_tokens=12).text for p in prompts]
 
 
 class Gated:
@@ -241,7 +314,7 @@ def test_client_disconnect_frees_the_queue_place() -> None:
 def test_serve_node_runs_uvicorn(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, object] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
-    tiny: Generator = get_model()  # TinyModel satisfies the node's protocol (checked by mypy)
+    tiny: SimpleGenerator = get_model()  # the toy satisfies the node's plain protocol (checked by mypy)
     node.serve_node("127.0.0.1", 0, generator=tiny, log_level="warning")
     assert isinstance(seen["app"], Starlette)
     assert (seen["host"], seen["port"], seen["log_level"]) == ("127.0.0.1", 0, "warning")

@@ -36,7 +36,8 @@ def chain(*steps: str, primary: str = "standard", ceiling: float | None = None, 
           **more: Any) -> dict[str, Any]:
     """Covenant overrides for gemma-2b: a primary pool class, then ``steps``."""
     over: dict[str, Any] = {"resources": {"pool_class": primary},
-                            "fallback": {"steps": list(steps), "queue_max_wait_ms": wait_ms, "degrade_to": ["hs-tiny"]},
+                            "fallback": {"steps": list(steps), "queue_max_wait_ms": wait_ms,
+                                         "degrade_to": ["smollm2-135m"]},
                             "qos": {"latency_target_ms": 20_000, "hard_deadline_ms": 30_000}, **more}
     if ceiling is not None:
         over["cost"] = {"max_usd_per_request": ceiling}
@@ -135,7 +136,7 @@ async def test_no_remote_capacity_falls_back_to_the_local_pool_with_the_degraded
             answer = await rt.ask(prompt="Anyone at all?", covenant=MODEL,
                                   overrides=chain("marketplace", "local", "fail", ceiling=CEILING))
             [frag] = answer.fragments
-            assert (frag.pool, frag.step, frag.model, frag.degraded) == ("echo/local", "local", "hs-tiny", True)
+            assert (frag.pool, frag.step, frag.model, frag.degraded) == ("echo/local", "local", "smollm2-135m", True)
             assert answer.text == "echo: Anyone at all?"
             tried = " | ".join(frag.tried)
             assert "hostedai/standard-us-east" in tried and "insufficient_capacity" in tried, tried

@@ -19,6 +19,7 @@ from e2e_world import (
     vastai,
     wait_until,
 )
+from toy_model import get_model
 
 from homeskillet.config import PoolSpec
 from homeskillet.node import create_node_app
@@ -113,19 +114,20 @@ async def test_a_pool_holding_the_last_fitting_machine_keeps_quoting(nats_url: s
 
 
 async def test_warm_models_reported_by_an_ollama_node_appear_in_its_offer(nats_url: str) -> None:
-    app = create_node_app(models=["hs-tiny", "hs-tiny-b"])
+    names = ["smollm2-135m", "smollm2-135m-b"]
+    app = create_node_app(get_model(), models=names)  # the toy test model under the real model's names
     with serve_asgi(app, "/api/version") as url:
-        spec = PoolSpec(name="ollama/node1", provider="ollama", pool_class="local", models=["hs-tiny", "hs-tiny-b"],
+        spec = PoolSpec(name="ollama/node1", provider="ollama", pool_class="local", models=names,
                         accelerator="cpu", options={"base_url": url})
         async with start_runtime(nats_url, [spec], **FAST) as rt:
             await wait_until(lambda: "ollama/node1" in book(rt), "the node to quote")
             assert book(rt)["ollama/node1"].warm_models == []
             # Another client loads a model on the node (an empty prompt loads it, as in Ollama).
-            await ollama.AsyncClient(host=url).generate(model="hs-tiny-b", prompt="")
-            await wait_until(lambda: book(rt)["ollama/node1"].warm_models == ["hs-tiny-b", "hs-tiny-b:latest"],
+            await ollama.AsyncClient(host=url).generate(model="smollm2-135m-b", prompt="")
+            await wait_until(lambda: book(rt)["ollama/node1"].warm_models == [names[1], f"{names[1]}:latest"],
                              "the node's warm model in its standing quote", timeout=5)
             # ... and the broker scores it as warm (the bid for the warm model gets the warm bonus).
-            quote = await rt.gateway.quote(Query(prompt="which model is warm?", covenant="hs-tiny",
-                                                 overrides={"resources": {"model": "hs-tiny-b"}}))
+            quote = await rt.gateway.quote(Query(prompt="which model is warm?", covenant="smollm2-135m",
+                                                 overrides={"resources": {"model": "smollm2-135m-b"}}))
             winner = quote.fragments[0].winner
             assert winner is not None and winner.pool == "ollama/node1" and winner.why.endswith(", warm"), winner

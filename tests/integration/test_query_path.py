@@ -104,12 +104,13 @@ async def test_contract_net_round_awards_a_lease_and_strikes_under_it(nats_url):
 
 
 async def test_fallback_steps_and_degradation_to_the_local_model(nats_url):
-    pools = [echo_pool("echo/std", "standard", gpu_model="L4"), echo_pool("echo/local", "local", models=["hs-tiny"])]
+    pools = [echo_pool("echo/std", "standard", gpu_model="L4"),
+             echo_pool("echo/local", "local", models=["smollm2-135m"])]
     async with start_runtime(nats_url, pools) as rt:
         answer = await rt.ask(prompt="classify", covenant="mistral-7b",
                               overrides={"resources": {"gpu_models": ["A100"]}})
         f = answer.fragments[0]
-        assert (f.pool, f.step, f.model, f.degraded) == ("echo/local", "local", "hs-tiny", True)
+        assert (f.pool, f.step, f.model, f.degraded) == ("echo/local", "local", "smollm2-135m", True)
         assert any("resources.gpu_models" in t for t in f.tried)
 
 

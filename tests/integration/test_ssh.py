@@ -20,12 +20,12 @@ from pathlib import Path
 import msgspec
 import pytest
 from sshd import Sshd, running_sshd
+from toy_model import get_model
 
 from homeskillet.config import PoolSpec, load_settings
 from homeskillet.errors import ExtraMissing, HomeskilletError, ProviderAuthError, ProviderError
 from homeskillet.node import create_node_app, render_chat
 from homeskillet.providers.base import AllocationRequest, InferRequest
-from homeskillet.providers.mlx_model import get_model
 from homeskillet.providers.ollama import OllamaConnector
 from homeskillet.providers.ssh import SshConnector
 from homeskillet.providers.sshmesh import host_aliases, require_asyncssh
@@ -33,7 +33,7 @@ from homeskillet.providers.sshtunnel import TunnelTransport
 from homeskillet.testing import serve_asgi, start_runtime
 from homeskillet.wire import Message
 
-MODEL = "hs-tiny"
+MODEL = "smollm2-135m"
 GREEDY = {"num_predict": 12, "temperature": 0}
 EXAMPLE = Path(__file__).parents[2] / "examples" / "pools-ssh.toml"
 # Installing openssh-server on a clean machine can take a while; each test still waits on events.
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.timeout(600)
 
 
 class Recording:
-    """The real local model, remembering every prompt it was given exactly as the node passed it."""
+    """The toy test model (tests/toy_model.py), remembering every prompt exactly as the node passed it."""
 
     def __init__(self) -> None:
         self.prompts: list[str] = []
@@ -148,8 +148,9 @@ async def test_chat_generate_and_stream_through_ssh(sshd: Sshd, ssh_config: Path
     try:
         res = await conn.infer(req("Hello over SSH"))
         assert res.text == (await direct.infer(req("Hello over SSH"))).text
-        assert res.text == get_model().generate("Hello over SSH", max_tokens=12).text
-        assert res.prompt_tokens == get_model().count_tokens("Hello over SSH") and res.completion_tokens == 12
+        hello = render_chat([("user", "Hello over SSH")])  # the node renders a prompt as a one-message chat
+        assert res.text == get_model().generate(hello, max_tokens=12).text
+        assert res.prompt_tokens == get_model().count_tokens(hello) and res.completion_tokens == 12
         context = [Message(role="system", content="answer tersely")]
         chat = await conn.infer(req("and chat?", context=context))
         prompt = render_chat([("system", "answer tersely"), ("user", "and chat?")])
@@ -172,11 +173,11 @@ async def test_health_and_quote_show_warm_models_per_node(sshd: Sshd, ssh_config
             assert all(h.ok and h.warm_models == [] for h in before.values())
             await conn.infer(req("warm it"))
             health = await conn.health()
-            assert health.ok and health.warm_models == ["hs-tiny", "hs-tiny:latest"] and health.active == 0
+            assert health.ok and health.warm_models == ["smollm2-135m", "smollm2-135m:latest"] and health.active == 0
             assert "node-a: 2 models, 1 warm" in health.detail
             offers = await conn.quote(AllocationRequest(model="other:7b"))
             assert [o.offer_id for o in offers] == ["node-a", "node-b"]
-            assert all(o.usd_per_hour == 0 and o.models == ["hs-tiny:latest", "other:7b"] and o.region == "lab"
+            assert all(o.usd_per_hour == 0 and o.models == ["smollm2-135m:latest", "other:7b"] and o.region == "lab"
                        for o in offers)
             assert await conn.quote(AllocationRequest(model="absent")) == []
         finally:
@@ -192,7 +193,8 @@ async def test_each_node_has_its_own_port_and_strikes_follow_the_model(sshd: Ssh
             seen = len(node.gen.prompts)
             await conn.infer(req("for b", model="other:7b"))
             await conn.infer(req("for a"))
-            assert other.prompts == ["for b"] and node.gen.prompts[seen:] == ["for a"]
+            assert other.prompts == [render_chat([("user", "for b")])]
+            assert node.gen.prompts[seen:] == [render_chat([("user", "for a")])]
             with pytest.raises(ProviderError, match="no node holds 'absent'") as err:
                 await conn.infer(req("x", model="absent"))
             assert err.value.http_status == 404
@@ -209,7 +211,8 @@ async def test_a_node_that_stops_answering_is_skipped(sshd: Sshd, ssh_config: Pa
     try:  # node-a's Ollama is gone now: the channel open is refused on the node, node-b serves
         seen = len(node.gen.prompts)
         res = await conn.infer(req("still served"))
-        assert res.text and node.gen.prompts[seen:] == ["still served"] and gen.prompts == ["warm"]
+        assert res.text and node.gen.prompts[seen:] == [render_chat([("user", "still served")])]
+        assert gen.prompts == [render_chat([("user", "warm")])]
         health = (await conn.node_health())["node-a"]
         assert not health.ok and "cannot reach 127.0.0.1" in health.detail
     finally:
@@ -229,7 +232,7 @@ async def test_reconnects_after_the_server_kills_the_connection(sshd: Sshd, ssh_
         await asyncio.wait_for(link.lost.wait(), 10)
         assert not link.connected and link.losses == 1
         res = await conn.infer(req("after"))
-        assert res.text == get_model().generate("after", max_tokens=12).text
+        assert res.text == get_model().generate(render_chat([("user", "after")]), max_tokens=12).text
         assert link.connects == 2
     finally:
         await conn.close()
@@ -324,10 +327,10 @@ async def test_shell_metacharacters_reach_the_model_verbatim_and_run_nothing(
     direct = OllamaConnector(base_url=node.url)
     try:
         via_ssh = await conn.nodes["node-a"].ollama.generate(MODEL, payload, options=GREEDY)
-        assert node.gen.prompts[-1] == payload  # what the model saw, byte for byte
+        assert node.gen.prompts[-1] == render_chat([("user", payload)])  # what the model saw, byte for byte
         plain = await direct.generate(MODEL, payload, options=GREEDY)
         assert (via_ssh.text, via_ssh.prompt_eval_count) == (plain.text, plain.prompt_eval_count)
-        assert via_ssh.prompt_eval_count == get_model().count_tokens(payload)
+        assert via_ssh.prompt_eval_count == get_model().count_tokens(render_chat([("user", payload)]))
         chat = await conn.infer(req(payload, context=[Message(role="system", content=payload)]))
         assert node.gen.prompts[-1] == render_chat([("system", payload), ("user", payload)])
         assert 0 < chat.completion_tokens <= 12
@@ -451,5 +454,5 @@ async def test_a_query_is_served_by_an_ssh_pool(sshd: Sshd, ssh_config: Path, no
     async with start_runtime(nats_url, pools=[pool]) as rt:
         answer = await rt.ask(prompt="Who serves this?", covenant=MODEL)
     [fragment] = answer.fragments
-    assert fragment.pool == "ssh/lab" and node.gen.prompts[-1] == "Who serves this?"
+    assert fragment.pool == "ssh/lab" and node.gen.prompts[-1] == render_chat([("user", "Who serves this?")])
     assert answer.text.strip()

@@ -60,7 +60,8 @@ async def test_query_struck_on_an_ollama_node_streams_to_the_client(nats_url: st
         async with start_runtime(nats_url, [spec]) as rt:
             assert rt.gateway is not None
             gateway = rt.gateway
-            query = Query(prompt="capital of France?", covenant="hs-tiny", overrides={"resources": {"model": "held"}})
+            query = Query(prompt="capital of France?", covenant="smollm2-135m",
+                          overrides={"resources": {"model": "held"}})
             seen: list[tuple[str, bool, int]] = []
             async for item in streamed(lambda sink: gateway.ask(query, stream=sink)):
                 if isinstance(item, Answer):

@@ -83,9 +83,9 @@ def test_a_shorter_deadline_caps_the_templates_queue_wait() -> None:
 
 
 def test_max_tokens_past_every_window_is_a_422() -> None:
-    small = Offer(pool="p/small", provider="echo", pool_class="local", models=["hs-tiny"], context_tokens=2048)
+    small = Offer(pool="p/small", provider="echo", pool_class="local", models=["smollm2-135m"], context_tokens=2048)
     big = Offer(pool="p/big", provider="echo", pool_class="local", models=["*"], context_tokens=8192)
-    err = admit({"prompt": "hi", "covenant": "hs-tiny", "max_tokens": 32768}, [small])
+    err = admit({"prompt": "hi", "covenant": "smollm2-135m", "max_tokens": 32768}, [small])
     assert isinstance(err, CovenantError) and err.term == "max_tokens" and "2048" in err.message
     assert admit({"prompt": "hi", "covenant": "hs-tiny", "max_tokens": 4096}, [small, big]) is None  # the largest
     unknown = msgspec.structs.replace(small, context_tokens=0)

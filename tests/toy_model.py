@@ -1,8 +1,10 @@
-"""Real local inference on MLX: a tiny decoder-only transformer with a byte-level tokenizer.
+"""TEST FIXTURE, not the product: a toy decoder-only transformer with random weights.
 
-Nothing is downloaded: the weights are drawn from a seeded PRNG, so the text is gibberish, but
-every token comes out of a real forward pass (RMSNorm, rotary attention with a KV cache, SwiGLU,
-tied output head). That makes it a stand-in for ``mlx/local`` pools with honest latencies.
+The product's local model is a real one (``homeskillet.localmodel``: SmolLM2-135M-Instruct on
+mlx-lm). This toy stays for tests of protocol plumbing (the Ollama node's wire format, SSH
+tunnels, the Ollama connector's contract): it is fast, deterministic and its output is gibberish.
+The weights are drawn from a seeded PRNG; every token still comes out of a real forward pass
+(RMSNorm, rotary attention with a KV cache, SwiGLU, tied output head).
 
 mlx is the ``[mlx]`` extra and is imported lazily: importing this module never needs it, loading
 a model does (``require_mlx``). Tokens: bytes 0..255, then BOS and EOS. Sampled tokens are masked
@@ -36,7 +38,10 @@ _KV = tuple["mx.array", "mx.array"]  # one layer's cached keys and values, (1, h
 
 
 def require_mlx() -> ModuleType:
-    """Import ``mlx.core`` or raise an error naming the extra to install."""
+    """Import ``mlx.core`` (after the fast BLAS) or raise an error naming the extra to install."""
+    from homeskillet.localmodel import prepare_blas
+
+    prepare_blas()
     try:
         import mlx.core as mx_core
     except ImportError as exc:
