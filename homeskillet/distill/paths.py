@@ -1,10 +1,12 @@
-"""Where distillation keeps its files: training rounds under the state directory, adapters where
-every local pool on this host finds them by name (``HOMESKILLET_ADAPTERS_DIR`` moves them)."""
+"""Where distillation keeps its files: training rounds under the state directory; adapters where
+every local pool on this host finds them by name (``localmodel.store.adapters_dir``)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from ..localmodel.store import adapters_dir
 
 __all__ = ["adapters_dir", "distill_dir"]
 
@@ -13,11 +15,6 @@ def _state() -> Path:
     from platformdirs import user_state_dir
 
     return Path(user_state_dir("homeskillet"))
-
-
-def adapters_dir() -> Path:
-    env = os.environ.get("HOMESKILLET_ADAPTERS_DIR")
-    return Path(env).expanduser() if env else _state() / "adapters"
 
 
 def distill_dir() -> Path:

@@ -95,21 +95,11 @@ def _latest_checkpoint(adapter_dir: Path) -> tuple[int, Path | None]:
     return (int(done.get("step", 0)), ckpt) if ckpt.is_file() else (0, None)
 
 
-def _fast_blas() -> None:
-    """Load a system OpenBLAS globally before mlx (the mlx[cpu] wheel's reference BLAS is ~20x slower)."""
-    import ctypes
-
-    for name in ("libopenblas.so.0", "libopenblasp-r0.so"):
-        try:
-            ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
-            return
-        except OSError:
-            continue
-
-
 def run_job(job: TrainJob, progress: Callable[[TrainProgress], None] | None = None) -> TrainResult:
     """Train (or resume) one adapter version. Blocking and CPU-heavy: run it in a child process."""
-    _fast_blas()  # before mlx is imported
+    from ..localmodel import prepare_blas
+
+    prepare_blas()  # a fast BLAS before mlx is imported
     import mlx.core as mx
     import mlx.optimizers as optim
     from mlx_lm import load
@@ -212,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result = run_job(job, emit)
     print(msgspec.json.encode({"result": result}).decode(), flush=True)
-    return 0
+    sys.stderr.flush()
+    os._exit(0)  # skip mlx's C++ teardown, which can abort a finished process (localmodel.engine)
 
 
 if __name__ == "__main__":

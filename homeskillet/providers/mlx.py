@@ -26,7 +26,7 @@ import msgspec
 
 from ..errors import ExtraMissing
 from ..localmodel import DEFAULT_MODEL, GenRequest, LocalModel, get_local_model, split_model
-from ..localmodel.store import check_model
+from ..localmodel.store import adapters_dir, check_model
 from ..wire import Health
 from .base import Connector, InferRequest, InferResult, register
 
@@ -60,8 +60,8 @@ class MlxConnector(Connector):
         self.model = local_model or get_local_model(self.options.model_path, self.options.model)
         for name, path in self.options.adapters.items():
             self.model.adapters.register(name, path)
-        if self.options.adapters_dir:
-            self.model.adapters.watch_dir = Path(self.options.adapters_dir).expanduser()
+        # Adapters by name from the options' directory, else the shared one the distiller writes to.
+        self.model.adapters.watch_dir = Path(self.options.adapters_dir or adapters_dir()).expanduser()
         self.executed = 0
         self.model.start()  # load while the rest of the process starts
 
