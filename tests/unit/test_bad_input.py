@@ -87,15 +87,17 @@ def test_max_tokens_past_every_window_is_a_422() -> None:
     big = Offer(pool="p/big", provider="echo", pool_class="local", models=["*"], context_tokens=8192)
     err = admit({"prompt": "hi", "covenant": "smollm2-135m", "max_tokens": 32768}, [small])
     assert isinstance(err, CovenantError) and err.term == "max_tokens" and "2048" in err.message
-    assert admit({"prompt": "hi", "covenant": "hs-tiny", "max_tokens": 4096}, [small, big]) is None  # the largest
+    # the largest window counts
+    assert admit({"prompt": "hi", "covenant": "smollm2-135m", "max_tokens": 4096}, [small, big]) is None
     unknown = msgspec.structs.replace(small, context_tokens=0)
-    assert admit({"prompt": "hi", "covenant": "hs-tiny", "max_tokens": 32768}, [unknown]) is None  # no window stated
-    check_window(BOOK.get("hs-tiny"), [])  # no pool quoting: nothing to check against
+    # no window stated: nothing to refuse on
+    assert admit({"prompt": "hi", "covenant": "smollm2-135m", "max_tokens": 32768}, [unknown]) is None
+    check_window(BOOK.get("smollm2-135m"), [])  # no pool quoting: nothing to check against
 
 
 def test_tried_is_deduplicated_and_the_header_stays_short() -> None:
     tried = tuple(f"step local: context_tokens (window {i % 3})" for i in range(196))
-    err = NoPoolError("hs-tiny", [Unmet("context_tokens", "window 2048")], tried)
+    err = NoPoolError("smollm2-135m", [Unmet("context_tokens", "window 2048")], tried)
     assert err.tried == tuple(dict.fromkeys(tried)) and len(err.tried) == 3
     assert error_reply(err).tried == list(err.tried)
     many = NoPoolError("x", [], tuple(f"pool {i}: down" for i in range(500)))
