@@ -10,12 +10,12 @@ path (``Orchestrator.execute``).
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from typing import Protocol
 
 import structlog
 
 from .auth import Principal
+from .bounded import BoundedDict
 from .errors import BadRequest, HomeskilletError, NotFound, PayloadTooLarge
 from .ids import new_id
 from .ledger import LedgerReport, Report
@@ -83,7 +83,8 @@ class Gateway:
         self.max_prompt_bytes = max_prompt_bytes
         self.limits = limits
         self.max_results = max_results
-        self.results: OrderedDict[str, Answer] = OrderedDict()  # recent answers, for GET /api/v1/results/{id}
+        # recent answers, for GET /api/v1/results/{id} ([retention] results)
+        self.results: BoundedDict[str, Answer] = BoundedDict(max_results, "results")
         self.ports: PortOpener | None = None  # dedicated local ports for reservations (set with the HTTP API)
 
     def _admit(self, query: Query, principal: Principal | None) -> None:
@@ -192,8 +193,6 @@ class Gateway:
 
     def _keep(self, answer: Answer) -> None:
         self.results[answer.query_id] = answer
-        while len(self.results) > self.max_results:
-            self.results.popitem(last=False)
 
     async def usage(self, tenant: str) -> TenantUsage:
         budgets = self.orchestrator.budgets

@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from .bounded import BoundedDict
 from .errors import BadRequest, HomeskilletError, NoPoolError, NotFound, Unmet
 from .ids import new_id
 from .subjects import Subjects
@@ -138,11 +139,14 @@ class Reservations:
     """The reservation table of this orchestrator, and the calls that fill and empty it."""
 
     def __init__(self, nc: NATS, subjects: Subjects, quotes: Callable[[], Sequence[Quote]], *,
-                 allocate_timeout_s: float = 180.0) -> None:
+                 allocate_timeout_s: float = 180.0, ended_max: int = 1000) -> None:
         self.nc, self.subjects = nc, subjects
         self._quotes = quotes
         self.allocate_timeout_s = allocate_timeout_s
         self.table: dict[str, Reservation] = {}
+        # Released reservations stay readable by id, the last ``ended_max`` of them ([retention]).
+        self._ended: BoundedDict[str, None] = BoundedDict(ended_max, "reservations_ended",
+                                                          on_evict=lambda rid, _: self.table.pop(rid, None))
 
     def _offers(self) -> list[Offer]:
         now = int(time.time() * 1000)
@@ -240,6 +244,7 @@ class Reservations:
                 billed = freed.release.billed_usd
         res = msgspec.structs.replace(res, status="released", billed_usd=billed)
         self.table[reservation_id] = res
+        self._ended[reservation_id] = None
         log.info("reservation_released", reservation_id=reservation_id, billed_usd=billed, tenant=tenant)
         return res
 

@@ -111,7 +111,7 @@ class Runtime:
         if self.serve_queries:
             view = BookView()
             broker = self.supervisor.start("broker", BrokerActor, BrokerState(view))
-            self.ledger = self.supervisor.start("ledger", LedgerActor, LedgerState())
+            self.ledger = self.supervisor.start("ledger", LedgerActor, LedgerState(s.retention.ledger_settled))
             self.negotiator = Negotiator(self.nc, self.subjects, broker, view, bid_window_ms=s.bid_window_ms)
             await self.negotiator.start()
             self.dispatcher = Dispatcher(self.nc, self.subjects, silence_ms=s.silence_ms)
@@ -129,9 +129,10 @@ class Runtime:
                                              self.ledger, max_fragments=s.max_fragments, budgets=budgets,
                                              parking=self.parking,
                                              cache=make_cache(s.cache_embedder, s.cache_max_entries))
-            self.reservations = Reservations(self.nc, self.subjects, lambda: self.negotiator.view.quotes)
+            self.reservations = Reservations(self.nc, self.subjects, lambda: self.negotiator.view.quotes,
+                                             ended_max=s.retention.reservations_ended)
             self.gateway = Gateway(self.orchestrator, self.reservations, max_prompt_bytes=s.max_prompt_bytes,
-                                   limits=limits)
+                                   limits=limits, max_results=s.retention.results)
             self.ingress = NatsIngress(self.nc, self.subjects, self.gateway)
             await self.ingress.start()
             self.reservation_ingress = ReservationIngress(self.nc, self.subjects, self.gateway)

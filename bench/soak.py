@@ -1,0 +1,342 @@
+"""Soak: does `homeskillet up` keep its memory bounded under steady load?
+
+Starts `homeskillet up` (embedded NATS, its own data directory, the HTTP API on loopback for
+`/metrics`) in a child process and drives `hs.query` open-loop at a fixed rate over NATS with a
+mix that touches every per-query structure: the default covenant (most traffic), `auto` (semantic
+cache, routing), `cascade` (exact cache, several tiers), `hedged`, Contract Net rounds
+(`negotiation = "cfp"`: leases), a few tenants, and a share of repeated prompts (cache hits).
+Every `--sample-s` it reads the server's RSS from /proc and, from `/metrics`, how many entries each
+bounded structure holds (`hs_retained_entries`) against its cap (`hs_retained_cap`).
+
+Reports RSS at start / at one third / at the end, the growth over the last two thirds of the run
+(the acceptance figure: < 10 %), the slope over that span (KiB per minute and bytes per query), and
+per structure whether its cap was reached (a structure that never fills its cap has not been
+tested). `--small-caps` writes a config with small caps so that a short run passes every cap.
+
+`--tracemalloc` runs the server under tracemalloc and prints, at the end, the allocation sites
+that grew most between the snapshot at one third and the end (how the leaks were found).
+
+Usage: python bench/soak.py [--rate 30] [--minutes 30] [--sample-s 5] [--small-caps] [--tracemalloc]
+                            [--json out.json]
+Linux only (RSS from /proc/<pid>/status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import nats
+
+from homeskillet.wire import Answer, Query, encode
+
+# --small-caps: every cap small enough to be passed in the first minutes at 30 q/s.
+SMALL_TOP = "cache_max_entries = 400\n"
+SMALL_RETENTION = """
+[retention]
+results = 500
+strike_results = 200
+strike_cancels = 20
+ledger_settled = 500
+reservations_ended = 20
+"""
+
+# Runs `homeskillet up`; the first SIGUSR1 starts tracemalloc (start-up is not traced: it is slow
+# under tracing, and only growth matters), each later one writes $SOAK_SNAPSHOT_DIR/<n>.snap.
+TRACED_SERVER = """
+import itertools, os, signal, sys, tracemalloc
+_n = itertools.count()
+def _snap(*_):
+    if not tracemalloc.is_tracing():
+        tracemalloc.start(int(os.environ.get("SOAK_TRACE_FRAMES", "10")))
+        return
+    tracemalloc.take_snapshot().dump(os.path.join(os.environ["SOAK_SNAPSHOT_DIR"], f"{next(_n)}.snap"))
+signal.signal(signal.SIGUSR1, _snap)
+from homeskillet.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+TOPICS = ["the water cycle", "photosynthesis", "TCP congestion control", "the French revolution",
+          "black holes", "sourdough baking", "compound interest", "plate tectonics", "the immune system",
+          "vector databases", "the Roman aqueducts", "quantum tunnelling", "jazz harmony", "coral reefs"]
+ASKS = ["Explain {t} in two sentences", "Give three facts about {t}", "What is the history of {t}",
+        "Summarise {t} for a child", "Why does {t} matter"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def make_query(n: int, rng: random.Random) -> Query:
+    """The n-th query of the mix. Most prompts are unique (so every per-query structure sees a new
+    key); one in ten repeats an earlier prompt of its covenant (a cache hit where caching is on)."""
+    tenant = f"soak-{n % 4}"
+    unique = rng.random() >= 0.1
+    k = n if unique else rng.randrange(max(1, n))
+    ask = ASKS[k % len(ASKS)].format(t=TOPICS[k % len(TOPICS)]) + (f" (case {k})" if unique else "")
+    r = n % 20
+    if r < 14:
+        return Query(prompt=ask, tenant=tenant, max_tokens=32)
+    if r < 16:
+        return Query(prompt=ask + "?", tenant=tenant, covenant="auto", max_tokens=32)
+    if r == 16:
+        return Query(prompt=ask, tenant=tenant, covenant="cascade", max_tokens=32)
+    if r == 17:
+        return Query(prompt=ask, tenant=tenant, covenant="hedged", max_tokens=32)
+    return Query(prompt=ask, tenant=tenant, max_tokens=32, overrides={"negotiation": "cfp"})
+
+
+@dataclass
+class Sample:
+    t: float  # seconds since the load started
+    sent: int
+    rss_kib: int
+    retained: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Tally:
+    sent: int = 0
+    answered: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    in_flight: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+_METRIC = re.compile(r'^hs_retained_(entries|cap)\{structure="([^"]+)"\} ([0-9.e+-]+)$')
+
+
+async def scrape(http: httpx.AsyncClient) -> dict[str, float]:
+    try:
+        text = (await http.get("/metrics")).text
+    except httpx.HTTPError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = _METRIC.match(line)
+        if m:
+            out[f"{m[2]}.{m[1]}"] = float(m[3])
+    return out
+
+
+async def one(nc: Any, subject: str, q: Query, tally: Tally) -> None:
+    tally.in_flight += 1
+    t0 = time.perf_counter()
+    try:
+        msg = await nc.request(subject, encode(q), timeout=60)
+        if msg.headers and msg.headers.get("Nats-Service-Error-Code"):
+            code = msg.headers["Nats-Service-Error-Code"]
+            tally.errors[code] = tally.errors.get(code, 0) + 1
+        else:
+            msgspec.json.decode(msg.data, type=Answer)
+            tally.answered += 1
+            if len(tally.latencies) < 200_000:
+                tally.latencies.append(time.perf_counter() - t0)
+    except Exception as exc:  # a timeout or a lost connection is a result, not a crash of the soak
+        name = type(exc).__name__
+        tally.errors[name] = tally.errors.get(name, 0) + 1
+    finally:
+        tally.in_flight -= 1
+
+
+async def drive(nats_url: str, prefix: str, pid: int, metrics_url: str, rate: float, seconds: float,
+                sample_s: float, snapshots: list[float]) -> tuple[Tally, list[Sample]]:
+    nc = await nats.connect(nats_url, max_reconnect_attempts=-1)
+    http = httpx.AsyncClient(base_url=metrics_url, timeout=10)
+    tally, samples = Tally(), []
+    rng = random.Random(7)
+    tasks: set[asyncio.Task[None]] = set()
+    start = time.monotonic()
+    next_sample, snaps = 0.0, sorted(snapshots)
+    try:
+        while (now := time.monotonic() - start) < seconds:
+            due = int(now * rate) + 1  # open loop: the schedule, not the replies, sets the pace
+            while tally.sent < due:
+                task = asyncio.create_task(one(nc, f"{prefix}.query", make_query(tally.sent, rng), tally))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                tally.sent += 1
+            if now >= next_sample:
+                samples.append(Sample(now, tally.sent, rss_kib(pid), await scrape(http)))
+                print(f"  {now / 60:6.2f} min  sent {tally.sent:7d}  answered {tally.answered:7d}  "
+                      f"errors {sum(tally.errors.values()):5d}  in flight {tally.in_flight:4d}  "
+                      f"RSS {samples[-1].rss_kib / 1024:7.1f} MiB", flush=True)
+                next_sample += sample_s
+            if snaps and now >= snaps[0]:
+                snaps.pop(0)
+                os.kill(pid, signal.SIGUSR1)
+            await asyncio.sleep(min(1.0 / rate, 0.05))
+        if tasks:
+            await asyncio.wait(tasks, timeout=90)
+        samples.append(Sample(time.monotonic() - start, tally.sent, rss_kib(pid), await scrape(http)))
+        for _ in snaps:
+            os.kill(pid, signal.SIGUSR1)
+    finally:
+        await http.aclose()
+        await nc.close()
+    return tally, samples
+
+
+def at(samples: list[Sample], t: float) -> Sample:
+    return min(samples, key=lambda s: abs(s.t - t))
+
+
+def slope_kib_per_s(samples: list[Sample]) -> float:
+    n = len(samples)
+    if n < 2:
+        return 0.0
+    mt = sum(s.t for s in samples) / n
+    mr = sum(s.rss_kib for s in samples) / n
+    var = sum((s.t - mt) ** 2 for s in samples)
+    return sum((s.t - mt) * (s.rss_kib - mr) for s in samples) / var if var else 0.0
+
+
+def report(tally: Tally, samples: list[Sample], seconds: float, rate: float) -> dict[str, Any]:
+    first, third, last = samples[0], at(samples, seconds / 3), samples[-1]
+    tail = [s for s in samples if s.t >= third.t]
+    slope = slope_kib_per_s(tail)
+    rate_seen = (last.sent - third.sent) / max(1e-9, last.t - third.t)
+    caps: dict[str, dict[str, float | bool]] = {}
+    for key, value in last.retained.items():
+        name, kind = key.rsplit(".", 1)
+        caps.setdefault(name, {})[kind] = value
+    for name, c in caps.items():
+        # Reached: the structure held as many entries as its cap at some sample.
+        peak = max((s.retained.get(f"{name}.entries", 0.0) for s in samples), default=0.0)
+        c["peak"] = peak
+        c["reached"] = "cap" in c and peak >= c["cap"]
+    lat = sorted(tally.latencies)
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
+        "rate_qps": rate, "minutes": seconds / 60, "sent": tally.sent, "answered": tally.answered,
+        "errors": tally.errors,
+        "latency_p50_ms": lat[len(lat) // 2] * 1000 if lat else None,
+        "latency_p99_ms": lat[int(len(lat) * 0.99)] * 1000 if lat else None,
+        "rss_mib": {"start": first.rss_kib / 1024, "one_third": third.rss_kib / 1024, "end": last.rss_kib / 1024,
+                    "max": max(s.rss_kib for s in samples) / 1024},
+        "one_third_at_min": third.t / 60,
+        "growth_last_two_thirds_pct": 100.0 * (last.rss_kib - third.rss_kib) / third.rss_kib,
+        "slope_last_two_thirds_kib_per_min": slope * 60,
+        "slope_bytes_per_query": slope * 1024 / rate_seen if rate_seen else None,
+        "caps": caps,
+        "samples": [(round(s.t, 1), s.sent, s.rss_kib) for s in samples],
+    }
+
+
+def top_growth(snap_dir: Path, limit: int = 25) -> list[str]:
+    import tracemalloc
+
+    snaps = sorted(snap_dir.glob("*.snap"), key=lambda p: int(p.stem))
+    if len(snaps) < 2:
+        return ["(fewer than two snapshots)"]
+    a, b = (tracemalloc.Snapshot.load(str(p)) for p in (snaps[0], snaps[-1]))
+    lines = []
+    for stat in b.compare_to(a, "traceback")[:limit]:
+        lines.append(f"{stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks")
+        lines += [f"      {f.filename}:{f.lineno}" for f in stat.traceback[-8:]]
+    return lines
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=float, default=30.0, help="queries per second (default 30)")
+    ap.add_argument("--minutes", type=float, default=30.0, help="duration of the load (default 30)")
+    ap.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling interval (default 5)")
+    ap.add_argument("--small-caps", action="store_true", help="small caps, so a short run passes every cap")
+    ap.add_argument("--config", help="extra TOML appended to the server's config (caps, pools …)")
+    ap.add_argument("--tracemalloc", action="store_true", help="trace the server's allocations (slow)")
+    ap.add_argument("--json", help="write the report here")
+    args = ap.parse_args()
+    seconds = args.minutes * 60
+    with tempfile.TemporaryDirectory(prefix="hs-soak-") as tmp:
+        tmpd = Path(tmp)
+        port, http_port = free_port(), free_port()
+        cfg = tmpd / "soak.toml"
+        text = 'prefix = "soak"\n' + (SMALL_TOP if args.small_caps else "")
+        if args.config:
+            text += Path(args.config).read_text() + "\n"
+        cfg.write_text(text + (SMALL_RETENTION if args.small_caps else ""))
+        env = dict(os.environ)
+        snap_dir = tmpd / "snaps"
+        snap_dir.mkdir()
+        cmd_tail = ["up", "--config", str(cfg), "--port", str(port), "--data-dir", str(tmpd / "js"),
+                    "--http", f"127.0.0.1:{http_port}"]
+        if args.tracemalloc:
+            env["SOAK_SNAPSHOT_DIR"] = str(snap_dir)
+            cmd = [sys.executable, "-c", TRACED_SERVER, *cmd_tail]
+        else:
+            cmd = [sys.executable, "-m", "homeskillet.cli", *cmd_tail]
+        # Its own process group: if it ignores SIGTERM, the kill takes its nats-server too.
+        log = (tmpd / "server.log").open("w")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env, text=True, start_new_session=True)
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 600 if args.tracemalloc else 60)
+            if "serving" not in line:
+                print(f"server did not start: {line!r}\n{(tmpd / 'server.log').read_text()[-3000:]}", file=sys.stderr)
+                return 2
+            print(f"soak: {args.rate:g} q/s for {args.minutes:g} min on pid {proc.pid} "
+                  f"({'small caps' if args.small_caps else 'default caps'})", flush=True)
+            tally, samples = await drive(f"nats://127.0.0.1:{port}", "soak", proc.pid,
+                                         f"http://127.0.0.1:{http_port}", args.rate, seconds, args.sample_s,
+                                         [seconds / 6, seconds / 3] if args.tracemalloc else [])
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                print("the server ignored SIGTERM for 30 s; killing its process group", file=sys.stderr)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        out = report(tally, samples, seconds, args.rate)
+        if args.tracemalloc:
+            out["tracemalloc_top"] = top_growth(snap_dir)
+    r = out["rss_mib"]
+    print(f"\nsent {out['sent']}, answered {out['answered']}, errors {out['errors']}; "
+          f"p50 {out['latency_p50_ms'] or 0:.1f} ms, p99 {out['latency_p99_ms'] or 0:.1f} ms")
+    print(f"RSS MiB: start {r['start']:.1f}, at {out['one_third_at_min']:.1f} min {r['one_third']:.1f}, "
+          f"end {r['end']:.1f}, max {r['max']:.1f}")
+    print(f"growth over the last two thirds: {out['growth_last_two_thirds_pct']:+.1f} % "
+          f"(slope {out['slope_last_two_thirds_kib_per_min']:+.1f} KiB/min, "
+          f"{out['slope_bytes_per_query'] or 0:+.0f} B/query)")
+    for name, c in sorted(out["caps"].items()):
+        print(f"  {name:28s} cap {c.get('cap', float('nan')):>8.0f}  peak {c['peak']:>8.0f}  "
+              f"{'reached' if c['reached'] else 'NOT reached'}")
+    for line in out.get("tracemalloc_top", []):
+        print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
