@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,18 +46,21 @@ import httpx
 import msgspec
 import nats
 
+from homeskillet.config import default_pools
 from homeskillet.wire import Answer, Query, encode
 
 # --small-caps: every cap small enough to be passed in the first minutes at 30 q/s.
-SMALL_TOP = "cache_max_entries = 400\n"
-SMALL_RETENTION = """
-[retention]
-results = 500
-strike_results = 200
-strike_cancels = 20
-ledger_settled = 500
-reservations_ended = 20
-"""
+SMALL_CAPS: dict[str, Any] = {
+    "cache_max_entries": 400,
+    "retention": {"results": 500, "strike_results": 100, "strike_cancels": 10, "ledger_settled": 500,
+                  "reservations_ended": 20},
+}
+# Beside the default fleet: a second standard pool with a latency tail, so the `hedged` covenant has
+# a backup to hedge to and hedges fire, win, lose and are cancelled.
+HEDGE_POOL = {"name": "echo/standard-us-west", "provider": "echo", "pool_class": "standard", "vram_mb": 24576,
+              "tflops": 82, "gpu_model": "L4", "region": "us-west", "usd_per_mtok_in": 0.12,
+              "usd_per_mtok_out": 0.24, "start_ms": 15, "ms_per_token": 0.5,
+              "options": {"delay_ms": 2.0, "tail_p": 0.15, "tail_ms": 40.0, "seed": 11}}
 
 # Runs `homeskillet up`; the first SIGUSR1 starts tracemalloc (start-up is not traced: it is slow
 # under tracing, and only growth matters), each later one writes $SOAK_SNAPSHOT_DIR/<n>.snap.
@@ -94,21 +98,27 @@ def rss_kib(pid: int) -> int:
 
 
 def make_query(n: int, rng: random.Random) -> Query:
-    """The n-th query of the mix. Most prompts are unique (so every per-query structure sees a new
-    key); one in ten repeats an earlier prompt of its covenant (a cache hit where caching is on)."""
+    """The n-th query of the mix (of 20): 12 default covenant, 2 `auto` (semantic cache), 1 `cascade`
+    (exact cache, tiers), 1 `hedged`, 1 `ensemble` (three pools), 1 on the marketplace class, 2 by
+    Contract Net. Most prompts are unique (every per-query structure sees a new key); one in ten
+    repeats an earlier prompt (a cache hit where caching is on)."""
     tenant = f"soak-{n % 4}"
     unique = rng.random() >= 0.1
     k = n if unique else rng.randrange(max(1, n))
     ask = ASKS[k % len(ASKS)].format(t=TOPICS[k % len(TOPICS)]) + (f" (case {k})" if unique else "")
     r = n % 20
-    if r < 14:
+    if r < 12:
         return Query(prompt=ask, tenant=tenant, max_tokens=32)
-    if r < 16:
+    if r < 14:
         return Query(prompt=ask + "?", tenant=tenant, covenant="auto", max_tokens=32)
-    if r == 16:
+    if r == 14:
         return Query(prompt=ask, tenant=tenant, covenant="cascade", max_tokens=32)
-    if r == 17:
+    if r == 15:
         return Query(prompt=ask, tenant=tenant, covenant="hedged", max_tokens=32)
+    if r == 16:
+        return Query(prompt=ask, tenant=tenant, covenant="ensemble", max_tokens=32)
+    if r == 17:
+        return Query(prompt=ask, tenant=tenant, max_tokens=32, overrides={"resources": {"pool_class": "marketplace"}})
     return Query(prompt=ask, tenant=tenant, max_tokens=32, overrides={"negotiation": "cfp"})
 
 
@@ -127,9 +137,10 @@ class Tally:
     errors: dict[str, int] = field(default_factory=dict)
     in_flight: int = 0
     latencies: list[float] = field(default_factory=list)
+    reservations: int = 0
 
 
-_METRIC = re.compile(r'^hs_retained_(entries|cap)\{structure="([^"]+)"\} ([0-9.e+-]+)$')
+_METRIC = re.compile(r'^hs_retained_(entries|cap|evicted)(?:_total)?\{structure="([^"]+)"\} ([0-9.e+-]+)$')
 
 
 async def scrape(http: httpx.AsyncClient) -> dict[str, float]:
@@ -165,6 +176,20 @@ async def one(nc: Any, subject: str, q: Query, tally: Tally) -> None:
         tally.in_flight -= 1
 
 
+async def reserve_and_release(http: httpx.AsyncClient, tally: Tally) -> None:
+    """One reservation held and given back over the HTTP API (fills the ended-reservations table)."""
+    try:
+        made = await http.post("/api/v1/allocations", json={"model": "gemma-2b", "duration_s": 60},
+                               headers={"X-Tenant": "soak-res"})
+        if made.status_code == 201:
+            await http.delete(f"/api/v1/allocations/{made.json()['reservation_id']}", headers={"X-Tenant": "soak-res"})
+            tally.reservations += 1
+        else:
+            tally.errors[f"reserve {made.status_code}"] = tally.errors.get(f"reserve {made.status_code}", 0) + 1
+    except httpx.HTTPError as exc:
+        tally.errors[type(exc).__name__] = tally.errors.get(type(exc).__name__, 0) + 1
+
+
 async def drive(nats_url: str, prefix: str, pid: int, metrics_url: str, rate: float, seconds: float,
                 sample_s: float, snapshots: list[float]) -> tuple[Tally, list[Sample]]:
     nc = await nats.connect(nats_url, max_reconnect_attempts=-1)
@@ -182,6 +207,10 @@ async def drive(nats_url: str, prefix: str, pid: int, metrics_url: str, rate: fl
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 tally.sent += 1
+                if tally.sent % 60 == 0:  # a reservation every 2 s at 30 q/s
+                    task = asyncio.create_task(reserve_and_release(http, tally))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
             if now >= next_sample:
                 samples.append(Sample(now, tally.sent, rss_kib(pid), await scrape(http)))
                 print(f"  {now / 60:6.2f} min  sent {tally.sent:7d}  answered {tally.answered:7d}  "
@@ -230,12 +259,13 @@ def report(tally: Tally, samples: list[Sample], seconds: float, rate: float) -> 
         # Reached: the structure held as many entries as its cap at some sample.
         peak = max((s.retained.get(f"{name}.entries", 0.0) for s in samples), default=0.0)
         c["peak"] = peak
-        c["reached"] = "cap" in c and peak >= c["cap"]
+        c["reached"] = "cap" in c and (peak >= c["cap"] or c.get("evicted", 0) > 0)
     lat = sorted(tally.latencies)
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
         "rate_qps": rate, "minutes": seconds / 60, "sent": tally.sent, "answered": tally.answered,
+        "reservations": tally.reservations,
         "errors": tally.errors,
         "latency_p50_ms": lat[len(lat) // 2] * 1000 if lat else None,
         "latency_p99_ms": lat[int(len(lat) * 0.99)] * 1000 if lat else None,
@@ -270,7 +300,7 @@ async def main() -> int:
     ap.add_argument("--minutes", type=float, default=30.0, help="duration of the load (default 30)")
     ap.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling interval (default 5)")
     ap.add_argument("--small-caps", action="store_true", help="small caps, so a short run passes every cap")
-    ap.add_argument("--config", help="extra TOML appended to the server's config (caps, pools …)")
+    ap.add_argument("--config", help="a TOML file whose top-level keys replace the soak's (caps, pools …)")
     ap.add_argument("--tracemalloc", action="store_true", help="trace the server's allocations (slow)")
     ap.add_argument("--json", help="write the report here")
     args = ap.parse_args()
@@ -279,10 +309,11 @@ async def main() -> int:
         tmpd = Path(tmp)
         port, http_port = free_port(), free_port()
         cfg = tmpd / "soak.toml"
-        text = 'prefix = "soak"\n' + (SMALL_TOP if args.small_caps else "")
+        conf: dict[str, Any] = {"prefix": "soak", **(SMALL_CAPS if args.small_caps else {}),
+                                "pools": [msgspec.to_builtins(p) for p in default_pools()] + [HEDGE_POOL]}
         if args.config:
-            text += Path(args.config).read_text() + "\n"
-        cfg.write_text(text + (SMALL_RETENTION if args.small_caps else ""))
+            conf.update(tomllib.loads(Path(args.config).read_text()))
+        cfg.write_bytes(msgspec.toml.encode(conf))
         env = dict(os.environ)
         snap_dir = tmpd / "snaps"
         snap_dir.mkdir()
@@ -319,7 +350,8 @@ async def main() -> int:
         if args.tracemalloc:
             out["tracemalloc_top"] = top_growth(snap_dir)
     r = out["rss_mib"]
-    print(f"\nsent {out['sent']}, answered {out['answered']}, errors {out['errors']}; "
+    print(f"\nsent {out['sent']}, answered {out['answered']}, errors {out['errors']}, "
+          f"reservations {out['reservations']}; "
           f"p50 {out['latency_p50_ms'] or 0:.1f} ms, p99 {out['latency_p99_ms'] or 0:.1f} ms")
     print(f"RSS MiB: start {r['start']:.1f}, at {out['one_third_at_min']:.1f} min {r['one_third']:.1f}, "
           f"end {r['end']:.1f}, max {r['max']:.1f}")
@@ -327,8 +359,9 @@ async def main() -> int:
           f"(slope {out['slope_last_two_thirds_kib_per_min']:+.1f} KiB/min, "
           f"{out['slope_bytes_per_query'] or 0:+.0f} B/query)")
     for name, c in sorted(out["caps"].items()):
-        print(f"  {name:28s} cap {c.get('cap', float('nan')):>8.0f}  peak {c['peak']:>8.0f}  "
-              f"{'reached' if c['reached'] else 'NOT reached'}")
+        state = "passed" if c["reached"] else "idle (nothing kept)" if not c["peak"] else "below its cap"
+        print(f"  {name:42s} cap {c.get('cap', float('nan')):>7.0f}  peak {c['peak']:>7.0f}  "
+              f"evicted {c.get('evicted', 0):>8.0f}  {state}")
     for line in out.get("tracemalloc_top", []):
         print(line)
     if args.json:
