@@ -1,7 +1,7 @@
 """Soak: does `homeskillet up` keep its memory bounded under steady load?
 
 Starts `homeskillet up` (embedded NATS, its own data directory, the HTTP API on loopback for
-`/metrics`) in a child process and drives `hs.query` open-loop at a fixed rate over NATS with a
+`/metrics`; the default echo pools and a second standard pool, see HEDGE_POOL) in a child process and drives `hs.query` open-loop at a fixed rate over NATS with a
 mix that touches every per-query structure: the default covenant (most traffic), `auto` (semantic
 cache, routing), `cascade` (exact cache, several tiers), `hedged`, Contract Net rounds
 (`negotiation = "cfp"`: leases), a few tenants, and a share of repeated prompts (cache hits).
@@ -55,7 +55,8 @@ SMALL_CAPS: dict[str, Any] = {
     "retention": {"results": 500, "strike_results": 100, "strike_cancels": 10, "ledger_settled": 500,
                   "reservations_ended": 20},
 }
-# Beside the default fleet: a second standard pool with a latency tail, so the `hedged` covenant has
+# The fleet: the default echo pools (not mlx/local: real CPU inference on a small shared machine
+# stalls the loop and turns a memory soak into a CPU-contention test), and a second standard pool with a latency tail, so the `hedged` covenant has
 # a backup to hedge to and hedges fire, win, lose and are cancelled.
 HEDGE_POOL = {"name": "echo/standard-us-west", "provider": "echo", "pool_class": "standard", "vram_mb": 24576,
               "tflops": 82, "gpu_model": "L4", "region": "us-west", "usd_per_mtok_in": 0.12,
@@ -305,12 +306,14 @@ async def main() -> int:
     ap.add_argument("--json", help="write the report here")
     args = ap.parse_args()
     seconds = args.minutes * 60
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill still stops the server (finally)
     with tempfile.TemporaryDirectory(prefix="hs-soak-") as tmp:
         tmpd = Path(tmp)
         port, http_port = free_port(), free_port()
         cfg = tmpd / "soak.toml"
         conf: dict[str, Any] = {"prefix": "soak", **(SMALL_CAPS if args.small_caps else {}),
-                                "pools": [msgspec.to_builtins(p) for p in default_pools()] + [HEDGE_POOL]}
+                                "pools": [msgspec.to_builtins(p) for p in default_pools() if p.provider == "echo"]
+                                + [HEDGE_POOL]}
         if args.config:
             conf.update(tomllib.loads(Path(args.config).read_text()))
         cfg.write_bytes(msgspec.toml.encode(conf))
