@@ -1,10 +1,11 @@
 """Soak: does `homeskillet up` keep its memory bounded under steady load?
 
 Starts `homeskillet up` (embedded NATS, its own data directory, the HTTP API on loopback for
-`/metrics`; the default echo pools and a second standard pool, see HEDGE_POOL) in a child process and drives `hs.query` open-loop at a fixed rate over NATS with a
-mix that touches every per-query structure: the default covenant (most traffic), `auto` (semantic
-cache, routing), `cascade` (exact cache, several tiers), `hedged`, Contract Net rounds
-(`negotiation = "cfp"`: leases), a few tenants, and a share of repeated prompts (cache hits).
+`/metrics`; the default echo pools and a second standard pool, see HEDGE_POOL) in a child process
+and drives `hs.query` open-loop at a fixed rate over NATS with a mix that touches every per-query
+structure (see `make_query`): covenants `default`, `auto` (semantic cache, routing), `cascade`
+(exact cache, tiers), `hedged`, `ensemble`, Contract Net rounds, a few tenants, repeated prompts
+(cache hits), and a reservation held and released every 2 s over the HTTP API.
 Every `--sample-s` it reads the server's RSS from /proc and, from `/metrics`, how many entries each
 bounded structure holds (`hs_retained_entries`) against its cap (`hs_retained_cap`).
 
@@ -56,8 +57,8 @@ SMALL_CAPS: dict[str, Any] = {
                   "reservations_ended": 20},
 }
 # The fleet: the default echo pools (not mlx/local: real CPU inference on a small shared machine
-# stalls the loop and turns a memory soak into a CPU-contention test), and a second standard pool with a latency tail, so the `hedged` covenant has
-# a backup to hedge to and hedges fire, win, lose and are cancelled.
+# stalls the loop and turns a memory soak into a CPU-contention test), and a second standard pool
+# with a latency tail, so the `hedged` covenant has a backup and hedges fire, win, lose, cancel.
 HEDGE_POOL = {"name": "echo/standard-us-west", "provider": "echo", "pool_class": "standard", "vram_mb": 24576,
               "tflops": 82, "gpu_model": "L4", "region": "us-west", "usd_per_mtok_in": 0.12,
               "usd_per_mtok_out": 0.24, "start_ms": 15, "ms_per_token": 0.5,

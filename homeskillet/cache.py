@@ -160,7 +160,7 @@ class ResultCache:
     """Fragment results by (tenant, covenant, hash), with a semantic index per (tenant, covenant,
     context). Lives on the I/O loop: no locks, no awaits."""
 
-    def __init__(self, *, max_entries: int = 10_000, embed: Embedder | None = None,
+    def __init__(self, *, max_entries: int = 4096, embed: Embedder | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be ≥ 1, got {max_entries}")
@@ -254,7 +254,7 @@ class ResultCache:
                 del self._by_ns[entry.ns]
 
 
-def make_cache(embedder: str = "hashing", max_entries: int = 10_000) -> ResultCache:
+def make_cache(embedder: str = "hashing", max_entries: int = 4096) -> ResultCache:
     """The cache a deployment configures by name: ``hashing`` (default) or ``minilm`` (the
     optional numpy MiniLM, homeskillet/embeddings.py)."""
     if embedder == "hashing":

@@ -142,7 +142,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     tenants: dict[str, TenantSettings] = msgspec.field(default_factory=dict)
     cache_embedder: str = "hashing"  # semantic cache embedding: "hashing" or "minilm" (the [embed] extra)
-    cache_max_entries: Cap = 10_000  # result cache entries (LRU over every tenant and covenant)
+    cache_max_entries: Cap = 4096  # result cache entries, LRU over all tenants (a semantic one: ~10-17 KiB)
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
 
 
