@@ -14,10 +14,12 @@ Reports RSS at start / at one third / at the end, the growth over the last two t
 per structure whether its cap was reached (a structure that never fills its cap has not been
 tested). `--small-caps` writes a config with small caps so that a short run passes every cap.
 
-`--tracemalloc` runs the server under tracemalloc and prints, at the end, the allocation sites
-that grew most between the snapshot at one third and the end (how the leaks were found).
+`--census` counts the server's objects by type (``gc.get_objects``; containers and anything the
+collector tracks) at one third and at the end, and prints the types that grew, per 1,000 queries:
+a structure that keeps something per query shows up as its entry type (how the growth in #10 was
+found; tracemalloc slowed the server too much to hold the rate on a shared 2-core machine).
 
-Usage: python bench/soak.py [--rate 30] [--minutes 30] [--sample-s 5] [--small-caps] [--tracemalloc]
+Usage: python bench/soak.py [--rate 30] [--minutes 30] [--sample-s 5] [--small-caps] [--census]
                             [--json out.json]
 Linux only (RSS from /proc/<pid>/status).
 """
@@ -28,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import random
@@ -48,6 +51,7 @@ import msgspec
 import nats
 
 from homeskillet.config import default_pools
+from homeskillet.covenant import default_covenant_dir
 from homeskillet.wire import Answer, Query, encode
 
 # --small-caps: every cap small enough to be passed in the first minutes at 30 q/s.
@@ -64,17 +68,17 @@ HEDGE_POOL = {"name": "echo/standard-us-west", "provider": "echo", "pool_class":
               "usd_per_mtok_out": 0.24, "start_ms": 15, "ms_per_token": 0.5,
               "options": {"delay_ms": 2.0, "tail_p": 0.15, "tail_ms": 40.0, "seed": 11}}
 
-# Runs `homeskillet up`; the first SIGUSR1 starts tracemalloc (start-up is not traced: it is slow
-# under tracing, and only growth matters), each later one writes $SOAK_SNAPSHOT_DIR/<n>.snap.
-TRACED_SERVER = """
-import itertools, os, signal, sys, tracemalloc
+# Runs `homeskillet up`; each SIGUSR1 writes a census of its objects by type to $SOAK_CENSUS_DIR/<n>.json
+# (on the loop's thread, between two bytecodes: about half a second for a 100 MB heap).
+CENSUS_SERVER = """
+import collections, gc, itertools, json, os, signal, sys
 _n = itertools.count()
-def _snap(*_):
-    if not tracemalloc.is_tracing():
-        tracemalloc.start(int(os.environ.get("SOAK_TRACE_FRAMES", "10")))
-        return
-    tracemalloc.take_snapshot().dump(os.path.join(os.environ["SOAK_SNAPSHOT_DIR"], f"{next(_n)}.snap"))
-signal.signal(signal.SIGUSR1, _snap)
+def _census(*_):
+    gc.collect()
+    counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+    with open(os.path.join(os.environ["SOAK_CENSUS_DIR"], f"{next(_n)}.json"), "w") as f:
+        json.dump(counts, f)
+signal.signal(signal.SIGUSR1, _census)
 from homeskillet.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -99,6 +103,12 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def make_query(n: int, rng: random.Random) -> Query:
     """The n-th query of the mix (of 20): 12 default covenant, 2 `auto` (semantic cache), 1 `cascade`
     (exact cache, tiers), 1 `hedged`, 1 `ensemble` (three pools), 1 on the marketplace class, 2 by
@@ -120,8 +130,20 @@ def make_query(n: int, rng: random.Random) -> Query:
     if r == 16:
         return Query(prompt=ask, tenant=tenant, covenant="ensemble", max_tokens=32)
     if r == 17:
-        return Query(prompt=ask, tenant=tenant, max_tokens=32, overrides={"resources": {"pool_class": "marketplace"}})
-    return Query(prompt=ask, tenant=tenant, max_tokens=32, overrides={"negotiation": "cfp"})
+        return Query(prompt=ask, tenant=tenant, covenant="soak-marketplace", max_tokens=32)
+    return Query(prompt=ask, tenant=tenant, covenant="soak-cfp", max_tokens=32)
+
+
+def write_covenants(into: Path) -> None:
+    """The shipped covenants and two more from `default` (a Contract Net one, and one on the
+    marketplace class), as files rather than per-query overrides: resolving overrides costs the
+    server a strict conversion per query, and this soak measures memory, not that."""
+    into.mkdir()
+    for f in default_covenant_dir().glob("*.toml"):
+        (into / f.name).write_text(f.read_text())
+    base = (default_covenant_dir() / "default.toml").read_text()
+    (into / "soak-cfp.toml").write_text('negotiation = "cfp"\n' + base)
+    (into / "soak-marketplace.toml").write_text(base.replace('pool_class = "standard"', 'pool_class = "marketplace"'))
 
 
 @dataclass
@@ -130,6 +152,7 @@ class Sample:
     sent: int
     rss_kib: int
     retained: dict[str, float] = field(default_factory=dict)
+    cpu_s: float = 0.0
 
 
 @dataclass
@@ -193,14 +216,14 @@ async def reserve_and_release(http: httpx.AsyncClient, tally: Tally) -> None:
 
 
 async def drive(nats_url: str, prefix: str, pid: int, metrics_url: str, rate: float, seconds: float,
-                sample_s: float, snapshots: list[float]) -> tuple[Tally, list[Sample]]:
+                sample_s: float, census_dir: Path | None) -> tuple[Tally, list[Sample]]:
     nc = await nats.connect(nats_url, max_reconnect_attempts=-1)
     http = httpx.AsyncClient(base_url=metrics_url, timeout=10)
     tally, samples = Tally(), []
     rng = random.Random(7)
     tasks: set[asyncio.Task[None]] = set()
     start = time.monotonic()
-    next_sample, snaps = 0.0, sorted(snapshots)
+    next_sample, census_at = 0.0, seconds / 3 if census_dir is not None else math.inf
     try:
         while (now := time.monotonic() - start) < seconds:
             due = int(now * rate) + 1  # open loop: the schedule, not the replies, sets the pace
@@ -214,20 +237,24 @@ async def drive(nats_url: str, prefix: str, pid: int, metrics_url: str, rate: fl
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
             if now >= next_sample:
-                samples.append(Sample(now, tally.sent, rss_kib(pid), await scrape(http)))
+                samples.append(Sample(now, tally.sent, rss_kib(pid), await scrape(http), cpu_s(pid)))
                 print(f"  {now / 60:6.2f} min  sent {tally.sent:7d}  answered {tally.answered:7d}  "
                       f"errors {sum(tally.errors.values()):5d}  in flight {tally.in_flight:4d}  "
                       f"RSS {samples[-1].rss_kib / 1024:7.1f} MiB", flush=True)
                 next_sample += sample_s
-            if snaps and now >= snaps[0]:
-                snaps.pop(0)
+            if now >= census_at:
+                census_at = math.inf
                 os.kill(pid, signal.SIGUSR1)
             await asyncio.sleep(min(1.0 / rate, 0.05))
         if tasks:
             await asyncio.wait(tasks, timeout=90)
-        samples.append(Sample(time.monotonic() - start, tally.sent, rss_kib(pid), await scrape(http)))
-        for _ in snaps:
+        samples.append(Sample(time.monotonic() - start, tally.sent, rss_kib(pid), await scrape(http), cpu_s(pid)))
+        if census_dir is not None:  # the last census, once the load has drained
             os.kill(pid, signal.SIGUSR1)
+            for _ in range(600):
+                if len(list(census_dir.glob("*.json"))) >= 2:
+                    break
+                await asyncio.sleep(0.1)
     finally:
         await http.aclose()
         await nc.close()
@@ -277,23 +304,20 @@ def report(tally: Tally, samples: list[Sample], seconds: float, rate: float) -> 
         "growth_last_two_thirds_pct": 100.0 * (last.rss_kib - third.rss_kib) / third.rss_kib,
         "slope_last_two_thirds_kib_per_min": slope * 60,
         "slope_bytes_per_query": slope * 1024 / rate_seen if rate_seen else None,
+        "server_cpu_ms_per_query": 1000 * (last.cpu_s - first.cpu_s) / max(1, last.sent - first.sent),
         "caps": caps,
         "samples": [(round(s.t, 1), s.sent, s.rss_kib) for s in samples],
     }
 
 
-def top_growth(snap_dir: Path, limit: int = 25) -> list[str]:
-    import tracemalloc
-
-    snaps = sorted(snap_dir.glob("*.snap"), key=lambda p: int(p.stem))
-    if len(snaps) < 2:
-        return ["(fewer than two snapshots)"]
-    a, b = (tracemalloc.Snapshot.load(str(p)) for p in (snaps[0], snaps[-1]))
-    lines = []
-    for stat in b.compare_to(a, "traceback")[:limit]:
-        lines.append(f"{stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks")
-        lines += [f"      {f.filename}:{f.lineno}" for f in stat.traceback[-8:]]
-    return lines
+def census_growth(census_dir: Path, queries: int, limit: int = 20) -> list[str]:
+    """Types whose live count grew between the first and the last census, per 1,000 queries."""
+    files = sorted(census_dir.glob("*.json"), key=lambda p: int(p.stem))
+    if len(files) < 2 or queries <= 0:
+        return ["(fewer than two censuses)"]
+    a, b = (json.loads(p.read_text()) for p in (files[0], files[-1]))
+    grown = sorted(((b[t] - a.get(t, 0), t) for t in b), reverse=True)[:limit]
+    return [f"{d * 1000 / queries:+10.1f} per 1,000 queries  {t} (now {b[t]})" for d, t in grown if d > 0]
 
 
 async def main() -> int:
@@ -303,7 +327,7 @@ async def main() -> int:
     ap.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling interval (default 5)")
     ap.add_argument("--small-caps", action="store_true", help="small caps, so a short run passes every cap")
     ap.add_argument("--config", help="a TOML file whose top-level keys replace the soak's (caps, pools …)")
-    ap.add_argument("--tracemalloc", action="store_true", help="trace the server's allocations (slow)")
+    ap.add_argument("--census", action="store_true", help="count the server's objects by type at 1/3 and the end")
     ap.add_argument("--json", help="write the report here")
     args = ap.parse_args()
     seconds = args.minutes * 60
@@ -312,20 +336,22 @@ async def main() -> int:
         tmpd = Path(tmp)
         port, http_port = free_port(), free_port()
         cfg = tmpd / "soak.toml"
-        conf: dict[str, Any] = {"prefix": "soak", **(SMALL_CAPS if args.small_caps else {}),
+        write_covenants(tmpd / "covenants")
+        conf: dict[str, Any] = {"prefix": "soak", "covenants_dir": str(tmpd / "covenants"),
+                                **(SMALL_CAPS if args.small_caps else {}),
                                 "pools": [msgspec.to_builtins(p) for p in default_pools() if p.provider == "echo"]
                                 + [HEDGE_POOL]}
         if args.config:
             conf.update(tomllib.loads(Path(args.config).read_text()))
         cfg.write_bytes(msgspec.toml.encode(conf))
         env = dict(os.environ)
-        snap_dir = tmpd / "snaps"
-        snap_dir.mkdir()
+        census_dir = tmpd / "census"
+        census_dir.mkdir()
         cmd_tail = ["up", "--config", str(cfg), "--port", str(port), "--data-dir", str(tmpd / "js"),
                     "--http", f"127.0.0.1:{http_port}"]
-        if args.tracemalloc:
-            env["SOAK_SNAPSHOT_DIR"] = str(snap_dir)
-            cmd = [sys.executable, "-c", TRACED_SERVER, *cmd_tail]
+        if args.census:
+            env["SOAK_CENSUS_DIR"] = str(census_dir)
+            cmd = [sys.executable, "-c", CENSUS_SERVER, *cmd_tail]
         else:
             cmd = [sys.executable, "-m", "homeskillet.cli", *cmd_tail]
         # Its own process group: if it ignores SIGTERM, the kill takes its nats-server too.
@@ -333,7 +359,7 @@ async def main() -> int:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env, text=True, start_new_session=True)
         try:
             assert proc.stdout is not None
-            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 600 if args.tracemalloc else 60)
+            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
             if "serving" not in line:
                 print(f"server did not start: {line!r}\n{(tmpd / 'server.log').read_text()[-3000:]}", file=sys.stderr)
                 return 2
@@ -341,7 +367,7 @@ async def main() -> int:
                   f"({'small caps' if args.small_caps else 'default caps'})", flush=True)
             tally, samples = await drive(f"nats://127.0.0.1:{port}", "soak", proc.pid,
                                          f"http://127.0.0.1:{http_port}", args.rate, seconds, args.sample_s,
-                                         [seconds / 6, seconds / 3] if args.tracemalloc else [])
+                                         census_dir if args.census else None)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -351,11 +377,12 @@ async def main() -> int:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         out = report(tally, samples, seconds, args.rate)
-        if args.tracemalloc:
-            out["tracemalloc_top"] = top_growth(snap_dir)
+        if args.census:
+            third = at(samples, seconds / 3)
+            out["census_growth"] = census_growth(census_dir, samples[-1].sent - third.sent)
     r = out["rss_mib"]
     print(f"\nsent {out['sent']}, answered {out['answered']}, errors {out['errors']}, "
-          f"reservations {out['reservations']}; "
+          f"reservations {out['reservations']}; server CPU {out['server_cpu_ms_per_query']:.1f} ms/query; "
           f"p50 {out['latency_p50_ms'] or 0:.1f} ms, p99 {out['latency_p99_ms'] or 0:.1f} ms")
     print(f"RSS MiB: start {r['start']:.1f}, at {out['one_third_at_min']:.1f} min {r['one_third']:.1f}, "
           f"end {r['end']:.1f}, max {r['max']:.1f}")
@@ -366,7 +393,7 @@ async def main() -> int:
         state = "passed" if c["reached"] else "idle (nothing kept)" if not c["peak"] else "below its cap"
         print(f"  {name:42s} cap {c.get('cap', float('nan')):>7.0f}  peak {c['peak']:>7.0f}  "
               f"evicted {c.get('evicted', 0):>8.0f}  {state}")
-    for line in out.get("tracemalloc_top", []):
+    for line in out.get("census_growth", []):
         print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
