@@ -64,9 +64,6 @@ class BoundedDict(OrderedDict[K, V]):
             if self.on_evict is not None:
                 self.on_evict(*old)
 
-    def __reduce__(self) -> Any:  # keep pickling/copying plain: a BoundedDict is process state
-        return (dict, (dict(self),))
-
 
 class _Registry(Collector):
     """The Prometheus side: every tracked structure, by name, while it is alive."""
