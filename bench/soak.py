@@ -347,7 +347,9 @@ async def main() -> int:
         env = dict(os.environ)
         census_dir = tmpd / "census"
         census_dir.mkdir()
-        cmd_tail = ["up", "--config", str(cfg), "--port", str(port), "--data-dir", str(tmpd / "js"),
+        # JSON logs, as a deployment runs: the console renderer draws an exception's traceback with
+        # rich (locals, syntax colouring) on the I/O loop, seconds each on a busy machine.
+        cmd_tail = ["--log-json", "up", "--config", str(cfg), "--port", str(port), "--data-dir", str(tmpd / "js"),
                     "--http", f"127.0.0.1:{http_port}"]
         if args.census:
             env["SOAK_CENSUS_DIR"] = str(census_dir)
