@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench fuzz clean install-blas
+.PHONY: demo test lint bench fuzz soak clean install-blas
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -50,6 +50,11 @@ bench: $(STAMP)
 # prints the tally (inputs, 4xx, 5xx, time per decoder) recorded in docs/benchmarks.md.
 fuzz: $(STAMP)
 	HS_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -o timeout=0 tests/fuzz
+
+# RSS of `homeskillet up` under steady load: 30 q/s for 30 min by default
+# (e.g. make soak SOAK_ARGS="--small-caps --minutes 5").
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 import numpy as np
 
+from .bounded import track
 from .telemetry import CACHE_LOOKUPS
 from .wire import CachePolicy, Fragment, FragmentOutcome
 
@@ -114,20 +115,61 @@ class Probe(msgspec.Struct, frozen=True):
 
 
 class _Entry:
-    __slots__ = ("expires", "hash", "ns", "outcome", "prompt", "terms", "text", "vector")
+    __slots__ = ("expires", "hash", "ns", "outcome", "prompt", "row", "terms", "text")
 
     def __init__(self, ns: tuple[str, str, str], frag: Fragment, text: str, outcome: FragmentOutcome,
-                 vector: np.ndarray | None, expires: float, terms: frozenset[str] | None = None) -> None:
+                 expires: float, terms: frozenset[str] | None = None) -> None:
         self.ns, self.hash, self.prompt = ns, frag.hash, frag.prompt
-        self.text, self.outcome, self.vector, self.expires = text, outcome, vector, expires
+        self.text, self.outcome, self.expires = text, outcome, expires
         self.terms = key_terms(frag.prompt) if terms is None else terms
+        self.row = -1  # its row in the namespace's _Index; -1: not in the semantic index
+
+
+class _Index:
+    """One namespace's embeddings as the rows of one matrix, so a lookup is one matrix-vector
+    product, and a put or a drop writes one row: each vector is stored once (a 2048-d float32 row
+    is 8 KiB, most of a semantic entry's cost) and nothing is rebuilt per query. The matrix grows
+    by doubling and halves when a quarter full; a dropped row is filled with the last one."""
+
+    __slots__ = ("entries", "matrix")
+
+    def __init__(self, dim: int) -> None:
+        self.entries: list[_Entry] = []
+        self.matrix = np.zeros((8, dim), dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, entry: _Entry, vector: np.ndarray) -> None:
+        n = len(self.entries)
+        if n == len(self.matrix):
+            grown = np.zeros((2 * n, self.matrix.shape[1]), dtype=np.float32)
+            grown[:n] = self.matrix
+            self.matrix = grown
+        self.matrix[n] = vector
+        entry.row = n
+        self.entries.append(entry)
+
+    def remove(self, entry: _Entry) -> None:
+        i, last = entry.row, self.entries.pop()
+        entry.row = -1
+        if last is not entry:
+            n = len(self.entries)
+            self.matrix[i] = self.matrix[n]
+            self.entries[i], last.row = last, i
+        if len(self.matrix) > 8 and len(self.entries) <= len(self.matrix) // 4:
+            self.matrix = self.matrix[: len(self.matrix) // 2].copy()
+
+    def scores(self, query: np.ndarray) -> np.ndarray:
+        sims: np.ndarray = self.matrix[: len(self.entries)] @ query
+        return sims
 
 
 class ResultCache:
     """Fragment results by (tenant, covenant, hash), with a semantic index per (tenant, covenant,
     context). Lives on the I/O loop: no locks, no awaits."""
 
-    def __init__(self, *, max_entries: int = 10_000, embed: Embedder | None = None,
+    def __init__(self, *, max_entries: int = 4096, embed: Embedder | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be ≥ 1, got {max_entries}")
@@ -136,11 +178,16 @@ class ResultCache:
         self.threshold = float(getattr(self.embed, "threshold", DEFAULT_THRESHOLD))
         self.clock = clock
         self._lru: OrderedDict[tuple[str, str, str], _Entry] = OrderedDict()  # (tenant, covenant, hash)
-        self._by_ns: dict[tuple[str, str, str], dict[str, _Entry]] = {}  # semantic index, by hash
-        self._matrix: dict[tuple[str, str, str], tuple[list[_Entry], np.ndarray]] = {}
+        self._by_ns: dict[tuple[str, str, str], _Index] = {}  # the semantic index of each namespace
+        self.evicted = 0  # entries dropped for room (not for age)
+        track("result_cache", self)
 
     def __len__(self) -> int:
         return len(self._lru)
+
+    @property
+    def cap(self) -> int:
+        return self.max_entries
 
     @staticmethod
     def _ns(tenant: str, covenant_id: str, frag: Fragment) -> tuple[str, str, str]:
@@ -182,19 +229,14 @@ class ResultCache:
         index = self._by_ns.get(ns)
         if not index:
             return None
-        cached = self._matrix.get(ns)
-        if cached is None:
-            entries = list(index.values())
-            cached = self._matrix[ns] = (entries, np.stack([e.vector for e in entries]))  # type: ignore[misc]
-        entries, matrix = cached
         if probe is None:
             probe = Probe(self.embed([frag.prompt])[0], key_terms(frag.prompt))
-        sims = matrix @ probe.vector
+        sims = index.scores(probe.vector)
         terms = probe.terms
         for i in np.argsort(-sims):
             if sims[i] < threshold:
                 break
-            e = entries[i]
+            e = index.entries[i]
             if e.expires <= now:
                 continue
             if _mentions(terms, e.prompt) and _mentions(e.terms, frag.prompt):
@@ -213,26 +255,29 @@ class ResultCache:
         ns = self._ns(tenant, covenant_id, frag)
         if probe is None and policy.mode == "semantic":
             probe = self.probe(frag, policy)
-        vector = probe.vector if probe is not None else None
-        entry = _Entry(ns, frag, text, outcome, vector, self.clock() + policy.ttl_s,
+        entry = _Entry(ns, frag, text, outcome, self.clock() + policy.ttl_s,
                        probe.terms if probe is not None else None)
         self._lru[key] = entry
-        if vector is not None:
-            self._by_ns.setdefault(ns, {})[frag.hash] = entry
-            self._matrix.pop(ns, None)
+        if probe is not None:
+            vector = probe.vector
+            index = self._by_ns.get(ns)
+            if index is None:
+                index = self._by_ns[ns] = _Index(len(vector))
+            index.add(entry, vector)
         while len(self._lru) > self.max_entries:
             self._drop(next(iter(self._lru)))
+            self.evicted += 1
 
     def _drop(self, key: tuple[str, str, str]) -> None:
         entry = self._lru.pop(key)
-        index = self._by_ns.get(entry.ns)
-        if index is not None and index.pop(entry.hash, None) is not None:
-            self._matrix.pop(entry.ns, None)
+        if entry.row >= 0:
+            index = self._by_ns[entry.ns]
+            index.remove(entry)
             if not index:
                 del self._by_ns[entry.ns]
 
 
-def make_cache(embedder: str = "hashing", max_entries: int = 10_000) -> ResultCache:
+def make_cache(embedder: str = "hashing", max_entries: int = 4096) -> ResultCache:
     """The cache a deployment configures by name: ``hashing`` (default) or ``minilm`` (the
     optional numpy MiniLM, homeskillet/embeddings.py)."""
     if embedder == "hashing":

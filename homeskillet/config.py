@@ -18,8 +18,8 @@ from .errors import HomeskilletError
 from .secrets import resolve_secret
 from .strict import StrictError, convert_strict, load_toml
 
-__all__ = ["DistillationSettings", "HttpSettings", "NatsAuth", "PoolSpec", "Settings", "TenantSettings",
-           "default_pools", "echo_pools", "load_settings", "local_pools"]
+__all__ = ["DistillationSettings", "HttpSettings", "NatsAuth", "PoolSpec", "RetentionSettings", "Settings",
+           "TenantSettings", "default_pools", "echo_pools", "load_settings", "local_pools"]
 
 
 class PoolSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -142,6 +142,21 @@ class DistillationSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
         return out
 
 
+Cap = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class RetentionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``[retention]``: caps on what a long-running process keeps per query after the query has
+    ended (each structure drops its oldest entry past its cap; see docs/architecture.md, "Memory
+    bounds"). The result cache has its own cap, ``cache_max_entries``."""
+
+    results: Cap = 10_000  # answers kept for GET /api/v1/results/{query_id}
+    strike_results: Cap = 4096  # per pool host: finished strikes remembered so a redelivery is not run again
+    strike_cancels: Cap = 4096  # per pool host: cancel requests remembered (one may arrive before its strike)
+    ledger_settled: Cap = 20_000  # settled strike ids the ledger actor remembers (a second settle charges nothing)
+    reservations_ended: Cap = 1000  # released or expired reservations still answered by id
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nats: list[str] = msgspec.field(default_factory=list)  # empty: start an embedded server
     data_dir: str = ""  # embedded server's JetStream directory; "" = the user's state dir
@@ -164,7 +179,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     tenants: dict[str, TenantSettings] = msgspec.field(default_factory=dict)
     cache_embedder: str = "hashing"  # semantic cache embedding: "hashing" or "minilm" (the [embed] extra)
-    cache_max_entries: int = 10_000
+    cache_max_entries: Cap = 4096  # result cache entries, LRU over all tenants (a semantic one: ~10-17 KiB)
+    retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
     distillation: DistillationSettings = msgspec.field(default_factory=DistillationSettings)  # [distillation]
 
 

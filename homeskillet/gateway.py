@@ -10,7 +10,6 @@ budget holds sit on the strike path (``Orchestrator.execute``).
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -18,6 +17,7 @@ import msgspec
 import structlog
 
 from .auth import Principal
+from .bounded import BoundedDict
 from .covenant import CovenantBook
 from .distill.service import DistillService
 from .errors import BadRequest, HomeskilletError, NotFound, PayloadTooLarge
@@ -121,7 +121,8 @@ class Gateway:
         self.max_prompt_bytes = max_prompt_bytes
         self.limits = limits
         self.max_results = max_results
-        self.results: OrderedDict[str, Answer] = OrderedDict()  # recent answers, for GET /api/v1/results/{id}
+        # recent answers, for GET /api/v1/results/{id} ([retention] results)
+        self.results: BoundedDict[str, Answer] = BoundedDict(max_results, "results")
         self.ports: PortOpener | None = None  # dedicated local ports for reservations (set with the HTTP API)
         d = orchestrator.distiller
         self.distill = DistillService(d, orchestrator.covenants) if d is not None else None  # None: off
@@ -249,8 +250,6 @@ class Gateway:
     def _keep(self, answer: Answer) -> None:
         round_answer(answer)  # reported USD to the nano-dollar (money.py), in the reply and in results
         self.results[answer.query_id] = answer
-        while len(self.results) > self.max_results:
-            self.results.popitem(last=False)
 
     async def usage(self, tenant: str) -> TenantUsage:
         budgets = self.orchestrator.budgets

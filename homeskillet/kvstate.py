@@ -181,6 +181,14 @@ async def open_bucket(js: JetStreamContext, name: str, *, max_age_s: float = 0.0
                            "nats_replicas to what the cluster can place, or start more JetStream nodes")
 
 
+class _KeyLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0  # holding or waiting
+
+
 class KvCell:
     """Compare-and-set over one bucket; values are bytes, decoded by the caller."""
 
@@ -189,7 +197,7 @@ class KvCell:
         self.kv, self.name = kv, name
         self.max_attempts = max_attempts
         self.op_timeout_s, self.patience_s = op_timeout_s, patience_s
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _KeyLock] = {}
 
     async def _retry(self, key: str, op: Callable[[], Awaitable[T]]) -> T:
         return await retry_transient(f"{self.name}/{key}", op, op_timeout_s=self.op_timeout_s,
@@ -208,18 +216,29 @@ class KvCell:
         """Apply ``change`` atomically; returns what ``change`` returned beside the new value.
         ``change`` may raise (nothing is written) and must be pure and idempotent: it can run more
         than once, also on a value its own earlier, timed-out write produced."""
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            for attempt in range(self.max_attempts):
-                raw, revision = await self.read(key)
-                new, result = change(raw)
-                if new is None:
-                    return result
-                try:
-                    await self._retry(key, functools.partial(self.kv.update, key, new, last=revision))
-                    return result
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    # Another instance wrote first: back off a little (spreads the contenders), re-read.
-                    await asyncio.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 20)))
-            raise HomeskilletError(f"shared state {self.name}/{key} stayed contended for "
-                                   f"{self.max_attempts} attempts; try again")
+        held = self._locks.get(key)
+        if held is None:
+            held = self._locks[key] = _KeyLock()
+        held.users += 1
+        try:
+            async with held.lock:
+                return await self._cas(key, change)
+        finally:
+            held.users -= 1
+            if held.users == 0:  # nobody holds or waits: one lock per busy key, not one per tenant ever seen
+                del self._locks[key]
+
+    async def _cas(self, key: str, change: Callable[[bytes | None], tuple[bytes | None, T]]) -> T:
+        for attempt in range(self.max_attempts):
+            raw, revision = await self.read(key)
+            new, result = change(raw)
+            if new is None:
+                return result
+            try:
+                await self._retry(key, functools.partial(self.kv.update, key, new, last=revision))
+                return result
+            except nats.js.errors.KeyWrongLastSequenceError:
+                # Another instance wrote first: back off a little (spreads the contenders), re-read.
+                await asyncio.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 20)))
+        raise HomeskilletError(f"shared state {self.name}/{key} stayed contended for "
+                               f"{self.max_attempts} attempts; try again")

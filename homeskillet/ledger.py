@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from .bounded import BoundedDict
 from .errors import BudgetExceeded
 from .supervisor import HsActor
 
@@ -51,10 +52,13 @@ class LedgerReport(msgspec.Struct):
 
 
 class LedgerState:
-    def __init__(self) -> None:
+    def __init__(self, settled_max: int = 20_000) -> None:
         self.spent: dict[str, float] = defaultdict(float)
         self.holds: dict[str, tuple[str, float]] = {}
-        self.settled: dict[str, float] = {}
+        # Strike ids already charged, for idempotent settlement: a duplicate comes within seconds of
+        # the first, so the most recent ``settled_max`` are enough ([retention] ledger_settled).
+        self.settled: BoundedDict[str, float] = BoundedDict(settled_max, "ledger_settled")
+        self.settlements = 0
         self.by_pool: dict[str, float] = defaultdict(float)
         self.by_model: dict[str, float] = defaultdict(float)
         self.duplicates = 0
@@ -85,6 +89,7 @@ class LedgerActor(HsActor):
                     s.duplicates += 1
                     return False
                 s.settled[sid] = cost
+                s.settlements += 1
                 s.spent[tenant] += cost
                 s.by_pool[pool] += cost
                 s.by_model[model] += cost
@@ -102,7 +107,7 @@ class LedgerActor(HsActor):
                     held_usd={t: v for t, v in held.items() if keep(t)},
                     by_pool=dict(s.by_pool),
                     by_model=dict(s.by_model),
-                    settlements=len(s.settled),
+                    settlements=s.settlements,
                     duplicates_ignored=s.duplicates,
                 )
         raise TypeError(f"ledger cannot handle {type(msg).__name__}")

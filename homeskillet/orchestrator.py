@@ -218,7 +218,7 @@ class Orchestrator:
             served = await self._try_step(query, cov, frag, step, degrade, deadline, tried, unmet, stream)
             if served is not None:
                 return served
-            FALLBACKS.labels(step=str(step), reason="exhausted").inc()
+            labelled(FALLBACKS, step=str(step), reason="exhausted").inc()
         if time.monotonic() >= deadline:
             raise DeadlineExceeded(f"query {query.query_id}: covenant {cov.name!r} hard deadline "
                                    f"{cov.qos.hard_deadline_ms} ms passed", term="qos.hard_deadline_ms",
@@ -268,7 +268,7 @@ class Orchestrator:
                 exclude.add(pool)
                 if isinstance(exc, StrikeFailed) and not isinstance(exc, Preempted):
                     self.negotiator.mark_down(pool)
-                FALLBACKS.labels(step=str(step), reason=exc.code).inc()
+                labelled(FALLBACKS, step=str(step), reason=exc.code).inc()
                 log.warning("strike_failed", query_id=query.query_id, strike_id=strike_id, pool=pool,
                             error=exc.message)
                 continue

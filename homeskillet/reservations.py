@@ -29,6 +29,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from .bounded import BoundedDict
 from .budgets import Budgets
 from .covenant import PROVIDERS
 from .errors import BadRequest, BudgetExceeded, HomeskilletError, NoPoolError, NotFound, Unmet
@@ -164,13 +165,17 @@ class Reservations:
     """The reservation table of this orchestrator, and the calls that fill and empty it."""
 
     def __init__(self, nc: NATS, subjects: Subjects, quotes: Callable[[], Sequence[Quote]], *,
-                 allocate_timeout_s: float = 180.0, budgets: Budgets | None = None) -> None:
+                 allocate_timeout_s: float = 180.0, budgets: Budgets | None = None,
+                 ended_max: int = 1000) -> None:
         self.nc, self.subjects = nc, subjects
         self._quotes = quotes
         self.allocate_timeout_s = allocate_timeout_s
         self.budgets = budgets
         self.table: dict[str, Reservation] = {}
         self.held: dict[str, float] = {}  # reservation_id -> what the tenant's budget holds for it
+        # Released reservations stay readable by id, the last ``ended_max`` of them ([retention]).
+        self._ended: BoundedDict[str, None] = BoundedDict(ended_max, "reservations_ended",
+                                                          on_evict=lambda rid, _: self.table.pop(rid, None))
 
     def _offers(self) -> list[Offer]:
         now = int(time.time() * 1000)
@@ -301,6 +306,7 @@ class Reservations:
                 log.warning("charge_capped_at_hold", reservation_id=reservation_id, billed_usd=billed,
                             hold_usd=held, pool_loss_usd=billed - held)
             await self.budgets.settle(tenant, reservation_id, min(billed, held))
+        self._ended[reservation_id] = None
         log.info("reservation_released", reservation_id=reservation_id, billed_usd=billed, tenant=tenant)
         return res
 

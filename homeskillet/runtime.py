@@ -117,7 +117,7 @@ class Runtime:
         if self.serve_queries:
             view = BookView()
             broker = self.supervisor.start("broker", BrokerActor, BrokerState(view))
-            self.ledger = self.supervisor.start("ledger", LedgerActor, LedgerState())
+            self.ledger = self.supervisor.start("ledger", LedgerActor, LedgerState(s.retention.ledger_settled))
             self.negotiator = Negotiator(self.nc, self.subjects, broker, view, bid_window_ms=s.bid_window_ms)
             await self.negotiator.start()
             self.dispatcher = Dispatcher(self.nc, self.subjects, silence_ms=s.silence_ms)
@@ -139,9 +139,9 @@ class Runtime:
                                              parking=self.parking, distiller=self.distiller,
                                              cache=make_cache(s.cache_embedder, s.cache_max_entries))
             self.reservations = Reservations(self.nc, self.subjects, lambda: self.negotiator.view.quotes,
-                                             budgets=budgets)
+                                             budgets=budgets, ended_max=s.retention.reservations_ended)
             self.gateway = Gateway(self.orchestrator, self.reservations, max_prompt_bytes=s.max_prompt_bytes,
-                                   limits=limits)
+                                   limits=limits, max_results=s.retention.results)
             auth = Authenticator(s.auth)  # the same identity rule on NATS as on HTTP and MCP
             self.ingress = NatsIngress(self.nc, self.subjects, self.gateway, auth, self.parking)
             await self.ingress.start()

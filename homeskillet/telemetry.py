@@ -6,7 +6,6 @@ structlog context does not cross into actor threads, so actor code binds ``query
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 from typing import Any
@@ -58,11 +57,29 @@ DISTILL_AGREEMENT = Gauge("hs_distill_agreement", "Student agreement with the te
                           ["student", "window"])
 
 
-@functools.cache
-def labelled(metric: Any, **labels: str) -> Any:
+MAX_LABEL_SETS = 500  # children per metric made through labelled(); label sets past it count as "other"
+_children: dict[tuple[Any, tuple[tuple[str, Any], ...]], Any] = {}
+_made: dict[int, int] = {}  # id(metric) -> children made through labelled()
+
+
+def labelled(metric: Any, **labels: Any) -> Any:
     """``metric.labels(**labels)``, looked up once per label set: ``labels()`` takes a lock and
-    validates on every call, a few µs on the query path. (Never ``remove`` a cached child.)"""
-    return metric.labels(**labels)
+    validates on every call, a few µs on the query path. (Never ``remove`` a cached child.)
+    Bounded: a label value can come from a request (a covenant override naming ``pool:<any>``
+    as a fallback step), and each new one would be a child kept for the life of the process, so
+    past ``MAX_LABEL_SETS`` children of one metric, new label sets are counted under "other"."""
+    key = (metric, tuple(sorted(labels.items())))
+    child = _children.get(key)
+    if child is None:
+        if _made.get(id(metric), 0) >= MAX_LABEL_SETS:
+            key = (metric, tuple((k, "other") for k, _ in key[1]))
+            child = _children.get(key)
+            if child is None:  # the one "other" child, made once and not counted
+                child = _children[key] = metric.labels(**dict.fromkeys(labels, "other"))
+            return child
+        child = _children[key] = metric.labels(**labels)
+        _made[id(metric)] = _made.get(id(metric), 0) + 1
+    return child
 
 
 def configure_logging(*, json: bool = False, level: str = "INFO") -> None:

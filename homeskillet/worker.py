@@ -18,13 +18,13 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections import OrderedDict
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from .bounded import BoundedDict
 from .config import PoolSpec, Settings
 from .errors import HomeskilletError, LeaseRejected, Preempted
 from .pools import (
@@ -73,7 +73,6 @@ __all__ = ["HEARTBEAT_HEADER", "PoolHost", "billed_on_cancel"]
 
 log = get_logger("homeskillet.worker")
 HEARTBEAT_HEADER = "Hs-Heartbeat"
-_RESULTS_KEPT = 50_000
 
 
 def billed_on_cancel(spec: PoolSpec, prompt_tokens: int, seconds: float, completion_tokens: int = 0) -> float:
@@ -159,7 +158,9 @@ class PoolHost:
         self.settings = settings
         self.agent: Supervised = supervisor.start(f"pool:{spec.name}", PoolAgent, PoolState(spec, connector.provider))
         self.slots = asyncio.Semaphore(spec.capacity)
-        self.results: OrderedDict[str, asyncio.Future[StrikeResult]] = OrderedDict()
+        # Idempotency by strike_id, bounded: a redelivery comes within seconds ([retention] strike_results).
+        self.results: BoundedDict[str, asyncio.Future[StrikeResult]] = BoundedDict(
+            settings.retention.strike_results, f"strike_results[{spec.name}]")
         self._subs: list[Any] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._quoter: asyncio.Task[None] | None = None
@@ -168,7 +169,8 @@ class PoolHost:
         self.active = 0  # strikes admitted here and not finished: the loop is the admission authority
         self.heartbeats = _Heartbeats(self)
         self.running: dict[str, asyncio.Task[Any]] = {}  # strike_id -> the task running it (for cancels)
-        self.cancels: OrderedDict[str, None] = OrderedDict()  # cancel requests, possibly ahead of their strike
+        self.cancels: BoundedDict[str, None] = BoundedDict(  # cancel requests, possibly ahead of their strike
+            settings.retention.strike_cancels, f"strike_cancels[{spec.name}]")
 
     async def start(self) -> None:
         s = self.subjects
@@ -266,8 +268,6 @@ class PoolHost:
             return
         fut: asyncio.Future[StrikeResult] = asyncio.get_running_loop().create_future()
         self.results[sid] = fut
-        while len(self.results) > _RESULTS_KEPT:
-            self.results.popitem(last=False)
         beat = self.heartbeats.start(msg.reply) if msg.reply else None
         try:
             result = await self._run(strike, msg.reply if strike.stream else None)
@@ -376,8 +376,6 @@ class PoolHost:
         """Stop a running strike (its reply becomes StrikeCancelled); remembered if it has not
         arrived yet. Returns whether a running strike was stopped."""
         self.cancels[strike_id] = None
-        while len(self.cancels) > _RESULTS_KEPT:
-            self.cancels.popitem(last=False)
         task = self.running.get(strike_id)
         if task is None or task.done():
             return False

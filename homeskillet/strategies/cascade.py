@@ -13,7 +13,7 @@ import asyncio
 import msgspec
 
 from ..covenant import parse_step
-from ..telemetry import CASCADE_STEPS
+from ..telemetry import CASCADE_STEPS, labelled
 from ..wire import Cascade, Fragment, FragmentOutcome
 from .confidence import SAMPLE_TEMPERATURE, agreement
 from .types import Run, Served
@@ -71,13 +71,13 @@ async def cascade(run: Run, frag: Fragment, policy: Cascade) -> Served:
         served, conf = got
         shown = "none" if conf is None else f"{conf:.2f}"
         if keep(conf, policy.threshold, last):
-            CASCADE_STEPS.labels(tier=tier, outcome="kept").inc()
+            labelled(CASCADE_STEPS, tier=tier, outcome="kept").inc()
             why = (f"kept at tier {k + 1}/{len(policy.tiers)} ({tier}): " +
                    ("last tier" if conf is None or conf < policy.threshold else
                     f"confidence {shown} ≥ {policy.threshold:g}"))
             out = msgspec.structs.replace(served.outcome, role="cascade", contribution=why, confidence=conf)
             return Served(outcome=out, text=served.text, others=[*spent, *served.others])
-        CASCADE_STEPS.labels(tier=tier, outcome="escalated").inc()
+        labelled(CASCADE_STEPS, tier=tier, outcome="escalated").inc()
         spent.extend(served.others)
         spent.append(msgspec.structs.replace(
             served.outcome, role="cascade", contributed=False, confidence=conf,
