@@ -36,6 +36,8 @@ def main() -> int:
     ap.add_argument("--heldout", type=int, default=100)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--layers", type=int, default=16, help="transformer blocks from the top that get LoRA")
+    ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--model-dir", default="")
     a = ap.parse_args()
     if a.model_dir:
@@ -46,7 +48,7 @@ def main() -> int:
         model_dir = str(resolve_model_dir())
     train, held = triage(a.train, a.heldout, seed=11)
     terms = Distill(student="triage-s", train_steps=a.steps, lora_rank=a.rank, validation_split=0.0,
-                    confidence_threshold=0.8)
+                    confidence_threshold=0.8, learning_rate=a.lr)
     root = Path(tempfile.mkdtemp(prefix="hs-distill-bench-"))
     job = prepare_round(pairs_of(train), terms, "triage-s", 1, work_root=root / "work", adapters_root=root / "adapters",
                         base_model_dir=model_dir, system=SYSTEM)
@@ -56,7 +58,8 @@ def main() -> int:
     hp.write_bytes(b"".join(msgspec.json.encode(p) + b"\n" for p in heldout))
     gp = root / "groups.json"
     gp.write_bytes(msgspec.json.encode({p.pair_id: e.group for p, e in zip(heldout, held, strict=True)}))
-    job = msgspec.structs.replace(job, heldout_path=str(hp), groups_path=str(gp), eval_max_tokens=4)
+    job = msgspec.structs.replace(job, heldout_path=str(hp), groups_path=str(gp), eval_max_tokens=4,
+                                  num_layers=a.layers)
     job_path = Path(job.data_dir).parent / "job.json"
     job_path.write_bytes(msgspec.json.encode(job))
     t0 = time.monotonic()
@@ -70,7 +73,8 @@ def main() -> int:
     print(f"# distillation: triage, {len(train)} training tickets, {len(held)} held-out "
           f"({sum(e.group == 'unseen_wording' for e in held)} on unseen wordings)")
     print(f"machine: {platform.machine()} {platform.processor() or ''} {platform.node()}; "
-          f"{time.strftime('%Y-%m-%d')}; LoRA rank {a.rank}, batch {job.batch_size}, {a.steps} steps\n")
+          f"{time.strftime('%Y-%m-%d')}; LoRA rank {a.rank} on the top {a.layers} blocks, batch {job.batch_size}, "
+          f"lr {a.lr}, {a.steps} steps\n")
     print("| student | held-out exact match | seen wordings | unseen wordings |")
     print("|---|---|---|---|")
     for name, ev in (("base SmolLM2-135M", r.before), (f"after {a.steps} LoRA steps", r.after)):
