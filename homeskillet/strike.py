@@ -205,8 +205,9 @@ class Dispatcher:
         if on_chunk is not None and not strike.stream:
             strike = msgspec.structs.replace(strike, stream=True)
         try:
-            await self.nc.publish(self.subjects.strike(strike.pool), encode(strike), reply=f"{self._inbox}.{key}")
+            # Armed first: a publish that waits on a full outgoing buffer still counts as silence.
             self._arm(min(p.deadline, now + self.silence))
+            await self.nc.publish(self.subjects.strike(strike.pool), encode(strike), reply=f"{self._inbox}.{key}")
             return await fut
         except asyncio.CancelledError:
             if fut.cancelled() or not fut.done():  # the caller left (a client hung up): stop the work at the pool
