@@ -2,7 +2,7 @@
 then a LoRA round (mlx-lm, in a child process exactly as the distiller runs it), then the trained
 student on the same held-out tickets (entities never trained on; half on wordings never trained on).
 
-Usage: python bench/distill.py [--train 240] [--heldout 100] [--steps 50] [--model-dir DIR]
+Usage: python bench/distill.py [--train 240] [--heldout 100] [--steps 80] [--layers 0] [--model-dir DIR]
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--train", type=int, default=240)
     ap.add_argument("--heldout", type=int, default=100)
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--rank", type=int, default=8)
-    ap.add_argument("--layers", type=int, default=16, help="transformer blocks from the top that get LoRA")
+    ap.add_argument("--layers", type=int, default=0, help="blocks from the top that get LoRA (0: every block)")
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--model-dir", default="")
     a = ap.parse_args()
@@ -72,8 +72,9 @@ def main() -> int:
     assert r.before is not None and r.after is not None
     print(f"# distillation: triage, {len(train)} training tickets, {len(held)} held-out "
           f"({sum(e.group == 'unseen_wording' for e in held)} on unseen wordings)")
+    blocks = "every block" if a.layers <= 0 else f"the top {a.layers} blocks"
     print(f"machine: {platform.machine()} {platform.processor() or ''} {platform.node()}; "
-          f"{time.strftime('%Y-%m-%d')}; LoRA rank {a.rank} on the top {a.layers} blocks, batch {job.batch_size}, "
+          f"{time.strftime('%Y-%m-%d')}; LoRA rank {a.rank} on {blocks}, batch {job.batch_size}, "
           f"lr {a.lr}, {a.steps} steps\n")
     print("| student | held-out exact match | seen wordings | unseen wordings |")
     print("|---|---|---|---|")

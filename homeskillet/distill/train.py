@@ -44,7 +44,7 @@ class TrainJob(msgspec.Struct, frozen=True, kw_only=True):
     steps: int = 50
     rank: int = 8
     scale: float = 20.0
-    num_layers: int = 16  # transformer blocks from the top that get LoRA
+    num_layers: int = 0  # transformer blocks from the top that get LoRA; 0 = every block
     batch_size: int = 4
     learning_rate: float = 2e-4
     max_seq_length: int = 512
@@ -119,7 +119,9 @@ def run_job(job: TrainJob, progress: Callable[[TrainProgress], None] | None = No
     model, tokenizer = loaded[0], loaded[1]
     model.freeze()
     config = _adapter_config(job)
-    linear_to_lora_layers(model, min(job.num_layers, len(model.layers)), config["lora_parameters"])
+    blocks = len(model.layers) if job.num_layers <= 0 else min(job.num_layers, len(model.layers))
+    config["num_layers"] = blocks
+    linear_to_lora_layers(model, blocks, config["lora_parameters"])
     start_from = ckpt or (Path(job.resume_from) / "adapters.safetensors" if job.resume_from else None)
     if start_from is not None:
         model.load_weights(str(start_from), strict=False)
