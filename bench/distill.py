@@ -17,17 +17,9 @@ from pathlib import Path
 
 import msgspec
 
-from homeskillet.distill.capture import pair_id
 from homeskillet.distill.pipeline import prepare_round, run_job_in_child
-from homeskillet.sims.families import SYSTEM, triage
-from homeskillet.wire import Distill, DistillPair
-
-
-def pairs_of(examples: list, tenant: str = "bench") -> list[DistillPair]:  # type: ignore[type-arg]
-    return [DistillPair(pair_id=pair_id(tenant, "triage-s", e.prompt), tenant=tenant, covenant="triage",
-                        student="triage-s", query_id=f"q{i}", fragment_hash=e.prompt, prompt=e.prompt,
-                        teacher_model="teacher", teacher_pool="openrouter/teacher", teacher_text=e.answer,
-                        teacher_confidence=0.97) for i, e in enumerate(examples)]
+from homeskillet.sims.families import SYSTEM, as_pairs, triage
+from homeskillet.wire import Distill
 
 
 def main() -> int:
@@ -49,11 +41,12 @@ def main() -> int:
     train, held = triage(a.train, a.heldout, seed=11)
     terms = Distill(student="triage-s", train_steps=a.steps, lora_rank=a.rank, validation_split=0.0,
                     confidence_threshold=0.8, learning_rate=a.lr)
+    captured = as_pairs(train, "bench", "triage-s")
     root = Path(tempfile.mkdtemp(prefix="hs-distill-bench-"))
-    job = prepare_round(pairs_of(train), terms, "triage-s", 1, work_root=root / "work", adapters_root=root / "adapters",
+    job = prepare_round(captured, terms, "triage-s", 1, work_root=root / "work", adapters_root=root / "adapters",
                         base_model_dir=model_dir, system=SYSTEM)
     # Held-out pairs are the family's own held-out tickets, never in the training set.
-    heldout = pairs_of(held, tenant="heldout")
+    heldout = as_pairs(held, "heldout", "triage-s")
     hp = root / "heldout.jsonl"
     hp.write_bytes(b"".join(msgspec.json.encode(p) + b"\n" for p in heldout))
     gp = root / "groups.json"

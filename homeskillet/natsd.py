@@ -34,6 +34,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from .errors import HomeskilletError
+from .statedir import state_path
 
 __all__ = ["NatsCluster", "NatsServer", "default_data_dir", "find_nats_server", "stream_leader", "wait_for_jetstream"]
 
@@ -102,9 +103,7 @@ def find_nats_server() -> str:
 
 
 def default_data_dir() -> Path:
-    from platformdirs import user_state_dir
-
-    return Path(user_state_dir("homeskillet")) / "nats"
+    return state_path("nats")
 
 
 class NatsServer:

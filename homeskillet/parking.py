@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -105,8 +105,9 @@ class ParkingLot:
         # A stream just made with 3 replicas answers once its leader is elected: retried, not failed.
         await retry_transient("parked claims", self._beat, op_timeout_s=5.0, patience_s=30.0)
         await retry_transient("parked records", self.sweep, op_timeout_s=30.0, patience_s=60.0)
-        self._loops = [asyncio.create_task(self._beat_loop(), name="parking-beat"),
-                       asyncio.create_task(self._sweep_loop(), name="parking-sweeper")]
+        self._loops = [asyncio.create_task(self._every_third_of_ttl(self._beat, "beat"), name="parking-beat"),
+                       asyncio.create_task(self._every_third_of_ttl(self.sweep, "sweep"),
+                                           name="parking-sweeper")]
 
     async def stop(self) -> None:
         """Stop renewing and say we are gone (peers take our unanswered records at their next sweep)."""
@@ -270,13 +271,13 @@ class ParkingLot:
             await self._yield_taken()
         self._last_beat = now
 
-    async def _beat_loop(self) -> None:
+    async def _every_third_of_ttl(self, work: Callable[[], Awaitable[object]], what: str) -> None:
         while True:
             await asyncio.sleep(self.claim_ttl_s / 3)
             try:
-                await self._beat()
-            except Exception as exc:  # a NATS reconnect must not end the renewals
-                log.warning("parking_beat_failed", error=repr(exc))
+                await work()
+            except Exception as exc:  # a NATS reconnect must not end the renewals or the sweeps
+                log.warning(f"parking_{what}_failed", error=repr(exc))
 
     async def _alive(self, owner: str, seen: dict[str, bool]) -> bool:
         assert self._kv is not None
@@ -328,10 +329,3 @@ class ParkingLot:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _sweep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.claim_ttl_s / 3)
-            try:
-                await self.sweep()
-            except Exception as exc:  # a NATS reconnect must not end the sweeps
-                log.warning("parking_sweep_failed", error=repr(exc))

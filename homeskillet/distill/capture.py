@@ -51,7 +51,7 @@ class PairStore:
 
     async def pairs(self, tenant: str, student: str, *, limit: int = 10_000) -> list[DistillPair]:
         """The newest ``limit`` pairs of one tenant (``*``: every tenant) for one student, oldest first."""
-        subject = f"{self.subjects.distill_pairs}.{'*' if tenant == '*' else token(tenant)}.{token(student)}.>"
+        subject = self._filter(tenant, student)
         try:
             info = await self.js.stream_info(self.stream, subjects_filter=subject)
         except NotFoundError:
@@ -75,8 +75,12 @@ class PairStore:
         out.sort(key=lambda p: p.captured_at)
         return out[-limit:]
 
+    def _filter(self, tenant: str, student: str) -> str:
+        """Every pair of one tenant (``*``: of every tenant) for one student."""
+        return f"{self.subjects.distill_pairs}.{'*' if tenant == '*' else token(tenant)}.{token(student)}.>"
+
     async def count(self, tenant: str, student: str) -> int:
-        subject = f"{self.subjects.distill_pairs}.{token(tenant)}.{token(student)}.>"
+        subject = self._filter(tenant, student)
         try:
             info = await self.js.stream_info(self.stream, subjects_filter=subject)
         except NotFoundError:

@@ -3,20 +3,13 @@ every local pool on this host finds them by name (``localmodel.store.adapters_di
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..localmodel.store import adapters_dir
+from ..statedir import state_path
 
 __all__ = ["adapters_dir", "distill_dir"]
 
 
-def _state() -> Path:
-    from platformdirs import user_state_dir
-
-    return Path(user_state_dir("homeskillet"))
-
-
 def distill_dir() -> Path:
-    env = os.environ.get("HOMESKILLET_DISTILL_DIR")
-    return Path(env).expanduser() if env else _state() / "distill"
+    return state_path("distill", "HOMESKILLET_DISTILL_DIR")

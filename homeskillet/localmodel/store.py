@@ -7,10 +7,10 @@ wheel, converted once) and any mlx-lm model directory a user names.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 from ..errors import HomeskilletError
+from ..statedir import state_path
 
 __all__ = ["DEFAULT_MODEL", "ModelMissing", "adapters_dir", "check_model", "default_gguf", "models_dir",
            "resolve_model_dir"]
@@ -27,23 +27,13 @@ class ModelMissing(HomeskilletError):
 
 
 def models_dir() -> Path:
-    env = os.environ.get("HOMESKILLET_MODELS_DIR")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_state_dir
-
-    return Path(user_state_dir("homeskillet")) / "models"
+    return state_path("models", "HOMESKILLET_MODELS_DIR")
 
 
 def adapters_dir() -> Path:
     """Where local pools look for LoRA adapters by name when no ``adapters_dir`` option is set; the
     distiller writes its students here (``HOMESKILLET_ADAPTERS_DIR`` moves it)."""
-    env = os.environ.get("HOMESKILLET_ADAPTERS_DIR")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_state_dir
-
-    return Path(user_state_dir("homeskillet")) / "adapters"
+    return state_path("adapters", "HOMESKILLET_ADAPTERS_DIR")
 
 
 def default_gguf() -> Path:

@@ -16,7 +16,10 @@ import random
 
 import msgspec
 
-__all__ = ["LABELS", "SYSTEM", "Example", "triage"]
+from ..distill.capture import pair_id
+from ..wire import DistillPair
+
+__all__ = ["LABELS", "SYSTEM", "Example", "as_pairs", "triage"]
 
 SYSTEM = ("Route the support ticket to one team. Answer with one word: "
           "billing, refund, outage, login, shipping or cancel.")
@@ -124,6 +127,14 @@ class Example(msgspec.Struct, frozen=True, kw_only=True):
     prompt: str
     answer: str
     group: str  # "train" | "seen_wording" | "unseen_wording"
+
+
+def as_pairs(examples: list[Example], tenant: str, student: str, *, confidence: float = 0.97) -> list[DistillPair]:
+    """Examples as captured pairs, as if a sure teacher had answered each one right."""
+    return [DistillPair(pair_id=pair_id(tenant, student, e.prompt), tenant=tenant, covenant="triage", student=student,
+                        query_id=f"q{i}", fragment_hash=e.prompt, prompt=e.prompt, teacher_model="teacher",
+                        teacher_pool="openrouter/teacher", teacher_text=e.answer, teacher_confidence=confidence)
+            for i, e in enumerate(examples)]
 
 
 def _fill(text: str, rng: random.Random, half: int) -> str:

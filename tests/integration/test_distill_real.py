@@ -9,18 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from homeskillet.distill.capture import pair_id
 from homeskillet.distill.pipeline import prepare_round, run_job_in_child
 from homeskillet.localmodel import GenRequest, LocalModel
-from homeskillet.sims.families import SYSTEM, triage
-from homeskillet.wire import Distill, DistillPair
-
-
-def pairs(examples: list, tenant: str) -> list[DistillPair]:  # type: ignore[type-arg]
-    return [DistillPair(pair_id=pair_id(tenant, "triage-s", e.prompt), tenant=tenant, covenant="triage",
-                        student="triage-s", query_id=f"q{i}", fragment_hash=e.prompt, prompt=e.prompt,
-                        teacher_model="t", teacher_pool="p", teacher_text=e.answer, teacher_confidence=0.95)
-            for i, e in enumerate(examples)]
+from homeskillet.sims.families import SYSTEM, as_pairs, triage
+from homeskillet.wire import Distill
 
 
 @pytest.mark.timeout(600)
@@ -29,7 +21,8 @@ async def test_a_few_step_round_scores_the_base_first_and_writes_a_servable_adap
     assert local_model.path is not None
     train, held = triage(24, 4, seed=3)
     terms = Distill(student="triage-s", train_steps=3, batch_size=4, validation_split=0.25, confidence_threshold=0.9)
-    job = prepare_round(pairs(train + held, "acme"), terms, "triage-s.acme", 1, work_root=tmp_path / "work",
+    captured = as_pairs(train + held, "acme", "triage-s", confidence=0.95)
+    job = prepare_round(captured, terms, "triage-s.acme", 1, work_root=tmp_path / "work",
                         adapters_root=tmp_path / "adapters", base_model_dir=str(local_model.path), system=SYSTEM)
     heldout = [json.loads(line) for line in Path(job.heldout_path).read_text().splitlines()]
     trained_on = [json.loads(line)["messages"][-2]["content"] for line in
